@@ -1,0 +1,318 @@
+"""`activessf-engine`: a thin layer that parses, calls the library and reports.
+
+Exit codes: 0 done; 1 failed (or `verify` found problems); 2 bad usage, config or input path;
+3 done, but some inputs were skipped (see the summary); 130 interrupted (run again to resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from activessf_engine import __version__
+from activessf_engine.cli_flags import add_section_flags, apply_flags
+from activessf_engine.config import EngineConfig, load_config
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SKIPPED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+FILTER_SECTIONS = ("input", "filter", "crop", "store")
+SELECT_SECTIONS = ("features", "prototypes", "selection")
+
+log = logging.getLogger("activessf_engine")
+
+
+def _common(parser: argparse.ArgumentParser, sections: tuple[str, ...]) -> None:
+    parser.add_argument("--config", type=Path, help="TOML file with [section] tables of parameters")
+    parser.add_argument(
+        "--device", default="cpu", choices=("auto", "cpu", "cuda"), help="where to compute (default cpu)"
+    )
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    for section in sections:
+        add_section_flags(parser, section)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="activessf-engine",
+        description="ActiveSSF: Cell Region Filtering and Active Sample Selection into sharded Zarr v3 stores.",
+        epilog="Exit codes: 0 done, 1 failed, 2 bad usage or input, 3 done with skipped inputs, 130 interrupted.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("filter", help="Cell Region Filtering of a folder of tiles into a ROI store")
+    p.add_argument("--input", required=True, type=Path, help="folder of tiles (searched recursively) or one image")
+    p.add_argument("--out", required=True, type=Path, help="ROI store to create, or to resume if interrupted")
+    p.add_argument("--overwrite", action="store_true", help="delete an existing store at --out first")
+    _common(p, FILTER_SECTIONS)
+
+    p = sub.add_parser("prototypes", help="ResNet50 features of a labeled set and K-means prototypes (Eq. 4-6)")
+    p.add_argument("--labeled", required=True, type=Path, help="labeled set, one folder per class")
+    p.add_argument("--out", required=True, type=Path, help="folder for prototypes.safetensors and prototypes.json")
+    _common(p, ("input", "crop", *SELECT_SECTIONS))
+
+    p = sub.add_parser("select", help="keep the candidate ROIs within their prototype's threshold (Eq. 7-9)")
+    p.add_argument("--candidates", required=True, type=Path, help="ROI store made by `filter`")
+    p.add_argument("--prototypes", required=True, type=Path, help="folder made by `prototypes`")
+    p.add_argument("--out", required=True, type=Path, help="store of the selected ROIs")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing store at --out")
+    _common(p, ("store", *SELECT_SECTIONS))
+
+    p = sub.add_parser("run", help="filter + prototypes + select: OUT/candidates, OUT/prototypes, OUT/selected")
+    p.add_argument("--input", required=True, type=Path, help="folder of tiles")
+    p.add_argument("--labeled", required=True, type=Path, help="labeled set, one folder per class")
+    p.add_argument("--out", required=True, type=Path, help="folder for the three outputs")
+    p.add_argument("--overwrite", action="store_true", help="start again from nothing")
+    _common(p, (*FILTER_SECTIONS, *SELECT_SECTIONS))
+
+    p = sub.add_parser("verify", help="check a store and say what is wrong with it")
+    p.add_argument("store", type=Path)
+    p.add_argument("--deep", action="store_true", help="also read every ROI")
+    p.add_argument("--json", action="store_true", help="print the findings as JSON")
+
+    p = sub.add_parser("manifest", help="print the per-ROI table of a store as CSV")
+    p.add_argument("store", type=Path)
+    p.add_argument("--output", type=Path, help="write to this file instead of stdout")
+    return parser
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def _config(args: argparse.Namespace) -> EngineConfig:
+    return apply_flags(load_config(args.config), args)
+
+
+def _device(args: argparse.Namespace) -> Any:
+    """The device choice (logged); its `describe()` goes into every summary."""
+    from activessf_engine.device import resolve_device
+
+    choice = resolve_device(args.device)
+    log.info("device: %s (%s)", choice.kind, choice.reason)
+    return choice
+
+
+def _report(args: argparse.Namespace, summary: dict[str, Any], lines: list[str]) -> None:
+    if args.json:
+        json.dump(summary, sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+    else:
+        for line in lines:
+            print(line, file=sys.stderr)
+
+
+def _filter_lines(s: dict[str, Any]) -> list[str]:
+    lines = [
+        f"store            {s['store']}",
+        f"sources          {s['sources_total']} found, {s['sources_read']} read, {s['sources_skipped']} skipped"
+        + (
+            f" (parts already done: {s['parts_already_done']} of {s['parts_total']})" if s["parts_already_done"] else ""
+        ),
+    ]
+    for reason, count in sorted(s["skip_reasons"].items()):
+        lines.append(f"  skipped        {count} x {reason}")
+    lines += [
+        f"ROIs found       {s['rois']}",
+        f"wall time        {s['wall_seconds']:.2f} s",
+        f"throughput       {s['images_per_second']:.1f} images/s, {s['megapixels_per_second']:.2f} megapixels/s",
+        "stages (s)       " + ", ".join(f"{k} {v:.2f}" for k, v in s["stage_seconds"].items()),
+    ]
+    return lines
+
+
+def _select_lines(s: dict[str, Any]) -> list[str]:
+    lines = [
+        f"selected store   {s['selected_store']}",
+        f"strategy         {s['strategy']} (alpha {s['alpha']}, {s['threshold_mode']} thresholds, "
+        f"{s['bounds']} bounds)",
+        f"candidates       {s['candidates']}, selected {s['selected']}",
+        f"features         {s['features_computed']} computed, {s['features_cached']} from cache",
+        "cluster  n_i   threshold  candidates  selected  dominant class",
+    ]
+    for c in s["clusters"]:
+        lines.append(
+            f"{c['cluster']:>7}  {c['n']:>4}  {c.get('threshold', 0):>9.3f}  {c['candidates']:>10}  "
+            f"{c['selected']:>8}  {c['dominant_class']}"
+        )
+    if s["untrained_weights"]:
+        lines.append("WARNING: features came from an untrained network (--weights random)")
+    return lines
+
+
+def cmd_filter(args: argparse.Namespace) -> int:
+    from activessf_engine.pipeline import run_filter
+
+    choice = _device(args)
+    summary = run_filter(
+        args.input,
+        args.out,
+        _config(args),
+        device=choice.torch_device,
+        progress=not args.quiet,
+        overwrite=args.overwrite,
+    ).to_json()
+    summary["device_choice"] = choice.describe()
+    _report(args, summary, _filter_lines(summary))
+    return EXIT_SKIPPED if summary["sources_skipped"] else EXIT_OK
+
+
+def cmd_prototypes(args: argparse.Namespace) -> int:
+    from activessf_engine.curate import run_prototypes
+
+    choice = _device(args)
+    summary = run_prototypes(args.labeled, args.out, _config(args), device=choice.torch_device, progress=not args.quiet)
+    summary["device_choice"] = choice.describe()
+    lines = [
+        f"prototypes       {summary['prototypes']} ({summary['labeled']} labeled images, model {summary['model']})"
+    ]
+    lines += [
+        f"  cluster {c['cluster']:>2}: n={c['n']:<4} LB={c['lb']:.3f} UB={c['ub']:.3f} {c['classes']}"
+        for c in summary["clusters"]
+    ]
+    _report(args, summary, lines)
+    return EXIT_SKIPPED if summary["labeled_skipped"] else EXIT_OK
+
+
+def cmd_select(args: argparse.Namespace) -> int:
+    from activessf_engine.curate import run_select
+
+    choice = _device(args)
+    summary = run_select(
+        args.candidates,
+        args.prototypes,
+        args.out,
+        _config(args),
+        device=choice.torch_device,
+        progress=not args.quiet,
+        overwrite=args.overwrite,
+    )
+    summary["device_choice"] = choice.describe()
+    _report(args, summary, _select_lines(summary))
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from activessf_engine.curate import run_prototypes, run_select
+    from activessf_engine.pipeline import run_filter
+
+    choice = _device(args)
+    config, device, out = _config(args), choice.torch_device, args.out
+    filtered = run_filter(
+        args.input,
+        out / "candidates",
+        config,
+        device=device,
+        progress=not args.quiet,
+        overwrite=args.overwrite,
+    ).to_json()
+    protos = run_prototypes(args.labeled, out / "prototypes", config, device=device, progress=not args.quiet)
+    selected = run_select(
+        out / "candidates",
+        out / "prototypes",
+        out / "selected",
+        config,
+        device=device,
+        progress=not args.quiet,
+        overwrite=True,
+    )
+    summary = {"device_choice": choice.describe(), "filter": filtered, "prototypes": protos, "select": selected}
+    _report(args, summary, _filter_lines(filtered) + _select_lines(selected))
+    return EXIT_SKIPPED if filtered["sources_skipped"] or protos["labeled_skipped"] else EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from activessf_engine.verify import verify_store
+
+    problems = verify_store(args.store, deep=args.deep)
+    if args.json:
+        json.dump({"store": str(args.store), "ok": not problems, "problems": problems}, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        for line in problems or [f"{args.store}: OK"]:
+            print(line)
+    return EXIT_FAILED if problems else EXIT_OK
+
+
+def cmd_manifest(args: argparse.Namespace) -> int:
+    from activessf_engine.store import RoiStore
+
+    store = RoiStore(args.store)
+    cols = store.columns()
+    listed = ("box", "crop_box", "area", "fill_rate", "source", "source_path", "part")
+    later = ("cluster", "distance", "threshold", "candidate")  # added by `select`, in this order
+    extra = [c for c in later if c in cols] + sorted(c for c in cols if c not in listed and c not in later)
+    header = [
+        "roi",
+        "source",
+        "x0",
+        "y0",
+        "x1",
+        "y1",
+        "area",
+        "fill_rate",
+        "crop_x0",
+        "crop_y0",
+        "crop_x1",
+        "crop_y1",
+        "part",
+        *extra,
+    ]
+    sink = open(args.output, "w", newline="") if args.output else contextlib.nullcontext(sys.stdout)  # noqa: SIM115
+    with sink as out:
+        writer = csv.writer(out)
+        writer.writerow(header)
+        for i in range(len(store)):
+            writer.writerow(
+                [
+                    i,
+                    cols["source_path"][i],
+                    *cols["box"][i].tolist(),
+                    int(cols["area"][i]),
+                    f"{float(cols['fill_rate'][i]):.4f}",
+                    *cols["crop_box"][i].tolist(),
+                    int(cols["part"][i]),
+                    *(cols[c][i].item() for c in extra),
+                ]
+            )
+    return EXIT_OK
+
+
+COMMANDS = {
+    "filter": cmd_filter,
+    "prototypes": cmd_prototypes,
+    "select": cmd_select,
+    "run": cmd_run,
+    "verify": cmd_verify,
+    "manifest": cmd_manifest,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(getattr(args, "verbose", 0))
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("interrupted: committed parts are kept; run the same command again to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (FileNotFoundError, FileExistsError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as exc:
+        log.debug("failure", exc_info=True)
+        print(f"failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

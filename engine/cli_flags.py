@@ -1,0 +1,88 @@
+"""Command-line flags generated from the config dataclasses, so every parameter is a flag and a TOML key.
+
+A flag's default is "not given": the value comes from `--config` (TOML) or the dataclass default,
+and a flag given on the command line wins over both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+from activessf_engine.config import EngineConfig, HsvRange, from_dict, to_dict
+
+# Flags whose plain name would mean different things in two sections.
+RENAMED = {
+    ("features", "batch_size"): "feature-batch-size",
+    ("features", "threads"): "feature-threads",
+    ("prototypes", "seed"): "kmeans-seed",
+    ("prototypes", "backend"): "kmeans-backend",
+    ("prototypes", "max_iter"): "kmeans-max-iter",
+    ("prototypes", "n_init"): "kmeans-n-init",
+    ("crop", "size"): "roi-size",
+    ("crop", "margin"): "crop-margin",
+    ("crop", "pad"): "crop-pad",
+    ("crop", "pad_value"): "crop-pad-value",
+}
+
+
+def _parse_hsv(text: str) -> dict[str, list[int]]:
+    """'H0-H1,S0-S1,V0-V1' -> {'h': [H0, H1], ...}"""
+    try:
+        parts = [tuple(int(v) for v in p.split("-")) for p in text.split(",")]
+        if len(parts) != 3 or any(len(p) != 2 for p in parts):
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected H0-H1,S0-S1,V0-V1 (OpenCV units), got {text!r}") from None
+    return {"h": list(parts[0]), "s": list(parts[1]), "v": list(parts[2])}
+
+
+def _describe(cls: type, name: str) -> str:
+    doc = dataclasses.fields(cls)
+    default = next(f.default for f in doc if f.name == name)
+    if isinstance(default, HsvRange):
+        return f"default {default.h[0]}-{default.h[1]},{default.s[0]}-{default.s[1]},{default.v[0]}-{default.v[1]}"
+    return f"default {default!r}"
+
+
+def add_section_flags(parser: argparse.ArgumentParser, section: str) -> None:
+    """One flag per field of `EngineConfig.<section>`."""
+    cls = get_type_hints(EngineConfig)[section]
+    group = parser.add_argument_group(f"[{section}] parameters (also settable in the --config TOML)")
+    for field in dataclasses.fields(cls):
+        hint = get_type_hints(cls)[field.name]
+        flag = "--" + RENAMED.get((section, field.name), field.name.replace("_", "-"))
+        kwargs: dict[str, Any] = {
+            "dest": f"cfg:{section}:{field.name}",
+            "default": argparse.SUPPRESS,
+            "metavar": field.name.upper(),
+        }
+        help_text = _describe(cls, field.name)
+        if hint is bool:
+            kwargs.update(action=argparse.BooleanOptionalAction, metavar=None)
+        elif hint is HsvRange:
+            kwargs.update(type=_parse_hsv, metavar="H0-H1,S0-S1,V0-V1")
+        elif get_origin(hint) is Literal:
+            choices = get_args(hint)
+            kwargs.update(choices=choices, type=type(choices[0]), metavar=None)
+        elif get_origin(hint) is tuple:
+            kwargs.update(type=lambda s: tuple(v.strip() for v in s.split(",") if v.strip()), metavar="A,B,...")
+        else:
+            kwargs["type"] = hint
+        group.add_argument(flag, help=help_text, **kwargs)
+
+
+def apply_flags(config: EngineConfig, args: argparse.Namespace) -> EngineConfig:
+    """`config` with every flag given on the command line applied (validated by the dataclasses)."""
+    changes: dict[str, dict[str, Any]] = {}
+    for dest, value in vars(args).items():
+        if dest.startswith("cfg:"):
+            _, section, name = dest.split(":")
+            changes.setdefault(section, {})[name] = value
+    if not changes:
+        return config
+    merged = to_dict(config)
+    for section, values in changes.items():
+        merged[section].update(values)
+    return from_dict(EngineConfig, merged)

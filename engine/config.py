@@ -1,0 +1,225 @@
+"""Every parameter of the engine, with the paper's values as defaults.
+
+Configuration is data: small frozen dataclasses, loaded from TOML, overridable from the command
+line, and written into the attributes of every store the engine makes. A section of the TOML file
+has the name of the dataclass field that holds it (``[filter]``, ``[crop]``, ...).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, get_args, get_type_hints
+
+NormalizeMode = Literal["minmax", "channel_minmax", "none"]
+MergeMethod = Literal["ward", "centroid"]
+HsvSource = Literal["quantized", "blurred"]
+PadMode = Literal["constant", "edge"]
+StrategyName = Literal["activessf", "all", "random", "balanced"]
+ThresholdMode = Literal["density", "fixed"]
+BoundsMode = Literal["cluster", "global"]
+
+
+@dataclass(frozen=True)
+class HsvRange:
+    """An inclusive box in OpenCV's 8-bit HSV units (H 0-179, S and V 0-255), as cv2.inRange reads it."""
+
+    h: tuple[int, int]
+    s: tuple[int, int]
+    v: tuple[int, int]
+
+    def __post_init__(self) -> None:
+        for name, (lo, hi), top in (("h", self.h, 179), ("s", self.s, 255), ("v", self.v, 255)):
+            if not 0 <= lo <= hi <= top:
+                raise ValueError(f"HSV range {name}={[lo, hi]} must satisfy 0 <= low <= high <= {top}")
+
+
+@dataclass(frozen=True)
+class FilterConfig:
+    """Cell Region Filtering, section II-B of the paper."""
+
+    # Illumination normalization ("standard normalization techniques", II-B1). `minmax` stretches the
+    # tile's intensity range to 0-255 with one gain for all channels, so hue is kept; `channel_minmax`
+    # stretches each channel (also a white balance); `none` skips the step.
+    normalize: NormalizeMode = "minmax"
+    blur_kernel: int = 3  # Eq. 1: a 3x3 Gaussian kernel ...
+    blur_sigma: float = 1.5  # ... with sigma 1.5
+    kmeans_clusters: int = 20  # first stage of the two-stage K-means (Eq. 2-3)
+    merged_clusters: int = 10  # adaptive merging down to this many colours
+    # How two clusters are chosen for merging: `ward` merges the pair whose union raises the Eq. 3
+    # objective least (n_a n_b / (n_a + n_b) * |c_a - c_b|^2); `centroid` merges the closest centres.
+    merge_method: MergeMethod = "ward"
+    # Lloyd steps at most. On smear colours Lloyd keeps creeping by a few levels for 60+ steps; the
+    # regions kept after 10 steps match those after 60 as well as 20 steps do (benchmarks/README.md).
+    kmeans_iterations: int = 10
+    # Stop when no centre moves farther than this (0-255 units). Centres are kept to 1/8 level, so
+    # below half a level "converged" means settled at 8-bit precision.
+    kmeans_tolerance: float = 0.5
+    # Pixels per image that the 20 centres are fitted on (0 = every pixel); every pixel is then assigned.
+    kmeans_sample: int = 8192
+    # Which image the HSV masks are read from: the quantized image G' (II-B2's text) or the blurred
+    # image G (Algorithm 1's line "H_i = RGB2HSV(G_i)").
+    hsv_source: HsvSource = "quantized"
+    purple: HsvRange = HsvRange(h=(30, 140), s=(100, 255), v=(0, 255))
+    deep_blue: HsvRange = HsvRange(h=(95, 105), s=(150, 255), v=(50, 255))
+    connectivity: Literal[4, 8] = 8
+    min_box: int = 70  # bounding box at least this many pixels wide and high
+    min_fill: float = 0.7  # tau: region pixels / bounding-box pixels
+    fill_holes: bool = False  # not in the paper: fill holes of each region before measuring it
+
+    def __post_init__(self) -> None:
+        if self.blur_kernel < 1 or self.blur_kernel % 2 == 0:
+            raise ValueError(f"blur_kernel must be a positive odd number, got {self.blur_kernel}")
+        if self.blur_sigma <= 0:
+            raise ValueError(f"blur_sigma must be > 0, got {self.blur_sigma}")
+        if not 1 <= self.merged_clusters <= self.kmeans_clusters:
+            raise ValueError(
+                f"need 1 <= merged_clusters <= kmeans_clusters, got {self.merged_clusters} and {self.kmeans_clusters}"
+            )
+        if not 0.0 <= self.min_fill <= 1.0:
+            raise ValueError(f"min_fill must lie in [0, 1], got {self.min_fill}")
+        if self.min_box < 1:
+            raise ValueError(f"min_box must be >= 1, got {self.min_box}")
+
+
+@dataclass(frozen=True)
+class CropConfig:
+    """How each kept region is cut from the original tile and resized."""
+
+    size: int = 224  # output side; the paper trains on 224x224
+    margin: float = 0.1  # added on each side, as a fraction of the box's longer side
+    pad: PadMode = "constant"  # how the shorter side is filled after an aspect-preserving resize
+    pad_value: int = 0
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    """Which files are read and how they are decoded."""
+
+    extensions: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
+    max_pixels: int = 20_000 * 20_000  # refuse larger images (decompression bombs)
+    min_side: int = 8  # smaller images are skipped with a reason
+    batch_size: int = 16  # images per decode batch
+    threads: int = 0  # decoder threads; 0 = one per core
+    # torch intra-op threads while filtering. The numba kernels and the decoder bring their own
+    # threads; more torch threads on top of them oversubscribe the cores (measured on 2 cores: a
+    # crop resize took 1.3 ms with 1 thread and over 100 ms with 2 while the decoder was busy).
+    torch_threads: int = 1
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """Layout of the ROI store."""
+
+    sources_per_part: int = 64  # a part is the unit of commit and resume; one writer owns it
+    rois_per_shard: int = 256  # ROIs per shard file inside a part
+    compression_level: int = 3  # zstd level of the ROI pixels
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """The backbone that turns ROIs into feature vectors (II-C1)."""
+
+    model: str = "resnet50"  # any timm model name
+    # `random` (an untrained network, for tests), `cache` (timm's local cache, never downloads), or a
+    # path to a .pth/.pt/.safetensors file.
+    weights: str = "cache"
+    batch_size: int = 64
+    threads: int = 0  # torch intra-op threads; 0 = leave torch's default
+
+
+@dataclass(frozen=True)
+class PrototypeConfig:
+    """K-means prototypes of the labeled features (Eq. 4-6)."""
+
+    clusters: int = 11
+    n_init: int = 10
+    max_iter: int = 300
+    seed: int = 0
+    backend: Literal["auto", "sklearn", "cuml"] = "auto"
+
+
+@dataclass(frozen=True)
+class SelectionConfig:
+    """Active Sample Selection (Eq. 7-9) and the baselines it is compared with."""
+
+    strategy: StrategyName = "activessf"
+    # Algorithm 1 lists alpha = 0.5 as an input; section III-B reports alpha = 1. 0.5 is the default:
+    # the square root keeps thresholds of mid-sized clusters near UB, so rare subtypes are kept
+    # more generously, which is the stated aim of Eq. 8.
+    alpha: float = 0.5
+    threshold_mode: ThresholdMode = "density"  # `fixed` is the paper's constant threshold (17 +- 2)
+    fixed_threshold: float = 17.0
+    # LB and UB of Eq. 8: per cluster (the paper's words) or over all clusters at once.
+    bounds: BoundsMode = "cluster"
+    seed: int = 0  # for the `random` and `balanced` strategies
+    balanced_subclusters: int = 4  # second level of the hierarchical k-means of `balanced`
+
+    def __post_init__(self) -> None:
+        if self.alpha <= 0:
+            raise ValueError(f"alpha must be > 0, got {self.alpha}")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    input: InputConfig = field(default_factory=InputConfig)
+    filter: FilterConfig = field(default_factory=FilterConfig)
+    crop: CropConfig = field(default_factory=CropConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    prototypes: PrototypeConfig = field(default_factory=PrototypeConfig)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """A JSON/TOML-ready dict (tuples become lists)."""
+    return dataclasses.asdict(config)
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ValueError(f"{where} must be a table, got {value!r}")
+        return from_dict(hint, value, where)
+    origin = getattr(hint, "__origin__", None)
+    if origin is Literal:
+        allowed = get_args(hint)
+        if value not in allowed:
+            raise ValueError(f"{where} must be one of {list(allowed)}, got {value!r}")
+        return value
+    if origin is tuple:
+        return tuple(value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool) and not isinstance(value, hint):
+        raise ValueError(f"{where} must be {hint.__name__}, got {value!r}")
+    return value
+
+
+def from_dict(cls: type, values: dict[str, Any], where: str = "config") -> Any:
+    """Build dataclass `cls` from a (possibly partial) dict; unknown keys are errors."""
+    hints = get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown} in {where}; valid keys: {sorted(known)}")
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def replace_section(config: EngineConfig, section: str, **changes: Any) -> EngineConfig:
+    """A copy of `config` with some fields of one section changed (values are validated)."""
+    current = getattr(config, section)
+    merged = {**to_dict(current), **changes}
+    return dataclasses.replace(config, **{section: from_dict(type(current), merged, section)})
+
+
+def load_config(path: str | Path | None = None) -> EngineConfig:
+    """The defaults, overridden by the TOML file at `path` if given."""
+    if path is None:
+        return EngineConfig()
+    with open(path, "rb") as fh:
+        values = tomllib.load(fh)
+    return from_dict(EngineConfig, values, str(path))

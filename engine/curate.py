@@ -1,0 +1,260 @@
+"""Active Sample Selection runs: labeled set -> prototypes; candidate store -> selected store.
+
+Orchestration only (I/O, caching, progress, summaries); the equations live in `prototypes` and
+`selection`, the network in `features`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import zarr
+
+from activessf_engine.config import EngineConfig, to_dict
+from activessf_engine.crops import fit_to_square
+from activessf_engine.decode import decode_files
+from activessf_engine.features import Backbone, iter_extract, load_backbone
+from activessf_engine.labeled import scan_labeled
+from activessf_engine.progress import Progress, make_progress
+from activessf_engine.prototypes import Prototypes, fit_prototypes, load_prototypes
+from activessf_engine.selection import Decisions, cluster_thresholds, select
+from activessf_engine.store import FeatureCache, PartData, RoiStore, StoreWriter, features_key
+
+log = logging.getLogger(__name__)
+
+SELECTED_COLUMNS = ("cluster", "distance", "threshold", "candidate")
+
+
+def _batches(rois: np.ndarray, size: int):
+    return (rois[i : i + size] for i in range(0, len(rois), size))
+
+
+def store_features(
+    store: RoiStore, backbone: Backbone, batch_size: int, progress: bool | Progress = False
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Features of every ROI of `store`, from its cache where present; what is computed is cached.
+
+    Returns (N, D) float32 and counts of ROIs computed and read from cache, with the seconds spent.
+    """
+    roi_size = int(store.meta["config"]["crop"]["size"])
+    cache = FeatureCache(store.root, features_key(backbone.name, backbone.fingerprint, roi_size))
+    bar = make_progress(progress, len(store), "roi", "features")
+    stats = {"computed": 0, "cached": 0, "seconds": 0.0}
+    chunks = []
+    for part, _ in store.iter_parts():
+        if cache.has(part):
+            feats = cache.load(part)
+            stats["cached"] += len(feats)
+        else:
+            start = time.perf_counter()
+            rois = store.part_rois(part)
+            outputs = list(iter_extract(backbone, _batches(rois, batch_size)))
+            feats = np.concatenate(outputs) if outputs else np.empty((0, backbone.feature_dim), np.float32)
+            cache.save(part, feats)
+            stats["computed"] += len(feats)
+            stats["seconds"] += time.perf_counter() - start
+        chunks.append(feats)
+        bar.update(len(feats))
+    bar.close()
+    features = np.concatenate(chunks) if chunks else np.empty((0, backbone.feature_dim), np.float32)
+    return features, stats
+
+
+def labeled_rois(
+    labeled_root: str | Path, config: EngineConfig
+) -> tuple[np.ndarray, np.ndarray, list[str], list[dict]]:
+    """The labeled set, decoded and brought to the ROI size exactly as crops are (aspect kept, padded).
+
+    Returns ROIs (n, S, S, 3) uint8, labels (n,), class names and the files that were skipped.
+    """
+    labeled = scan_labeled(Path(labeled_root))
+    rois, labels, skipped = [], [], []
+    for label, image in zip(labeled.labels, decode_files(labeled.paths, config.input), strict=True):
+        if image.image is None:
+            skipped.append({"path": str(image.path), "error": image.error})
+            log.warning("skipped labeled image %s: %s", image.path, image.error)
+            continue
+        rois.append(fit_to_square(image.image.cpu(), config.crop.size, config.crop.pad, config.crop.pad_value))
+        labels.append(label)
+    if not rois:
+        raise ValueError(f"no labeled image under {labeled_root} could be decoded")
+    return torch.stack(rois).numpy(), np.asarray(labels, dtype=np.int64), labeled.class_names, skipped
+
+
+def run_prototypes(
+    labeled_root: str | Path,
+    out: str | Path,
+    config: EngineConfig,
+    *,
+    device: str | torch.device = "cpu",
+    progress: bool | Progress = False,
+) -> dict[str, Any]:
+    """Features of the labeled set, K-means prototypes (Eq. 4-6) with n_i, LB, UB; saved to `out`."""
+    started = time.perf_counter()
+    rois, labels, class_names, skipped = labeled_rois(labeled_root, config)
+    backbone = load_backbone(config.features, device)
+    bar = make_progress(progress, len(rois), "img", "labeled features")
+    outputs = []
+    for feats in iter_extract(backbone, _batches(rois, config.features.batch_size)):
+        outputs.append(feats)
+        bar.update(len(feats))
+    bar.close()
+    features = np.concatenate(outputs)
+    prototypes = fit_prototypes(
+        features,
+        labels,
+        class_names,
+        config.prototypes,
+        model=backbone.name,
+        fingerprint=backbone.fingerprint,
+    )
+    prototypes.save(Path(out))
+    return {
+        "prototypes": str(out),
+        "labeled": len(labels),
+        "labeled_skipped": skipped,
+        "classes": dict(zip(class_names, np.bincount(labels, minlength=len(class_names)).tolist(), strict=True)),
+        "clusters": _cluster_table(prototypes),
+        "model": backbone.name,
+        "weights": backbone.weights,
+        "untrained_weights": backbone.untrained,
+        "fingerprint": backbone.fingerprint,
+        "wall_seconds": round(time.perf_counter() - started, 3),
+    }
+
+
+def _cluster_table(prototypes: Prototypes, thresholds: np.ndarray | None = None) -> list[dict[str, Any]]:
+    table = []
+    for i, dominant in enumerate(prototypes.dominant_classes()):
+        row = {
+            "cluster": i,
+            "n": int(prototypes.sizes[i]),
+            "lb": round(float(prototypes.lower[i]), 4),
+            "ub": round(float(prototypes.upper[i]), 4),
+            "dominant_class": dominant,
+            "classes": {
+                name: int(c) for name, c in zip(prototypes.class_names, prototypes.class_counts[i], strict=True) if c
+            },
+        }
+        if thresholds is not None:
+            row["threshold"] = round(float(thresholds[i]), 4)
+        table.append(row)
+    return table
+
+
+def _write_decisions(root: Path, decisions: Decisions) -> None:
+    group = zarr.open_group(str(root / "decisions"), mode="w", zarr_format=3)
+    for name in ("cluster", "distance", "threshold", "selected"):
+        values = getattr(decisions, name)
+        arr = group.create_array(name, shape=values.shape, chunks=(max(1, len(values)),), dtype=values.dtype)
+        if len(values):
+            arr[:] = values
+    group.attrs["strategy"] = decisions.strategy
+
+
+def run_select(
+    candidates: str | Path,
+    prototypes_dir: str | Path,
+    out: str | Path,
+    config: EngineConfig,
+    *,
+    device: str | torch.device = "cpu",
+    progress: bool | Progress = False,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Select candidate ROIs (Eq. 7-9, or a baseline strategy) into a new store at `out`.
+
+    Features of the candidates are cached in the candidate store, so selecting again with another
+    alpha, threshold or strategy computes no features.
+    """
+    started = time.perf_counter()
+    store = RoiStore(candidates)
+    if not store.complete:
+        log.warning(
+            "%s is incomplete (%d of %d parts); selecting from what is committed",
+            candidates,
+            len(store.parts),
+            len(store.meta.get("plan", [])),
+        )
+    prototypes = load_prototypes(Path(prototypes_dir))
+    feature_config = config.features
+    if feature_config.model != prototypes.model:
+        log.info("using the prototypes' model %s (not %s)", prototypes.model, feature_config.model)
+        feature_config = type(feature_config)(**{**to_dict(feature_config), "model": prototypes.model})
+    backbone = load_backbone(feature_config, device)
+    prototypes.check_compatible(backbone.name, backbone.fingerprint)
+    features, feature_stats = store_features(store, backbone, feature_config.batch_size, progress)
+    t0 = time.perf_counter()
+    on_device = torch.from_numpy(features).to(backbone.device)  # Eq. 7 as matrix products, on the GPU if any
+    decisions = select(on_device, prototypes, config.selection)
+    assign_seconds = time.perf_counter() - t0
+
+    attrs = {
+        "config": to_dict(config),
+        "candidates": str(Path(candidates).resolve()),
+        "prototypes": str(Path(prototypes_dir).resolve()),
+        "strategy": config.selection.strategy,
+        "model": backbone.name,
+        "fingerprint": backbone.fingerprint,
+    }
+    plan = [[s["path"] for s in store.part_attrs(p)["sources"]] for p in store.parts]
+    if Path(out).exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; choose another --out or pass --overwrite")
+    writer = StoreWriter.create(
+        out,
+        "selected",
+        attrs,
+        plan,
+        rois_per_shard=config.store.rois_per_shard,
+        compression_level=config.store.compression_level,
+        overwrite=overwrite,
+    )
+    for k, (part, first) in enumerate(store.iter_parts()):
+        rows = np.flatnonzero(decisions.selected[first : first + int(store.offsets[k + 1] - first)])
+        glob = first + rows
+        columns = {
+            name: store.part_column(part, name)[rows] for name in ("box", "crop_box", "area", "fill_rate", "source")
+        }
+        columns.update(
+            cluster=decisions.cluster[glob].astype(np.int32),
+            distance=decisions.distance[glob].astype(np.float32),
+            threshold=decisions.threshold[glob].astype(np.float32),
+            candidate=glob.astype(np.int64),
+        )
+        rois = store.part_rois(part)[rows] if len(rows) else np.zeros((0, *store.part_rois(part).shape[1:]), np.uint8)
+        writer.commit_part(k, PartData(rois, columns, store.part_attrs(part)["sources"]), {"candidate_part": part})
+    _write_decisions(Path(out), decisions)
+
+    per_cluster_candidates = Counter(decisions.cluster.tolist())
+    per_cluster_selected = Counter(decisions.cluster[decisions.selected].tolist())
+    clusters = _cluster_table(prototypes, cluster_thresholds(prototypes, config.selection))
+    for row in clusters:
+        row["candidates"] = per_cluster_candidates.get(row["cluster"], 0)
+        row["selected"] = per_cluster_selected.get(row["cluster"], 0)
+    summary = {
+        "selected_store": str(out),
+        "strategy": config.selection.strategy,
+        "alpha": config.selection.alpha,
+        "threshold_mode": config.selection.threshold_mode,
+        "bounds": config.selection.bounds,
+        "candidates": len(decisions),
+        "selected": int(decisions.selected.sum()),
+        "clusters": clusters,
+        "features_computed": feature_stats["computed"],
+        "features_cached": feature_stats["cached"],
+        "features_per_second": round(feature_stats["computed"] / feature_stats["seconds"], 2)
+        if feature_stats["seconds"]
+        else None,
+        "assignments_per_second": round(len(decisions) / assign_seconds, 1) if assign_seconds else None,
+        "model": backbone.name,
+        "untrained_weights": backbone.untrained,
+        "wall_seconds": round(time.perf_counter() - started, 3),
+    }
+    zarr.open_group(str(out), mode="a").attrs["summary"] = summary
+    return summary

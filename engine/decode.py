@@ -1,0 +1,214 @@
+"""Decode tiles to (H, W, 3) uint8 RGB tensors: a batched DALI pipeline, Pillow for what DALI cannot read.
+
+A file that cannot be decoded becomes a `DecodedImage` with an error, never an exception that stops
+the run. Every file is first probed with Pillow (header only) so that the size guard
+(decompression bombs), the tiny-image guard and the routing by pixel mode happen before any
+decoding: 8-bit RGB, grayscale, palette and RGBA images go to DALI (alpha is dropped), other modes
+(16-bit, 32-bit, float, CMYK) go to Pillow and are converted. EXIF orientation is not applied.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from activessf_engine.config import InputConfig
+
+log = logging.getLogger(__name__)
+
+DALI_MODES = {"RGB", "RGBA", "L", "LA", "P", "PA"}
+DALI_FORMATS = {"JPEG", "PNG", "BMP", "TIFF"}
+
+
+@dataclass
+class DecodedImage:
+    path: Path
+    image: torch.Tensor | None  # (H, W, 3) uint8 on the decode device; None when `error` is set
+    error: str | None = None
+    decoder: str = ""  # "dali-cpu", "dali-gpu", "pillow" or "" for failures
+    width: int = 0
+    height: int = 0
+
+
+@dataclass
+class _Probe:
+    path: Path
+    data: bytes | None = None
+    mode: str = ""
+    format: str = ""
+    width: int = 0
+    height: int = 0
+    error: str | None = None
+
+    def failed(self, reason: str) -> DecodedImage:
+        return DecodedImage(self.path, None, reason, "", self.width, self.height)
+
+
+def _probe(path: Path, config: InputConfig) -> _Probe:
+    probe = _Probe(path)
+    try:
+        probe.data = path.read_bytes()
+    except OSError as exc:
+        probe.error = f"unreadable: {exc.strerror or exc}"
+        return probe
+    if not probe.data:
+        probe.error = "empty file"
+        return probe
+    try:
+        with Image.open(io.BytesIO(probe.data)) as img:
+            probe.mode, probe.format = img.mode, img.format or ""
+            probe.width, probe.height = img.size
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        probe.error = f"not a readable image: {exc}"
+        return probe
+    if probe.width * probe.height > config.max_pixels:
+        probe.error = (
+            f"too large: {probe.width}x{probe.height} pixels exceeds max_pixels={config.max_pixels} "
+            "(decompression-bomb guard; raise input.max_pixels to accept it)"
+        )
+    elif min(probe.width, probe.height) < config.min_side:
+        probe.error = f"too small: {probe.width}x{probe.height}, the shorter side is below min_side={config.min_side}"
+    return probe
+
+
+def _to_rgb8(img: Image.Image) -> np.ndarray:
+    """Pillow image of any mode -> (H, W, 3) uint8; deeper modes are scaled, not clipped."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+        if img.mode == "F":
+            top = max(float(arr.max(initial=0)), 1e-12)
+        gray = np.clip(np.rint(arr * (255.0 / top)), 0, 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=-1)
+    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+
+
+def _decode_pillow(probe: _Probe) -> DecodedImage:
+    try:
+        with Image.open(io.BytesIO(probe.data)) as img:
+            img.load()
+            rgb = _to_rgb8(img)
+    except Exception as exc:  # Pillow raises many types for damaged files; each becomes a record
+        return probe.failed(f"decode failed: {type(exc).__name__}: {exc}")
+    return DecodedImage(probe.path, torch.from_numpy(rgb), None, "pillow", rgb.shape[1], rgb.shape[0])
+
+
+class DaliDecoder:
+    """A DALI pipeline fed encoded bytes through `external_source`; CPU (`device_id=None`) or mixed."""
+
+    def __init__(self, batch_size: int, threads: int, device: torch.device | str = "cpu") -> None:
+        from nvidia.dali import fn, pipeline_def, types
+
+        self.device = torch.device(device)
+        on_gpu = self.device.type == "cuda"
+        device_id = (self.device.index or 0) if on_gpu else None
+
+        @pipeline_def(
+            batch_size=batch_size,
+            num_threads=threads or os.cpu_count() or 1,
+            device_id=device_id,
+            prefetch_queue_depth=1,
+            exec_async=False,
+            exec_pipelined=False,
+        )
+        def pipe():
+            encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
+            return fn.decoders.image(encoded, device="mixed" if on_gpu else "cpu", output_type=types.RGB)
+
+        self.name = "dali-gpu" if on_gpu else "dali-cpu"
+        self.batch_size = batch_size
+        self._pipe = pipe()
+        self._pipe.build()
+
+    def decode(self, blobs: Sequence[bytes]) -> list[torch.Tensor]:
+        """Decode one batch (at most batch_size); raises RuntimeError if any file fails."""
+        self._pipe.feed_input("encoded", [np.frombuffer(b, dtype=np.uint8) for b in blobs])
+        (out,) = self._pipe.run()
+        if self.device.type == "cuda":
+            return [torch.from_dlpack(out[i]).clone() for i in range(len(blobs))]
+        return [torch.from_numpy(np.array(out[i])) for i in range(len(blobs))]
+
+
+class TorchvisionDecoder:
+    """Used where DALI is not installed: torchvision's decoders (nvJPEG for JPEG batches on CUDA)."""
+
+    def __init__(self, batch_size: int, device: torch.device | str = "cpu") -> None:
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        self.name = "torchvision-gpu" if self.device.type == "cuda" else "torchvision-cpu"
+
+    def decode(self, blobs: Sequence[bytes]) -> list[torch.Tensor]:
+        from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+
+        data = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs]
+        try:
+            if self.device.type == "cuda" and all(b[:2] == b"\xff\xd8" for b in blobs):
+                images = decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device)
+            else:
+                images = [decode_image(d, mode=ImageReadMode.RGB).to(self.device) for d in data]
+        except (RuntimeError, ValueError) as exc:
+            raise RuntimeError(str(exc)) from exc
+        return [img.permute(1, 2, 0).contiguous() for img in images]
+
+
+def make_decoder(batch_size: int, threads: int, device: torch.device | str = "cpu") -> DaliDecoder | TorchvisionDecoder:
+    """DALI when it is installed (the engine's decoder), torchvision's otherwise (logged)."""
+    try:
+        return DaliDecoder(batch_size, threads, device)
+    except ImportError as exc:
+        log.warning("DALI is not installed (%s); decoding with torchvision instead", exc)
+        return TorchvisionDecoder(batch_size, device)
+
+
+def _decode_batch(decoder: DaliDecoder | TorchvisionDecoder, probes: list[_Probe]) -> list[DecodedImage]:
+    """DALI on the whole batch; if it fails, file by file, then Pillow for the files DALI refused."""
+    results: list[DecodedImage | None] = [None] * len(probes)
+    dali_idx = [i for i, p in enumerate(probes) if p.mode in DALI_MODES and p.format in DALI_FORMATS]
+    try:
+        images = decoder.decode([probes[i].data for i in dali_idx]) if dali_idx else []
+    except RuntimeError:
+        images = []
+        for i in dali_idx:
+            try:
+                images.append(decoder.decode([probes[i].data])[0])
+            except RuntimeError as exc:
+                log.debug("DALI refused %s (%s); trying Pillow", probes[i].path, str(exc).splitlines()[0])
+                images.append(None)
+    for i, image in zip(dali_idx, images, strict=True):
+        if image is not None:
+            results[i] = DecodedImage(probes[i].path, image, None, decoder.name, image.shape[1], image.shape[0])
+    for i, probe in enumerate(probes):
+        if results[i] is None:
+            results[i] = _decode_pillow(probe)
+            if results[i].image is not None and decoder.device.type == "cuda":
+                results[i].image = results[i].image.to(decoder.device)
+    return results
+
+
+def decode_files(
+    paths: Sequence[Path],
+    config: InputConfig,
+    device: torch.device | str = "cpu",
+    decoder: DaliDecoder | TorchvisionDecoder | None = None,
+) -> Iterator[DecodedImage]:
+    """Decode `paths` in order, batch by batch; yields one `DecodedImage` per path.
+
+    Pillow's own decompression-bomb limit is raised to `config.max_pixels` (a process-wide setting
+    of Pillow's), since the probe enforces that limit itself.
+    """
+    Image.MAX_IMAGE_PIXELS = max(config.max_pixels, Image.MAX_IMAGE_PIXELS or 0)
+    decoder = decoder or make_decoder(config.batch_size, config.threads, device)
+    for start in range(0, len(paths), decoder.batch_size):
+        probes = [_probe(Path(p), config) for p in paths[start : start + decoder.batch_size]]
+        good = [p for p in probes if p.error is None]
+        decoded = iter(_decode_batch(decoder, good)) if good else iter(())
+        for probe in probes:
+            yield probe.failed(probe.error) if probe.error is not None else next(decoded)

@@ -1,0 +1,283 @@
+"""ROIs to feature vectors with a timm backbone (II-C1: "ResNet50 ... to extract high-dimensional features").
+
+The backbone is created with ``num_classes=0``, so it returns its global-pooled features (2048-d for
+resnet50). Weights never come from the network: `random` (an untrained network, for tests), `cache`
+(timm's local Hugging Face cache, read offline), or a local ``.safetensors`` / ``.pth`` / ``.pt`` /
+``.bin`` file. Checkpoints are read with ``torch.load(weights_only=True)``, so no pickled code runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import hashlib
+import logging
+import os
+import pickle
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import safetensors.torch
+import timm
+import torch
+from huggingface_hub import try_to_load_from_cache
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+from activessf_engine.config import FeatureConfig
+
+logger = logging.getLogger(__name__)
+
+_CONTAINER_KEYS = ("state_dict", "model", "model_state_dict", "module")  # wrappers around a state dict
+_HF_FILENAMES = ("model.safetensors", "pytorch_model.bin")  # what timm publishes on the Hub, in order
+
+
+@dataclass(frozen=True, eq=False)
+class Backbone:
+    """A timm model ready for feature extraction, and where its weights came from."""
+
+    model: torch.nn.Module  # eval mode, channels_last, on `device`, head removed (num_classes=0)
+    name: str  # timm model name
+    feature_dim: int
+    mean: tuple[float, float, float]  # from the model's pretrained_cfg, applied to [0, 1] pixels
+    std: tuple[float, float, float]
+    weights: str  # "random", "timm-cache", or the path of the file loaded
+    fingerprint: str  # sha256 of the weights, see `state_dict_fingerprint`
+    untrained: bool
+    device: torch.device
+
+
+def state_dict_fingerprint(state_dict: dict[str, torch.Tensor]) -> str:
+    """sha256 hex over the sorted names, dtypes, shapes and raw bytes of every tensor."""
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().to("cpu").contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def _check_model_name(name: str) -> None:
+    if timm.is_model(name):
+        return
+    close = timm.list_models(f"*{name}*")[:8] or difflib.get_close_matches(name, timm.list_models(), n=8)
+    hint = f"; close names: {close}" if close else ""
+    raise ValueError(f"unknown timm model {name!r}{hint} (all names: timm.list_models())")
+
+
+def _head_prefixes(model: torch.nn.Module) -> tuple[str, ...]:
+    classifier = model.pretrained_cfg.get("classifier") or ()
+    names = (classifier,) if isinstance(classifier, str) else tuple(classifier)
+    return tuple(f"{n}." for n in names)
+
+
+def _unwrap_checkpoint(checkpoint: object, source: str) -> dict[str, torch.Tensor]:
+    """The state dict inside common containers ({"state_dict": ...}, {"model": ...}, "module." keys)."""
+    while isinstance(checkpoint, dict):
+        inner = next((checkpoint[k] for k in _CONTAINER_KEYS if isinstance(checkpoint.get(k), dict)), None)
+        if inner is None:
+            break
+        checkpoint = inner
+    if not isinstance(checkpoint, dict) or not checkpoint:
+        raise ValueError(f"{source} holds no state dict (got {type(checkpoint).__name__})")
+    not_tensors = sorted(k for k, v in checkpoint.items() if not isinstance(v, torch.Tensor))
+    if not_tensors:
+        raise ValueError(f"{source}: entries that are not tensors: {not_tensors[:5]}")
+    if all(k.startswith("module.") for k in checkpoint):
+        checkpoint = {k.removeprefix("module."): v for k, v in checkpoint.items()}
+    return checkpoint
+
+
+def read_weights_file(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from a .safetensors file, or from a torch checkpoint read with weights_only=True."""
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {path} does not exist")
+    if path.suffix.lower() == ".safetensors":
+        try:
+            tensors = safetensors.torch.load_file(str(path), device="cpu")
+        except Exception as error:  # safetensors raises its own error types for a damaged file
+            raise ValueError(f"{path} is not a readable .safetensors file: {error}") from error
+        return _unwrap_checkpoint(tensors, str(path))
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ValueError(
+            f"refusing to load {path}: it holds objects other than tensors and plain containers, and "
+            f"unpickling them could run code. Re-save only the state dict, or convert it to .safetensors. "
+            f"({error})"
+        ) from error
+    return _unwrap_checkpoint(checkpoint, str(path))
+
+
+def load_weights(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """Load `state_dict` strictly, except for the classifier head (absent from a num_classes=0 model)."""
+    heads = _head_prefixes(model)
+    body = {k: v for k, v in state_dict.items() if not k.startswith(heads)}
+    try:
+        result = model.load_state_dict(body, strict=False)
+    except RuntimeError as error:
+        raise ValueError(f"weights from {source} do not fit {model.__class__.__name__}: {error}") from error
+    missing = [k for k in result.missing_keys if not k.startswith(heads)]
+    unexpected = [k for k in result.unexpected_keys if not k.startswith(heads)]
+    if missing or unexpected:
+        raise ValueError(
+            f"weights from {source} do not match the model: {len(missing)} missing key(s) "
+            f"{missing[:8]}, {len(unexpected)} unexpected key(s) {unexpected[:8]}. Is it a checkpoint of "
+            f"another architecture?"
+        )
+
+
+def _hf_cache_dir() -> Path:
+    """The Hugging Face hub cache, from the environment at call time (HF_HUB_CACHE, then HF_HOME)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"])
+    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface")
+    return Path(home).expanduser() / "hub"
+
+
+@contextlib.contextmanager
+def _hub_offline() -> Iterator[None]:
+    previous = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = previous
+
+
+def find_cached_weights(model: torch.nn.Module) -> Path | None:
+    """The file of the model's default pretrained weights in the local caches, or None. Never downloads.
+
+    Looks in the Hugging Face hub cache (timm's source) and then torch hub's checkpoint folder (older
+    timm weights given by URL).
+    """
+    cfg = model.pretrained_cfg
+    hub_id = cfg.get("hf_hub_id")
+    if hub_id:
+        repo, _, revision = hub_id.partition("@")
+        names = (cfg["hf_hub_filename"],) if cfg.get("hf_hub_filename") else _HF_FILENAMES
+        with _hub_offline():
+            for filename in names:
+                found = try_to_load_from_cache(repo, filename, cache_dir=_hf_cache_dir(), revision=revision or None)
+                if isinstance(found, str):
+                    return Path(found)
+    url = cfg.get("url")
+    if url:
+        candidate = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _build_model(config: FeatureConfig) -> tuple[torch.nn.Module, str, bool]:
+    _check_model_name(config.model)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # `random` weights are the same on every call
+        model = timm.create_model(config.model, pretrained=False, num_classes=0)
+    if config.weights == "random":
+        logger.warning(
+            "WARNING: features of %s come from an UNTRAINED network (--weights random). They are fine for "
+            "tests, meaningless for selection.",
+            config.model,
+        )
+        return model, "random", True
+    if config.weights == "cache":
+        path = find_cached_weights(model)
+        if path is None:
+            torch_cache = Path(torch.hub.get_dir()) / "checkpoints"
+            raise FileNotFoundError(
+                f"no cached pretrained weights for {config.model!r} (looked in {_hf_cache_dir()} for "
+                f"{model.pretrained_cfg.get('hf_hub_id')} and in {torch_cache}). "
+                "Nothing is downloaded at run time: pass a local .safetensors/.pth file with --weights PATH, "
+                "fill the cache beforehand (timm.create_model(name, pretrained=True) on a machine with "
+                "network), or use --weights random for tests."
+            )
+        load_weights(model, read_weights_file(path), str(path))
+        logger.info("loaded %s weights from the timm cache: %s", config.model, path)
+        return model, "timm-cache", False
+    path = Path(config.weights).expanduser()
+    load_weights(model, read_weights_file(path), str(path))
+    logger.info("loaded %s weights from %s", config.model, path)
+    return model, str(path), False
+
+
+def load_backbone(config: FeatureConfig, device: str | torch.device = "cpu") -> Backbone:
+    """Create `config.model` with the weights named by `config.weights`, ready for `extract`.
+
+    `config.threads` > 0 sets torch's intra-op thread count (a process-wide setting) first.
+    """
+    if config.threads > 0:
+        torch.set_num_threads(config.threads)
+    model, weights, untrained = _build_model(config)
+    model.eval()
+    fingerprint = state_dict_fingerprint(model.state_dict())
+    device = torch.device(device)
+    model = model.to(device=device, memory_format=torch.channels_last)
+    cfg = model.pretrained_cfg
+    return Backbone(
+        model=model,
+        name=config.model,
+        feature_dim=int(model.num_features),
+        mean=tuple(float(v) for v in cfg.get("mean", IMAGENET_DEFAULT_MEAN)),
+        std=tuple(float(v) for v in cfg.get("std", IMAGENET_DEFAULT_STD)),
+        weights=weights,
+        fingerprint=fingerprint,
+        untrained=untrained,
+        device=device,
+    )
+
+
+def _prepare(backbone: Backbone, batch: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """(n, H, W, 3) uint8 -> normalized (n, 3, H, W) float32 on the backbone's device, channels_last."""
+    rois = torch.as_tensor(batch)
+    if rois.ndim != 4 or rois.shape[-1] != 3 or rois.dtype != torch.uint8:
+        raise ValueError(f"expected ROIs of shape (n, H, W, 3) uint8, got {rois.dtype} {tuple(rois.shape)}")
+    if backbone.device.type == "cuda" and rois.device.type == "cpu":
+        rois = rois.pin_memory()
+    rois = rois.to(backbone.device, non_blocking=True)
+    mean = torch.tensor(backbone.mean, device=backbone.device).view(1, 3, 1, 1)
+    std = torch.tensor(backbone.std, device=backbone.device).view(1, 3, 1, 1)
+    pixels = rois.permute(0, 3, 1, 2).to(torch.float32).div_(255.0)
+    return pixels.sub_(mean).div_(std).contiguous(memory_format=torch.channels_last)
+
+
+def _forward(backbone: Backbone, pixels: torch.Tensor) -> np.ndarray:
+    on_cuda = backbone.device.type == "cuda"
+    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_cuda):
+        features = backbone.model(pixels)
+    return features.float().cpu().numpy()
+
+
+def iter_extract(backbone: Backbone, batches: Iterable[np.ndarray | torch.Tensor]) -> Iterator[np.ndarray]:
+    """Features (n_b, D) float32 of each (n_b, H, W, 3) uint8 batch, in order.
+
+    The next batch is converted (and pinned and copied, on CUDA) in a background thread while the
+    current one runs through the network.
+    """
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="features-prepare") as pool:
+        iterator = iter(batches)
+        pending = None
+        first = next(iterator, None)
+        if first is not None:
+            pending = pool.submit(_prepare, backbone, first)
+        while pending is not None:
+            pixels = pending.result()
+            upcoming = next(iterator, None)
+            pending = pool.submit(_prepare, backbone, upcoming) if upcoming is not None else None
+            yield _forward(backbone, pixels)
+
+
+def extract(backbone: Backbone, rois: np.ndarray | torch.Tensor, batch_size: int = 64) -> np.ndarray:
+    """Features (n, D) float32 of ROIs (n, H, W, 3) uint8: pixels scaled to [0, 1], normalized with the
+    backbone's mean/std, global-pooled by the network."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if len(rois) == 0:
+        return np.empty((0, backbone.feature_dim), dtype=np.float32)
+    batches = (rois[start : start + batch_size] for start in range(0, len(rois), batch_size))
+    return np.concatenate(list(iter_extract(backbone, batches)), axis=0)

@@ -1,0 +1,163 @@
+"""Cell Region Filtering (section II-B): normalize, blur, pixel K-means 20 -> 10, HSV masks, regions.
+
+A pure function of (tiles, config): `find_regions` takes decoded tiles on one device and returns,
+for each, the boxes of the regions that pass the size and fill-rate tests. Tiles of one shape are
+processed as one batch; the pixel K-means, the components and the box statistics run through
+`activessf_engine.kernels`, which picks the CPU reference or the CUDA kernels by device.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import kornia
+import numpy as np
+import scipy.ndimage as ndi
+import torch
+
+from activessf_engine import kernels
+from activessf_engine.config import FilterConfig, HsvRange
+
+SAMPLE_SEED = 0  # the pixel sample that K-means is fitted on is drawn from this seed on every device
+
+
+@dataclass
+class TileRegions:
+    """Regions kept in one tile. Boxes are (x0, y0, x1, y1) in tile pixels, x1 and y1 exclusive."""
+
+    boxes: np.ndarray  # (n, 4) int64
+    areas: np.ndarray  # (n,) int64, pixels of the region
+    fill_rates: np.ndarray  # (n,) float32, area / box area
+    mask: torch.Tensor | None = None  # (H, W) bool composite HSV mask, when asked for (QC overlays)
+    palette: np.ndarray | None = None  # (merged_clusters, 3) uint8 colours of G'
+
+
+@dataclass
+class StageTimes:
+    """Wall seconds per stage, summed over calls. `sync` waits for the device before each reading."""
+
+    seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    sync: Callable[[], None] = lambda: None
+
+    def lap(self, stage: str, since: float) -> float:
+        self.sync()
+        now = time.perf_counter()
+        self.seconds[stage] += now - since
+        return now
+
+
+def hsv_opencv(rgb: torch.Tensor) -> torch.Tensor:
+    """(..., 3, H, W) uint8 RGB -> int32 HSV in OpenCV's 8-bit units (H 0-179, S and V 0-255).
+
+    Kornia gives H in radians and S, V in [0, 1]; OpenCV stores round(H_degrees / 2), round(255 S), V.
+    """
+    hsv = kornia.color.rgb_to_hsv(rgb.to(torch.float32) / 255.0)
+    h = torch.round(hsv[..., 0, :, :] * (90.0 / torch.pi)).remainder(180)
+    s = torch.round(hsv[..., 1, :, :] * 255.0)
+    v = torch.round(hsv[..., 2, :, :] * 255.0)
+    return torch.stack([h, s, v], dim=-3).to(torch.int32)
+
+
+def in_hsv_ranges(hsv: torch.Tensor, ranges: Sequence[HsvRange]) -> torch.Tensor:
+    """OR of inclusive range masks (like cv2.inRange) over (..., 3, H, W) OpenCV HSV -> (..., H, W) bool."""
+    h, s, v = hsv.unbind(-3)
+    mask = torch.zeros_like(h, dtype=torch.bool)
+    for r in ranges:
+        mask |= (h >= r.h[0]) & (h <= r.h[1]) & (s >= r.s[0]) & (s <= r.s[1]) & (v >= r.v[0]) & (v <= r.v[1])
+    return mask
+
+
+def _sample_indices(pixels: int, size: int, device: torch.device) -> torch.Tensor | None:
+    if size <= 0 or size >= pixels:
+        return None
+    gen = torch.Generator().manual_seed(SAMPLE_SEED)
+    return torch.randint(0, pixels, (size,), generator=gen).to(device)
+
+
+def cell_masks(tiles: torch.Tensor, config: FilterConfig, times: StageTimes) -> tuple[torch.Tensor, np.ndarray]:
+    """The composite HSV mask of each tile of a (B, H, W, 3) uint8 batch, and the palettes of G'.
+
+    Steps of II-B: normalize, Eq. 1 blur, Eq. 2-3 K-means on a pixel sample, merge 20 -> 10, HSV
+    of the merged colours, then every pixel assigned to its cluster and so to its colour's mask
+    (the HSV mask of G'). With hsv_source="blurred" the mask is read from the HSV of G instead.
+    """
+    start = time.perf_counter()
+    batch, height, width, _ = tiles.shape
+    smooth = kernels.normalize_blur(tiles, config.normalize, config.blur_kernel, config.blur_sigma)
+    pixels = smooth.reshape(batch, height * width, 3)
+    start = times.lap("blur", start)
+
+    picked = _sample_indices(pixels.shape[1], config.kmeans_sample, tiles.device)
+    sample = pixels if picked is None else pixels[:, picked]
+    centres = kernels.initial_centres(sample, config.kmeans_clusters)
+    centres, counts = kernels.lloyd(sample, centres, config.kmeans_iterations, config.kmeans_tolerance)
+    start = times.lap("kmeans_fit", start)
+
+    ranges = (config.purple, config.deep_blue)
+    centres_np = centres.cpu().numpy() / kernels.FIXED_POINT
+    counts_np = counts.cpu().numpy()
+    luts, palettes = [], []
+    for b in range(batch):
+        mapping, merged, _ = kernels.merge_clusters(
+            centres_np[b], counts_np[b], config.merged_clusters, config.merge_method
+        )
+        palette = np.clip(np.rint(merged), 0, 255).astype(np.uint8)
+        palettes.append(palette)
+        # G' holds only the merged colours, so its mask is decided per colour: a lookup table.
+        colour_hsv = hsv_opencv(torch.from_numpy(palette).T[:, None, :])  # (3, 1, k)
+        luts.append(in_hsv_ranges(colour_hsv, ranges)[0].numpy()[mapping])
+    start = times.lap("merge", start)
+
+    if config.hsv_source == "quantized":
+        table = torch.from_numpy(np.stack(luts)).to(tiles.device)
+        masks = kernels.assign_lookup(pixels, centres, table)
+        times.lap("kmeans_assign", start)
+    else:
+        masks = in_hsv_ranges(hsv_opencv(smooth.permute(0, 3, 1, 2)), ranges).reshape(batch, -1)
+        times.lap("hsv_mask", start)
+    return masks.reshape(batch, height, width), np.stack(palettes)
+
+
+def regions_of_mask(mask: torch.Tensor, config: FilterConfig) -> TileRegions:
+    """8-connected components of one mask, kept when the box is at least min_box x min_box and the
+    fill rate (region pixels / box pixels, II-B2) is at least min_fill."""
+    labels, count = kernels.label(mask, config.connectivity)
+    boxes, areas = (t.cpu().numpy() for t in kernels.region_stats(labels, count))
+    widths, heights = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    big = np.flatnonzero((widths >= config.min_box) & (heights >= config.min_box))
+    boxes, areas = boxes[big], areas[big]
+    if config.fill_holes and len(big):
+        lab = labels.cpu().numpy()
+        for i, (label_index, (x0, y0, x1, y1)) in enumerate(zip(big + 1, boxes, strict=True)):
+            areas[i] = ndi.binary_fill_holes(lab[y0:y1, x0:x1] == label_index).sum()
+    fill = (areas / np.maximum((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), 1)).astype(np.float32)
+    keep = fill >= config.min_fill
+    return TileRegions(boxes[keep], areas[keep], fill[keep])
+
+
+def find_regions(
+    tiles: Sequence[torch.Tensor],
+    config: FilterConfig,
+    times: StageTimes | None = None,
+    keep_masks: bool = False,
+) -> list[TileRegions]:
+    """Cell Region Filtering of decoded (H, W, 3) uint8 tiles, all on one device; one result per tile."""
+    times = times or StageTimes()
+    results: list[TileRegions | None] = [None] * len(tiles)
+    by_shape: dict[tuple[int, ...], list[int]] = defaultdict(list)
+    for i, tile in enumerate(tiles):
+        by_shape[tuple(tile.shape)].append(i)
+    for indices in by_shape.values():
+        masks, palettes = cell_masks(torch.stack([tiles[i] for i in indices]), config, times)
+        start = time.perf_counter()
+        for j, i in enumerate(indices):
+            found = regions_of_mask(masks[j], config)
+            found.palette = palettes[j]
+            if keep_masks:
+                found.mask = masks[j]
+            results[i] = found
+        times.lap("components", start)
+    return results

@@ -1,0 +1,299 @@
+"""The ROI store: a Zarr v3 group of parts, each part committed whole.
+
+Layout::
+
+    store/zarr.json               group; attributes: engine version, kind, config, plan of parts
+    store/parts/p000017/          one part: the ROIs of a fixed group of sources
+        rois       (n, S, S, 3) uint8, one chunk per ROI, sharding codec (rois_per_shard per shard)
+        box        (n, 4) int32    region box in source pixels, x0 y0 x1 y1 (x1, y1 exclusive)
+        crop_box   (n, 4) int32    the box actually cut, margin included
+        area       (n,) int64      region pixels
+        fill_rate  (n,) float32
+        source     (n,) int32      index into the part's `sources` attribute
+        ...        later stages add columns (cluster, distance, ...)
+    store/features/<key>/p000017   cached feature vectors of a part (n, D) float32
+
+One writer owns one part (and so its shards: concurrent writes into one shard lose data). A part is
+written under a temporary name and renamed into place, so it is either committed whole or absent;
+an interrupted run resumes by redoing the parts that are absent. The plan (which sources make up
+which part) is fixed when the store is created, so part numbers mean the same thing on every run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.codecs import ZstdCodec
+
+from activessf_engine import __version__
+
+FORMAT_VERSION = 1
+PART_NAME = re.compile(r"^p(\d{6})$")
+ROI_COLUMNS = {
+    "box": np.int32,
+    "crop_box": np.int32,
+    "area": np.int64,
+    "fill_rate": np.float32,
+    "source": np.int32,
+}
+
+
+def part_name(index: int) -> str:
+    return f"p{index:06d}"
+
+
+@dataclass
+class PartData:
+    """Everything one part holds before it is committed."""
+
+    rois: np.ndarray  # (n, S, S, 3) uint8
+    columns: dict[str, np.ndarray]  # per-ROI columns, first dimension n
+    sources: list[dict[str, Any]]  # the sources table of this part (path, id, size, status, error, rois)
+
+    def __post_init__(self) -> None:
+        n = len(self.rois)
+        for name, col in self.columns.items():
+            if len(col) != n:
+                raise ValueError(f"column {name!r} has {len(col)} rows, rois has {n}")
+
+
+def _atomic_rename(tmp: Path, final: Path) -> None:
+    os.replace(tmp, final)  # atomic on POSIX for a directory onto an absent path
+
+
+def _write_group(path: Path, data: PartData, attrs: dict[str, Any], rois_per_shard: int, level: int) -> None:
+    group = zarr.open_group(str(path), mode="w", zarr_format=3)
+    n, size = data.rois.shape[0], data.rois.shape[1] if data.rois.ndim == 4 else 0
+    shard_rows = max(1, min(n, rois_per_shard))
+    rois = group.create_array(
+        "rois",
+        shape=data.rois.shape,
+        chunks=(1, *data.rois.shape[1:]),
+        shards=(shard_rows, *data.rois.shape[1:]),
+        dtype="uint8",
+        compressors=ZstdCodec(level=level),
+        dimension_names=("roi", "y", "x", "channel"),
+    )
+    if n:
+        rois[:] = data.rois
+    for name, col in data.columns.items():
+        arr = group.create_array(name, shape=col.shape, chunks=(max(1, len(col)), *col.shape[1:]), dtype=col.dtype)
+        if len(col):
+            arr[:] = col
+    group.attrs.update({**attrs, "rois": n, "roi_size": size, "sources": data.sources})
+
+
+class StoreWriter:
+    """Creates a store or reopens one to resume it; commits parts; caches feature arrays."""
+
+    def __init__(self, root: str | Path, rois_per_shard: int = 256, compression_level: int = 3) -> None:
+        self.root = Path(root)
+        self.rois_per_shard = rois_per_shard
+        self.compression_level = compression_level
+
+    @classmethod
+    def create(
+        cls,
+        root: str | Path,
+        kind: str,
+        attrs: dict[str, Any],
+        plan: list[list[str]],
+        *,
+        rois_per_shard: int = 256,
+        compression_level: int = 3,
+        overwrite: bool = False,
+    ) -> StoreWriter:
+        """Create a store, or reopen an existing one of the same kind and plan to resume it.
+
+        New sources may be appended to an existing plan as new parts; a plan that lost or moved
+        sources is refused (the parts already written would no longer mean the same thing).
+        """
+        root = Path(root)
+        writer = cls(root, rois_per_shard, compression_level)
+        if root.exists() and overwrite:
+            shutil.rmtree(root)
+        if (root / "zarr.json").exists():
+            meta = read_attrs(root)
+            if meta.get("kind") != kind:
+                raise ValueError(f"{root} holds a {meta.get('kind')!r} store, not {kind!r}; choose another --out")
+            old = meta.get("plan", [])
+            if plan[: len(old)] != old:
+                raise ValueError(
+                    f"{root} was started with other inputs (its plan of {len(old)} parts differs); "
+                    "use a new --out, or --overwrite to start again"
+                )
+            meta["plan"] = plan
+            writer._write_root(meta)
+            writer.clean_temporary()
+            return writer
+        if root.exists() and any(root.iterdir()):
+            raise FileExistsError(f"{root} exists and is not an activessf-engine store; choose another --out")
+        meta = {"format": FORMAT_VERSION, "engine_version": __version__, "kind": kind, **attrs, "plan": plan}
+        writer._write_root(meta)
+        zarr.open_group(str(root / "parts"), mode="w", zarr_format=3)
+        return writer
+
+    def _write_root(self, meta: dict[str, Any]) -> None:
+        group = zarr.open_group(str(self.root), mode="a", zarr_format=3)
+        group.attrs["activessf_engine"] = meta
+
+    def clean_temporary(self) -> list[Path]:
+        """Remove what an interrupted writer left half-written; returns what was removed."""
+        removed = []
+        for folder in (self.root / "parts", self.root / "features"):
+            for tmp in folder.rglob(".tmp-*") if folder.exists() else ():
+                shutil.rmtree(tmp, ignore_errors=True)
+                removed.append(tmp)
+        return removed
+
+    def committed_parts(self) -> set[int]:
+        return set(committed_parts(self.root))
+
+    def commit_part(self, index: int, data: PartData, attrs: Mapping[str, Any] | None = None) -> None:
+        """Write one part under a temporary name, then rename it into place (all or nothing)."""
+        final = self.root / "parts" / part_name(index)
+        if final.exists():
+            raise FileExistsError(f"part {part_name(index)} of {self.root} is already committed")
+        tmp = self.root / "parts" / f".tmp-{part_name(index)}-{uuid.uuid4().hex[:8]}"
+        try:
+            _write_group(tmp, data, {"part": index, **(attrs or {})}, self.rois_per_shard, self.compression_level)
+            _atomic_rename(tmp, final)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_attrs(root: str | Path) -> dict[str, Any]:
+    path = Path(root) / "zarr.json"
+    try:
+        meta = json.loads(path.read_text())["attributes"]["activessf_engine"]
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{root} is not an activessf-engine store (no zarr.json)") from None
+    except (KeyError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{root}/zarr.json is not an activessf-engine store's metadata: {exc}") from None
+    return meta
+
+
+def committed_parts(root: str | Path) -> list[int]:
+    parts = Path(root) / "parts"
+    found = []
+    for entry in parts.iterdir() if parts.exists() else ():
+        match = PART_NAME.match(entry.name)
+        if match and (entry / "zarr.json").exists():
+            found.append(int(match.group(1)))
+    return sorted(found)
+
+
+class RoiStore:
+    """Read access to a store: every committed part, in part order, as one table of ROIs."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.meta = read_attrs(self.root)
+        self.parts = committed_parts(self.root)
+        self._groups = {p: zarr.open_group(str(self.root / "parts" / part_name(p)), mode="r") for p in self.parts}
+        counts = [int(self._groups[p].attrs["rois"]) for p in self.parts]
+        self.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        self._columns: dict[str, np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    @property
+    def kind(self) -> str:
+        return self.meta["kind"]
+
+    @property
+    def complete(self) -> bool:
+        return len(self.parts) == len(self.meta.get("plan", []))
+
+    def part_attrs(self, part: int) -> dict[str, Any]:
+        return dict(self._groups[part].attrs)
+
+    def locate(self, index: int) -> tuple[int, int]:
+        """(part, row within part) of global ROI `index`."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"ROI {index} out of range for a store of {len(self)}")
+        k = int(np.searchsorted(self.offsets, index, side="right")) - 1
+        return self.parts[k], index - int(self.offsets[k])
+
+    def roi(self, index: int) -> np.ndarray:
+        """One ROI, (S, S, 3) uint8: reads one chunk of one shard."""
+        part, row = self.locate(index)
+        return np.asarray(self._groups[part]["rois"][row])
+
+    def part_rois(self, part: int) -> np.ndarray:
+        return np.asarray(self._groups[part]["rois"][:])
+
+    def part_column(self, part: int, name: str) -> np.ndarray:
+        return np.asarray(self._groups[part][name][:])
+
+    def iter_parts(self) -> Iterator[tuple[int, int]]:
+        """(part, global index of its first ROI) for each committed part."""
+        for k, part in enumerate(self.parts):
+            yield part, int(self.offsets[k])
+
+    def columns(self) -> dict[str, np.ndarray]:
+        """Every per-ROI column over all parts, with `part` and `source_path` added."""
+        if self._columns is None:
+            names = [n for n in self._groups[self.parts[0]].array_keys() if n != "rois"] if self.parts else []
+            cols: dict[str, list[np.ndarray]] = {n: [] for n in names}
+            paths, part_ids = [], []
+            for part in self.parts:
+                group = self._groups[part]
+                for n in names:
+                    cols[n].append(np.asarray(group[n][:]))
+                sources = group.attrs["sources"]
+                paths.extend(sources[i]["path"] for i in np.asarray(group["source"][:]))
+                part_ids.append(np.full(int(group.attrs["rois"]), part, dtype=np.int32))
+            self._columns = {n: np.concatenate(v) if v else np.empty(0) for n, v in cols.items()}
+            self._columns["part"] = np.concatenate(part_ids) if part_ids else np.empty(0, np.int32)
+            self._columns["source_path"] = np.array(paths, dtype=object)
+        return self._columns
+
+    def sources(self) -> list[dict[str, Any]]:
+        """The sources table of every committed part, in order."""
+        return [s for part in self.parts for s in self._groups[part].attrs["sources"]]
+
+
+def features_key(model: str, fingerprint: str, roi_size: int) -> str:
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", model)
+    return f"{safe}-{fingerprint[:16]}-{roi_size}"
+
+
+class FeatureCache:
+    """Feature vectors of a store's ROIs, one array per part, keyed by model, weights and ROI size."""
+
+    def __init__(self, root: str | Path, key: str) -> None:
+        self.folder = Path(root) / "features" / key
+
+    def has(self, part: int) -> bool:
+        return (self.folder / part_name(part) / "zarr.json").exists()
+
+    def load(self, part: int) -> np.ndarray:
+        return np.asarray(zarr.open_array(str(self.folder / part_name(part)), mode="r")[:])
+
+    def save(self, part: int, features: np.ndarray) -> None:
+        """Written under a temporary name and renamed, like a part."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        final = self.folder / part_name(part)
+        tmp = self.folder / f".tmp-{part_name(part)}-{uuid.uuid4().hex[:8]}"
+        arr = zarr.create_array(
+            str(tmp), shape=features.shape, chunks=(max(1, len(features)), features.shape[1]), dtype="float32"
+        )
+        if len(features):
+            arr[:] = features.astype(np.float32)
+        if final.exists():  # another writer got there first; its features are the same
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            _atomic_rename(tmp, final)

@@ -1,0 +1,29 @@
+"""Compute kernels of Cell Region Filtering.
+
+Each operation has one public function whose implementation is chosen by the device of its input:
+a short torch/numpy/scipy reference on the CPU, CuPy kernels (CUDA C sources in ``cuda/``) on a GPU.
+The CPU reference defines the answer; the GPU path is tested against it.
+"""
+
+from activessf_engine.kernels.blur import normalize_blur
+from activessf_engine.kernels.components import label, region_stats
+from activessf_engine.kernels.pixel_kmeans import (
+    FIXED_POINT,
+    assign,
+    assign_lookup,
+    initial_centres,
+    lloyd,
+    merge_clusters,
+)
+
+__all__ = [
+    "FIXED_POINT",
+    "assign",
+    "assign_lookup",
+    "initial_centres",
+    "label",
+    "lloyd",
+    "merge_clusters",
+    "normalize_blur",
+    "region_stats",
+]

@@ -1,0 +1,117 @@
+"""Shared fixtures: synthetic tiles with known answers, image writers, a small config, the BCCD samples."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+from activessf_engine.config import EngineConfig, replace_section
+from PIL import Image
+
+DATA = Path(__file__).parent / "data"
+BCCD = DATA / "bccd"
+
+# Colours of the synthetic tiles. After the default min-max normalization (one gain for all channels,
+# low 40, high 235) PURPLE becomes (65, 0, 144): OpenCV HSV (134, 255, 144), inside the purple range
+# H 30-140, S 100-255 (test_regions checks this through hsv_opencv). PINK stays outside both ranges.
+PINK = (235, 200, 210)
+PURPLE = (90, 40, 150)
+# H 200 degrees -> OpenCV H 100, S 255, V 255: inside the deep-blue range (H 95-105, S 150+, V 50+).
+# The deep-blue range lies wholly inside the purple range, so no colour is deep blue without being purple.
+DEEP_BLUE = (0, 170, 255)
+RED_CELL = (200, 80, 90)  # OpenCV HSV (178, 153, 200): in neither range
+
+Shape = tuple  # ("disk", cx, cy, r) | ("rect", x0, y0, x1, y1) | ("mask", bool array (H, W))
+
+
+def draw_tile(
+    shapes: Sequence[Shape],
+    height: int = 240,
+    width: int = 320,
+    background: tuple[int, int, int] = PINK,
+    colour: tuple[int, int, int] = PURPLE,
+) -> np.ndarray:
+    """An (H, W, 3) uint8 tile: `background` with each shape filled in `colour` (or the shape's own colour,
+    given as a last element). A disk holds the pixels with (x - cx)^2 + (y - cy)^2 <= r^2; a rect
+    [x0, x1) x [y0, y1)."""
+    tile = np.empty((height, width, 3), dtype=np.uint8)
+    tile[:] = background
+    yy, xx = np.mgrid[:height, :width]
+    for shape in shapes:
+        kind, *args = shape
+        fill = colour
+        if kind == "disk":
+            if len(args) == 4:
+                *args, fill = args
+            cx, cy, r = args
+            tile[(xx - cx) ** 2 + (yy - cy) ** 2 <= r * r] = fill
+        elif kind == "rect":
+            if len(args) == 5:
+                *args, fill = args
+            x0, y0, x1, y1 = args
+            tile[y0:y1, x0:x1] = fill
+        elif kind == "mask":
+            if len(args) == 2:
+                *args, fill = args
+            tile[args[0]] = fill
+        else:
+            raise ValueError(f"unknown shape {kind!r}")
+    return tile
+
+
+@pytest.fixture
+def make_tile() -> Callable[..., np.ndarray]:
+    """The synthetic-tile factory (see `draw_tile`)."""
+    return draw_tile
+
+
+def write_image(array: np.ndarray, path: Path, **save_args) -> Path:
+    """Write a numpy image with Pillow; the format follows the suffix (.png .jpg .tif .bmp)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path, **save_args)
+    return path
+
+
+@pytest.fixture
+def write_tile(tmp_path: Path) -> Callable[..., Path]:
+    """write_tile(array, "name.png") -> path under tmp_path (sub-folders allowed)."""
+
+    def write(array: np.ndarray, name: str, **save_args) -> Path:
+        return write_image(array, tmp_path / name, **save_args)
+
+    return write
+
+
+def tile_folder(folder: Path, count: int, suffix: str = ".png") -> Path:
+    """`count` synthetic tiles, each with 0-2 purple disks at positions that depend on its index."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        shapes = [("disk", 60 + 7 * i, 70, 45)] if i % 3 != 2 else []
+        if i % 2 == 0:
+            shapes.append(("rect", 180, 100 + 3 * i, 260, 180 + 3 * i))
+        write_image(draw_tile(shapes), folder / f"tile_{i:02d}{suffix}")
+    return folder
+
+
+@pytest.fixture
+def small_config() -> EngineConfig:
+    """Fast and small: K-means fitted on 2048 pixels, 2 sources per part, 64x64 ROIs, one decode thread."""
+    config = EngineConfig()
+    config = replace_section(config, "filter", kmeans_sample=2048)
+    config = replace_section(config, "store", sources_per_part=2, rois_per_shard=4)
+    config = replace_section(config, "crop", size=64)
+    config = replace_section(config, "input", batch_size=4, threads=1)
+    return config
+
+
+@pytest.fixture
+def bccd_dir() -> Path:
+    """The six bundled BCCD tiles (tests/data/bccd, MIT licence, see SOURCE.md there)."""
+    return BCCD
+
+
+def with_filter(config: EngineConfig, **changes) -> EngineConfig:
+    return dataclasses.replace(config, filter=dataclasses.replace(config.filter, **changes))

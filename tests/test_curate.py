@@ -1,0 +1,149 @@
+"""prototypes -> select runs over real stores: provenance, cached features, fingerprints, the dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from activessf_engine import curate
+from activessf_engine.cli import main
+from activessf_engine.config import EngineConfig, replace_section
+from activessf_engine.data import RoiDataset
+from activessf_engine.store import PartData, RoiStore, StoreWriter
+
+SIZE = 64
+COLOURS = {"blue": (40, 60, 200), "green": (40, 180, 60), "red": (200, 40, 50)}
+
+
+def _config(**selection) -> EngineConfig:
+    config = EngineConfig()
+    config = replace_section(config, "crop", size=SIZE)
+    config = replace_section(config, "features", model="test_resnet", weights="random", batch_size=16)
+    config = replace_section(config, "prototypes", clusters=3, n_init=2)
+    return replace_section(config, "selection", **selection) if selection else config
+
+
+def _blob(colour: tuple[int, int, int], rng: np.random.Generator) -> np.ndarray:
+    image = np.clip(rng.normal(colour, 12, size=(SIZE, SIZE, 3)), 0, 255).astype(np.uint8)
+    return image
+
+
+@pytest.fixture()
+def labeled(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    root = tmp_path / "labeled"
+    for name, colour in COLOURS.items():
+        (root / name).mkdir(parents=True)
+        for i in range({"blue": 8, "green": 4, "red": 2}[name]):
+            Image.fromarray(_blob(colour, rng)).save(root / name / f"{i}.png")
+    return root
+
+
+@pytest.fixture()
+def candidates(tmp_path: Path) -> Path:
+    """A candidate store of two parts with 12 + 9 ROIs of the three colours."""
+    rng = np.random.default_rng(1)
+    root = tmp_path / "candidates"
+    config = _config()
+    from activessf_engine.config import to_dict
+
+    writer = StoreWriter.create(
+        root, "candidates", {"config": to_dict(config), "input_root": "x"}, [["a.png", "b.png"], ["c.png"]]
+    )
+    colours = list(COLOURS.values())
+    for part, (n, sources) in enumerate([(12, ["a.png", "b.png"]), (9, ["c.png"])]):
+        rois = np.stack([_blob(colours[i % 3], rng) for i in range(n)])
+        source = np.arange(n, dtype=np.int32) % len(sources)
+        columns = {
+            "box": np.tile(np.array([[0, 0, 80, 80]], np.int32), (n, 1)),
+            "crop_box": np.tile(np.array([[0, 0, 88, 88]], np.int32), (n, 1)),
+            "area": np.full(n, 5000, np.int64),
+            "fill_rate": np.full(n, 0.78, np.float32),
+            "source": source,
+        }
+        table = [
+            {"path": p, "id": p, "width": 100, "height": 100, "status": "ok", "error": None, "rois": int((source == j).sum())}
+            for j, p in enumerate(sources)
+        ]
+        writer.commit_part(part, PartData(rois, columns, table))
+    return root
+
+
+def test_select_keeps_provenance_and_reuses_cached_features(
+    tmp_path: Path, labeled: Path, candidates: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = _config()
+    protos = curate.run_prototypes(labeled, tmp_path / "protos", config)
+    assert protos["labeled"] == 14 and protos["untrained_weights"]
+    first = curate.run_select(candidates, tmp_path / "protos", tmp_path / "sel1", config)
+    assert first["features_computed"] == 21 and first["features_cached"] == 0
+
+    selected = RoiStore(tmp_path / "sel1")
+    cand = RoiStore(candidates)
+    cols = selected.columns()
+    assert len(selected) == first["selected"]
+    for i in range(len(selected)):  # every selected ROI is the candidate it says it is, pixel for pixel
+        origin = int(cols["candidate"][i])
+        assert np.array_equal(selected.roi(i), cand.roi(origin))
+        assert cols["source_path"][i] == cand.columns()["source_path"][origin]
+        assert cols["distance"][i] <= cols["threshold"][i] + 1e-5
+
+    def no_features(*args, **kwargs):
+        raise AssertionError("features were recomputed")
+
+    monkeypatch.setattr(curate, "iter_extract", no_features)
+    again = curate.run_select(candidates, tmp_path / "protos", tmp_path / "sel2", _config(alpha=1.0))
+    assert again["features_computed"] == 0 and again["features_cached"] == 21
+    decisions = Path(tmp_path / "sel2" / "decisions" / "selected")
+    assert decisions.exists()
+
+
+def test_select_refuses_prototypes_of_other_weights(tmp_path: Path, labeled: Path, candidates: Path) -> None:
+    curate.run_prototypes(labeled, tmp_path / "protos", _config())
+    other = replace_section(_config(), "features", model="test_resnet", weights="random")
+    torch.manual_seed(123)
+    # a weights file with different values gives a different fingerprint
+    from activessf_engine.features import load_backbone
+
+    backbone = load_backbone(other.features)
+    state = {k: v + 1.0 if v.is_floating_point() else v for k, v in backbone.model.state_dict().items()}
+    path = tmp_path / "other.pth"
+    torch.save(state, path)
+    with pytest.raises(ValueError, match="other weights"):
+        curate.run_select(
+            candidates, tmp_path / "protos", tmp_path / "sel", replace_section(other, "features", weights=str(path))
+        )
+
+
+@pytest.mark.parametrize("strategy", ["all", "random", "balanced"])
+def test_baseline_strategies_write_stores(tmp_path: Path, labeled: Path, candidates: Path, strategy: str) -> None:
+    curate.run_prototypes(labeled, tmp_path / "protos", _config())
+    active = curate.run_select(candidates, tmp_path / "protos", tmp_path / "a", _config())
+    summary = curate.run_select(candidates, tmp_path / "protos", tmp_path / "b", _config(strategy=strategy))
+    expected = 21 if strategy == "all" else active["selected"]
+    assert summary["selected"] == expected == len(RoiStore(tmp_path / "b"))
+
+
+def test_cli_prototypes_and_select(tmp_path: Path, labeled: Path, candidates: Path) -> None:
+    flags = ["--model", "test_resnet", "--weights", "random", "--clusters", "3", "--roi-size", str(SIZE), "--quiet"]
+    assert main(["prototypes", "--labeled", str(labeled), "--out", str(tmp_path / "p"), *flags]) == 0
+    select = ["select", "--candidates", str(candidates), "--prototypes", str(tmp_path / "p"), "--out"]
+    assert main([*select, str(tmp_path / "s"), *flags[:4], "--quiet"]) == 0
+    assert main([*select, str(tmp_path / "s"), *flags[:4], "--quiet"]) == 2  # exists, no --overwrite
+    assert main([*select, str(tmp_path / "s"), *flags[:4], "--quiet", "--overwrite", "--alpha", "1"]) == 0
+    assert main(["verify", str(tmp_path / "s")]) == 0
+
+
+def test_roi_dataset_reads_store(candidates: Path) -> None:
+    dataset = RoiDataset(candidates, with_meta=True)
+    assert len(dataset) == 21
+    image, meta = dataset[13]
+    assert image.shape == (3, SIZE, SIZE) and image.dtype == torch.uint8
+    assert meta["source"] == "c.png" and meta["roi"] == 13
+    assert torch.equal(dataset[-1][0], dataset[20][0])
+    loader = torch.utils.data.DataLoader(RoiDataset(candidates), batch_size=8, num_workers=2)
+    assert sum(len(batch) for batch in loader) == 21

@@ -1,0 +1,103 @@
+"""Device choice on any machine: the GPU's absence or brokenness is simulated where it matters."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+
+import pytest
+import torch
+
+from activessf_engine import device
+
+
+@pytest.fixture
+def no_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(device, "cuda_available", lambda: (False, "torch sees no CUDA GPU (simulated)"))
+
+
+@pytest.fixture
+def broken_cupy(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(device, "cuda_available", lambda: (True, "torch sees 1 CUDA GPU(s) (simulated)"))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(
+        device, "cupy_usable", lambda index=0: (False, "cupy cannot run a kernel (simulated)")
+    )
+
+
+def test_checks_return_ok_and_reason() -> None:
+    for check in (device.cuda_available, device.cupy_usable, device.cuml_usable, device.dali_gpu_usable):
+        ok, reason = check()
+        assert isinstance(ok, bool)
+        assert isinstance(reason, str) and reason
+
+
+def test_auto_agrees_with_the_checks() -> None:
+    choice = device.resolve_device("auto")
+    gpu_path = device.cuda_available()[0] and device.cupy_usable()[0]
+    assert choice.kind == ("cuda" if gpu_path else "cpu")
+    assert choice.torch_device.type == choice.kind
+    assert choice.reason
+
+
+def test_auto_without_gpu_falls_back_to_cpu_and_logs_why(
+    no_gpu: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger=device.logger.name):
+        choice = device.resolve_device("auto")
+    assert choice.kind == "cpu"
+    assert choice.torch_device == torch.device("cpu")
+    assert "no CUDA GPU" in choice.reason
+    assert not (choice.cupy or choice.dali_gpu or choice.cuml)
+    assert any("no CUDA GPU" in record.getMessage() for record in caplog.records)
+
+
+def test_auto_with_unusable_cupy_warns(broken_cupy: None, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger=device.logger.name):
+        choice = device.resolve_device("auto")
+    assert choice.kind == "cpu"
+    assert "cupy cannot run a kernel" in choice.reason
+    assert [record.levelno for record in caplog.records] == [logging.WARNING]
+
+
+@pytest.mark.parametrize("requested", ["cuda", "cuda:0", "CUDA"])
+def test_explicit_cuda_that_cannot_run_raises_with_the_reason(no_gpu: None, requested: str) -> None:
+    message = r"cannot run: torch sees no CUDA GPU \(simulated\)\. Fix: .*use cpu / auto"
+    with pytest.raises(RuntimeError, match=message):
+        device.resolve_device(requested)
+
+
+def test_explicit_cuda_with_unusable_cupy_raises(broken_cupy: None) -> None:
+    with pytest.raises(RuntimeError, match=r"cupy cannot run a kernel.*install a CuPy build"):
+        device.resolve_device("cuda")
+
+
+def test_missing_gpu_index_raises(broken_cupy: None) -> None:
+    with pytest.raises(RuntimeError, match="GPU 3 requested but torch sees 1"):
+        device.resolve_device("cuda:3")
+
+
+def test_cpu_is_always_granted() -> None:
+    choice = device.resolve_device("cpu")
+    assert (choice.kind, choice.torch_device, choice.requested) == ("cpu", torch.device("cpu"), "cpu")
+
+
+@pytest.mark.parametrize("requested", ["gpu", "cuda:x", "cpu:0", ""])
+def test_unknown_device_lists_the_valid_ones(requested: str) -> None:
+    with pytest.raises(ValueError, match="valid: 'auto', 'cpu', 'cuda'"):
+        device.resolve_device(requested)
+
+
+@pytest.mark.parametrize("requested", ["auto", "cpu"])
+def test_describe_is_json_serialisable(requested: str) -> None:
+    summary = device.resolve_device(requested).describe()
+    assert json.loads(json.dumps(summary)) == summary
+    assert {"kind", "torch_device", "reason", "requested", "cupy", "dali_gpu", "cuml"} <= summary.keys()
+
+
+def test_choice_is_frozen() -> None:
+    choice = device.resolve_device("cpu")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        choice.kind = "cuda"  # type: ignore[misc]

@@ -1,0 +1,213 @@
+from __future__ import annotations
+
+import dataclasses
+from typing import get_args
+
+import numpy as np
+import pytest
+import torch
+from activessf_engine.config import SelectionConfig, StrategyName
+from activessf_engine.prototypes import Prototypes
+from activessf_engine.selection import (
+    apply_thresholds,
+    cluster_thresholds,
+    density_thresholds,
+    list_strategies,
+    nearest_prototype,
+    reselect,
+    select,
+    water_fill,
+)
+
+SIZES = np.array([10, 5, 1], dtype=np.int64)
+LOWER = np.array([1.0, 2.0, 3.0], dtype=np.float32)
+UPPER = np.array([5.0, 6.0, 3.0], dtype=np.float32)
+
+
+def _prototypes(centres: np.ndarray, sizes: np.ndarray = SIZES, lower=LOWER, upper=UPPER) -> Prototypes:
+    k = len(centres)
+    return Prototypes(
+        centres=np.asarray(centres, dtype=np.float32),
+        sizes=np.asarray(sizes, dtype=np.int64),
+        lower=np.asarray(lower, dtype=np.float32),
+        upper=np.asarray(upper, dtype=np.float32),
+        class_counts=np.ones((k, 1), dtype=np.int64),
+        class_names=["c"],
+        model="m",
+        fingerprint="f",
+    )
+
+
+# Eq. 8 ---------------------------------------------------------------------------------------------
+
+
+def test_largest_cluster_gets_lb_and_singleton_gets_its_bound() -> None:
+    thresholds = density_thresholds(SIZES, LOWER, UPPER, alpha=1.0)
+    assert thresholds[0] == LOWER[0]  # n_i = n_max: (1 - 1)^alpha = 0, exactly LB
+    assert thresholds[2] == UPPER[2] == LOWER[2]  # a singleton's LB = UB
+    assert thresholds[1] == pytest.approx(2.0 + 4.0 * 0.5)
+
+
+def test_alpha_changes_only_the_intermediate_clusters() -> None:
+    one = density_thresholds(SIZES, LOWER, UPPER, alpha=1.0)
+    half = density_thresholds(SIZES, LOWER, UPPER, alpha=0.5)
+    assert half[0] == one[0] and half[2] == one[2]
+    assert half[1] == pytest.approx(2.0 + 4.0 * np.sqrt(0.5))
+    assert half[1] > one[1]  # alpha < 1 lifts mid-sized clusters towards UB
+
+
+def test_threshold_is_monotone_in_cluster_size() -> None:
+    sizes = np.arange(1, 21)
+    for alpha in (0.5, 1.0, 2.0):
+        thresholds = density_thresholds(sizes, np.zeros(20), np.ones(20), alpha)
+        assert (np.diff(thresholds) < 0).all()  # rarer cluster, larger (more permissive) threshold
+        assert thresholds[-1] == 0.0 and thresholds[0] < 1.0
+
+
+def test_global_bounds() -> None:
+    thresholds = density_thresholds(SIZES, LOWER, UPPER, alpha=1.0, bounds="global")
+    np.testing.assert_allclose(thresholds, [1.0, 1.0 + 5.0 * 0.5, 1.0 + 5.0 * 0.9])
+
+
+def test_threshold_arguments_are_checked() -> None:
+    with pytest.raises(ValueError, match="alpha"):
+        density_thresholds(SIZES, LOWER, UPPER, alpha=0.0)
+    with pytest.raises(ValueError, match="bounds"):
+        density_thresholds(SIZES, LOWER, UPPER, alpha=1.0, bounds="local")
+    with pytest.raises(ValueError, match="sizes must be >= 1"):
+        density_thresholds(np.array([3, 0, 1]), LOWER, UPPER, alpha=1.0)
+
+
+def test_fixed_mode() -> None:
+    prototypes = _prototypes(np.zeros((3, 2)))
+    config = SelectionConfig(threshold_mode="fixed", fixed_threshold=17.0)
+    np.testing.assert_array_equal(cluster_thresholds(prototypes, config), [17.0, 17.0, 17.0])
+    selected = apply_thresholds(np.array([0, 1, 2, 2]), np.array([17.0, 16.9, 17.1, 0.0]), prototypes, config)
+    assert selected.tolist() == [True, True, False, True]
+
+
+# Eq. 7 ---------------------------------------------------------------------------------------------
+
+
+def test_nearest_prototype_matches_brute_force() -> None:
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(503, 16)).astype(np.float32) * 3 + 100  # offset stresses |x|^2 - 2xc + |c|^2
+    centres = rng.normal(size=(7, 16)).astype(np.float32) * 3 + 100
+    exact = np.linalg.norm(features[:, None].astype(np.float64) - centres[None], axis=2)
+    cluster, distance = nearest_prototype(features, centres, chunk_rows=64)
+    assert cluster.dtype == np.int64 and distance.dtype == np.float32
+    np.testing.assert_array_equal(cluster, exact.argmin(1))
+    np.testing.assert_allclose(distance, exact.min(1), rtol=1e-5)
+    t_cluster, t_distance = nearest_prototype(torch.from_numpy(features), torch.from_numpy(centres))
+    np.testing.assert_array_equal(t_cluster, cluster)
+    np.testing.assert_array_equal(t_distance, distance)
+
+
+def test_nearest_prototype_edge_cases() -> None:
+    centres = np.array([[0.0, 0.0], [2.0, 0.0]])
+    cluster, distance = nearest_prototype(np.array([[1.0, 0.0], [0.0, 0.0]]), centres)
+    assert cluster.tolist() == [0, 0]  # a tie goes to the lower index
+    assert distance.tolist() == [1.0, 0.0]  # clamped at 0, never NaN
+    empty_cluster, empty_distance = nearest_prototype(np.empty((0, 2)), centres)
+    assert empty_cluster.shape == empty_distance.shape == (0,)
+    with pytest.raises(ValueError, match="must agree"):
+        nearest_prototype(np.zeros((3, 5)), centres)
+
+
+# Eq. 9 and strategies ----------------------------------------------------------------------------------
+
+
+def _candidates(seed: int = 0) -> tuple[np.ndarray, Prototypes]:
+    """Imbalanced blobs of 600, 60 and 20 candidates around three prototypes, 100 apart."""
+    rng = np.random.default_rng(seed)
+    centres = np.array([[0.0, 0.0], [100.0, 0.0], [0.0, 100.0]])
+    features = np.concatenate(
+        [c + rng.normal(scale=2.0, size=(n, 2)) for c, n in zip(centres, (600, 60, 20), strict=True)]
+    )
+    prototypes = _prototypes(centres, sizes=[50, 20, 5], lower=[0.1, 0.2, 0.3], upper=[3.0, 3.0, 3.0])
+    return features.astype(np.float32), prototypes
+
+
+def test_activessf_selects_by_eq9() -> None:
+    features, prototypes = _candidates()
+    config = SelectionConfig(alpha=1.0)
+    decisions = select(features, prototypes, config)
+    thresholds = density_thresholds(prototypes.sizes, prototypes.lower, prototypes.upper, 1.0)
+    np.testing.assert_array_equal(decisions.threshold, thresholds[decisions.cluster])
+    np.testing.assert_array_equal(decisions.selected, decisions.distance <= decisions.threshold)
+    assert decisions.cluster[:600].tolist() == [0] * 600
+    assert 0 < decisions.selected.sum() < len(features)
+    assert decisions.strategy == "activessf" and len(decisions) == len(features)
+
+
+def test_reselect_without_features_equals_select() -> None:
+    features, prototypes = _candidates()
+    first = select(features, prototypes, SelectionConfig(alpha=1.0))
+    for config in (SelectionConfig(alpha=0.5), SelectionConfig(alpha=2.0, bounds="global")):
+        again = reselect(first.cluster, first.distance, prototypes, config)
+        np.testing.assert_array_equal(again.selected, select(features, prototypes, config).selected)
+    np.testing.assert_array_equal(
+        apply_thresholds(first.cluster, first.distance, prototypes, SelectionConfig(alpha=1.0)),
+        first.selected,
+    )
+
+
+def test_strategy_registry_matches_config() -> None:
+    assert list_strategies() == sorted(get_args(StrategyName))
+    features, prototypes = _candidates()
+    with pytest.raises(ValueError, match="valid: \\['activessf'"):
+        select(features, prototypes, dataclasses.replace(SelectionConfig(), strategy="nope"))
+
+
+@pytest.mark.parametrize("strategy", list_strategies())
+def test_every_strategy_reports_activessf_values(strategy: str) -> None:
+    features, prototypes = _candidates()
+    reference = select(features, prototypes, SelectionConfig())
+    decisions = select(features, prototypes, SelectionConfig(strategy=strategy))
+    assert decisions.strategy == strategy
+    assert decisions.selected.dtype == bool and decisions.selected.shape == (len(features),)
+    for name in ("cluster", "distance", "threshold"):
+        np.testing.assert_array_equal(getattr(decisions, name), getattr(reference, name))
+    if strategy in ("activessf", "random", "balanced"):
+        assert decisions.selected.sum() == reference.selected.sum()
+    if strategy == "all":
+        assert decisions.selected.all()
+
+
+def test_random_is_seeded() -> None:
+    features, prototypes = _candidates()
+    a = select(features, prototypes, SelectionConfig(strategy="random", seed=1))
+    b = select(features, prototypes, SelectionConfig(strategy="random", seed=1))
+    c = select(features, prototypes, SelectionConfig(strategy="random", seed=2))
+    np.testing.assert_array_equal(a.selected, b.selected)
+    assert (a.selected != c.selected).any()
+
+
+def test_balanced_evens_out_the_clusters() -> None:
+    features, prototypes = _candidates()
+    config = SelectionConfig(strategy="balanced", threshold_mode="fixed", fixed_threshold=2.0, seed=0)
+    activessf = select(features, prototypes, dataclasses.replace(config, strategy="activessf"))
+    total = int(activessf.selected.sum())
+    assert total > 3 * 20  # the smallest blob must give its surplus to the others
+    decisions = select(features, prototypes, config)
+    per_blob = [int(decisions.selected[s].sum()) for s in (slice(0, 600), slice(600, 660), slice(660, 680))]
+    assert sum(per_blob) == total
+    assert per_blob == water_fill(total, np.array([600, 60, 20])).tolist()
+    np.testing.assert_array_equal(decisions.selected, select(features, prototypes, config).selected)
+    with pytest.raises(ValueError, match="pass them"):
+        reselect(activessf.cluster, activessf.distance, prototypes, config)
+
+
+def test_water_fill() -> None:
+    assert water_fill(10, np.array([100, 100, 100])).tolist() == [3, 3, 4]
+    assert water_fill(12, np.array([1, 10, 1])).tolist() == [1, 10, 1]
+    assert water_fill(9, np.array([2, 50, 50])).tolist() == [2, 3, 4]
+    assert water_fill(99, np.array([3, 4])).tolist() == [3, 4]
+    assert water_fill(0, np.array([3, 4])).tolist() == [0, 0]
+
+
+@pytest.mark.parametrize("strategy", list_strategies())
+def test_no_candidates(strategy: str) -> None:
+    _, prototypes = _candidates()
+    decisions = select(np.empty((0, 2), dtype=np.float32), prototypes, SelectionConfig(strategy=strategy))
+    assert len(decisions) == 0 and decisions.selected.dtype == bool
