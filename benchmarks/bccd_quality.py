@@ -214,9 +214,7 @@ def judge(rois: np.ndarray, sample: Sample, threshold: float) -> tuple[Counts, l
 # ----------------------------------------------------------------------------------------- diagnostics
 
 
-def miss_reasons(
-    mask: torch.Tensor, sample: Sample, config: FilterConfig, threshold: float
-) -> tuple[Counter, list]:
+def miss_reasons(mask: torch.Tensor, sample: Sample, config: FilterConfig, threshold: float) -> tuple[Counter, list]:
     """Why each WBC box is or is not found, judged on all components of the mask.
 
     `kept`: a component with IoU >= threshold passes both tests; `fill`: one passes the box-size test
@@ -348,9 +346,7 @@ def _summary(values: list[float]) -> dict[str, float]:
 def subset(regions: TileRegions, min_box: int, min_fill: float) -> np.ndarray:
     """Boxes of `regions` that also pass a stricter min_box and min_fill."""
     b = regions.boxes
-    keep = (
-        ((b[:, 2] - b[:, 0]) >= min_box) & ((b[:, 3] - b[:, 1]) >= min_box) & (regions.fill_rates >= min_fill)
-    )
+    keep = ((b[:, 2] - b[:, 0]) >= min_box) & ((b[:, 3] - b[:, 1]) >= min_box) & (regions.fill_rates >= min_fill)
     return b[keep]
 
 
@@ -385,9 +381,7 @@ def run_search(
             config = dataclasses.replace(mask_config, min_fill=fill, fill_holes=holes, min_box=box)
             results.append(
                 {
-                    "config": {
-                        k: getattr(config, k) for k in (*MASK_GRID, "min_fill", "fill_holes", "min_box")
-                    },
+                    "config": {k: getattr(config, k) for k in (*MASK_GRID, "min_fill", "fill_holes", "min_box")},
                     "metrics": {str(t): totals[(fill, holes, box, t)].metrics() for t in thresholds},
                 }
             )
@@ -450,9 +444,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="only the first N images")
     parser.add_argument("--json", type=Path, default=None, help="write every result here")
     parser.add_argument("--search", action="store_true", help="run the parameter grid")
-    parser.add_argument(
-        "--iou", type=float, default=0.5, help="IoU threshold of a match (0.3 is always added)"
-    )
+    parser.add_argument("--iou", type=float, default=0.5, help="IoU threshold of a match (0.3 is always added)")
     args = parser.parse_args(argv)
 
     started = time.perf_counter()
@@ -490,12 +482,7 @@ def main(argv: list[str] | None = None) -> int:
     }
 
     if args.search:
-        n = (
-            len(list(itertools.product(*MASK_GRID.values())))
-            * len(MIN_FILLS)
-            * len(FILL_HOLES)
-            * len(MIN_BOXES)
-        )
+        n = len(list(itertools.product(*MASK_GRID.values()))) * len(MIN_FILLS) * len(FILL_HOLES) * len(MIN_BOXES)
         print(
             f"\n== Search: {n} configurations (mask {dict(MASK_GRID)}; min_fill {MIN_FILLS}, "
             f"fill_holes {FILL_HOLES}, min_box {MIN_BOXES}) =="
@@ -523,9 +510,7 @@ def main(argv: list[str] | None = None) -> int:
             out["best_recall"] = best
         else:
             print("  none")
-        ranked_loose = sorted(
-            grid, key=lambda r: (-r["metrics"][loose]["f1"], -r["metrics"][loose]["recall"])
-        )
+        ranked_loose = sorted(grid, key=lambda r: (-r["metrics"][loose]["f1"], -r["metrics"][loose]["recall"]))
         print(f"\nBest by F1 at IoU {LOOSE_IOU}:")
         print(HEADER)
         print(metric_row(config_label(ranked_loose[0]["config"]), ranked_loose[0]["metrics"][loose]))

@@ -158,9 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(f"device: {result['device_name']} [{device}], torch {torch.__version__}")
     if not args.skip_features:
-        feats = bench_features(
-            args.model, args.weights, device, args.count, args.batch_size, args.roi_size, args.seed
-        )
+        sizes = (args.count, args.batch_size, args.roi_size)
+        feats = bench_features(args.model, args.weights, device, *sizes, args.seed)
         result["features"] = feats
         side = feats["roi_size"]
         print(

@@ -64,6 +64,8 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "pbc-longtail"
 RARE_COUNT = 3
 UNKNOWN = "(no truth)"
+FILE_COLUMNS = ("file", "filename", "path", "image", "name")  # accepted headers of the truth CSV
+CLASS_COLUMNS = ("class", "label", "cell_type", "category")
 
 log = logging.getLogger("selection_quality")
 
@@ -125,12 +127,8 @@ def read_truth(path: Path) -> dict[str, str]:
     with path.open(newline="") as fh:
         reader = csv.DictReader(fh)
         fields = [f.strip() for f in reader.fieldnames or []]
-        file_col = next(
-            (f for f in fields if f.lower() in ("file", "filename", "path", "image", "name")), None
-        )
-        class_col = next(
-            (f for f in fields if f.lower() in ("class", "label", "cell_type", "category")), None
-        )
+        file_col = next((f for f in fields if f.lower() in FILE_COLUMNS), None)
+        class_col = next((f for f in fields if f.lower() in CLASS_COLUMNS), None)
         if file_col is None or class_col is None:
             raise ValueError(f"{path}: cannot find the file and class columns in header {fields}")
         return {Path(row[file_col].strip()).name: row[class_col].strip() for row in reader}
@@ -154,7 +152,7 @@ def normalized_entropy(counts: dict[str, int], n_classes: int) -> float:
     if total == 0 or n_classes < 2:
         return 0.0
     p = values[values > 0] / total
-    return float(-(p * np.log(p)).sum() / math.log(n_classes))
+    return max(0.0, float(-(p * np.log(p)).sum() / math.log(n_classes)))
 
 
 def rare_share(counts: dict[str, int], rare: list[str]) -> float:
@@ -238,7 +236,7 @@ def timed(label: str, timings: dict[str, float], fn: Any, *fn_args: Any, **fn_kw
     return result
 
 
-def prototypes_current(folder: Path, config: EngineConfig, device: str) -> bool:
+def prototypes_current(folder: Path, model: str, fingerprint: str) -> bool:
     """Whether `folder` holds prototypes of this model and these exact weights (by fingerprint)."""
     if not (folder / "prototypes.json").is_file():
         return False
@@ -247,8 +245,7 @@ def prototypes_current(folder: Path, config: EngineConfig, device: str) -> bool:
     except (OSError, ValueError) as error:
         log.warning("rebuilding prototypes: %s", error)
         return False
-    backbone = load_backbone(config.features, device)
-    return prototypes.model == backbone.name and prototypes.fingerprint == backbone.fingerprint
+    return prototypes.model == model and prototypes.fingerprint == fingerprint
 
 
 def prototype_summary(folder: Path) -> dict[str, Any]:
@@ -296,9 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch default)")
     p.add_argument("--device", default="cpu", help="torch device for filter and features (default cpu)")
     p.add_argument("--limit-unlabeled", type=int, help="only the first N unlabeled images by name")
-    p.add_argument(
-        "--limit-labeled-per-class", type=int, help="only the first N labeled images of each class"
-    )
+    p.add_argument("--limit-labeled-per-class", type=int, help="only the first N labeled images per class")
     p.add_argument("--min-fill", type=float, help="filter tau (default: the config's, 0.7)")
     p.add_argument("--min-box", type=int, help="filter minimum box side (default: the config's, 70)")
     p.add_argument("--fill-holes", action=argparse.BooleanOptionalAction, default=None)
@@ -324,6 +319,13 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work or Path(tempfile.gettempdir()) / (
         f"activessf-selq-u{args.limit_unlabeled or 'all'}-l{args.limit_labeled_per_class or 'all'}"
     )
+    try:  # fail now, not after the filter, when the weights cannot be loaded
+        backbone = load_backbone(config.features, args.device)
+    except (FileNotFoundError, ValueError) as error:
+        what = f"{config.features.model} weights {config.features.weights!r}"
+        raise SystemExit(f"cannot load {what}: {error}") from error
+    model_name, fingerprint = backbone.name, backbone.fingerprint
+    del backbone  # each step loads its own; only the name and fingerprint are needed here
     work.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     started = time.perf_counter()
@@ -349,9 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     ).to_json()
     store = RoiStore(candidates)
     if not store.complete:
-        raise SystemExit(
-            f"{candidates} is incomplete ({len(store.parts)} of {len(store.meta['plan'])} parts)"
-        )
+        raise SystemExit(f"{candidates} is incomplete ({len(store.parts)} of {len(store.meta['plan'])})")
     print(
         f"filter: {filtered['sources_read']} images read this run ({filtered['parts_already_done']} of "
         f"{filtered['parts_total']} parts were already done), {len(store)} candidate ROIs in the store"
@@ -362,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         [str(labeled), args.limit_labeled_per_class, to_dict(config.crop), to_dict(config.prototypes)]
     )
     protos_dir = work / f"prototypes-{config.features.model}-{_digest(config.features.weights)}-{labeled_key}"
-    if prototypes_current(protos_dir, config, args.device):
+    if prototypes_current(protos_dir, model_name, fingerprint):
         print(f"prototypes: reusing {protos_dir}")
         protos = prototype_summary(protos_dir)
         timings["prototypes"] = 0.0
@@ -403,10 +403,8 @@ def main(argv: list[str] | None = None) -> int:
     pool["rare_ratio"] = 1.0
     source_pool = score(image_classes, np.array(pool_sources, dtype=object), order, rare, 0.0)
     print(f"\nsource images (truth): {len(pool_sources)} -> {images}")
-    print(
-        f"  normalized entropy {source_pool['entropy']:.3f}, "
-        f"rare share {100 * source_pool['rare_share']:.1f}%"
-    )
+    share = 100 * source_pool["rare_share"]
+    print(f"  normalized entropy {source_pool['entropy']:.3f}, rare share {share:.1f}%")
     print(f"{'class':<14}{'images':>7}{'with ROI':>9}{'recall':>8}{'ROIs':>6}{'ROIs/img':>9}")
     for c in order:
         r = recall[c]
@@ -435,9 +433,8 @@ def main(argv: list[str] | None = None) -> int:
         selected = RoiStore(out)
         cols = selected.columns()
         paths = np.array([Path(p).name for p in cols.get("source_path", [])], dtype=object)
-        if len(selected) and not np.array_equal(
-            paths, cand_paths[np.asarray(cols["candidate"], dtype=np.int64)]
-        ):
+        pointed = cand_paths[np.asarray(cols["candidate"], dtype=np.int64)] if len(selected) else paths
+        if not np.array_equal(paths, pointed):
             log.error("%s: source paths disagree with the candidates they point to", out)
         classes = np.array([truth.get(p, UNKNOWN) for p in paths], dtype=object)
         row = {

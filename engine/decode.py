@@ -88,7 +88,7 @@ def _to_rgb8(img: Image.Image) -> np.ndarray:
             top = max(float(arr.max(initial=0)), 1e-12)
         gray = np.clip(np.rint(arr * (255.0 / top)), 0, 255).astype(np.uint8)
         return np.repeat(gray[..., None], 3, axis=-1)
-    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    return np.array(img.convert("RGB"), dtype=np.uint8)
 
 
 def _decode_pillow(probe: _Probe) -> DecodedImage:
@@ -125,13 +125,25 @@ class DaliDecoder:
 
         self.name = "dali-gpu" if on_gpu else "dali-cpu"
         self.batch_size = batch_size
-        self._pipe = pipe()
-        self._pipe.build()
+        self._make = pipe
+        self._pipe = self._build()
+
+    def _build(self):
+        pipe = self._make()
+        pipe.build()
+        return pipe
 
     def decode(self, blobs: Sequence[bytes]) -> list[torch.Tensor]:
-        """Decode one batch (at most batch_size); raises RuntimeError if any file fails."""
+        """Decode one batch (at most batch_size); raises RuntimeError if any file fails.
+
+        After a failure DALI's pipeline refuses every later batch, so it is built anew.
+        """
         self._pipe.feed_input("encoded", [np.frombuffer(b, dtype=np.uint8) for b in blobs])
-        (out,) = self._pipe.run()
+        try:
+            (out,) = self._pipe.run()
+        except RuntimeError:
+            self._pipe = self._build()
+            raise
         if self.device.type == "cuda":
             return [torch.from_dlpack(out[i]).clone() for i in range(len(blobs))]
         return [torch.from_numpy(np.array(out[i])) for i in range(len(blobs))]

@@ -32,7 +32,7 @@ class TileRegions:
     areas: np.ndarray  # (n,) int64, pixels of the region
     fill_rates: np.ndarray  # (n,) float32, area / box area
     mask: torch.Tensor | None = None  # (H, W) bool composite HSV mask, when asked for (QC overlays)
-    palette: np.ndarray | None = None  # (merged_clusters, 3) uint8 colours of G'
+    palette: np.ndarray | None = None  # (m, 3) uint8 colours of G' (m <= merged_clusters)
 
 
 @dataclass
@@ -77,7 +77,7 @@ def _sample_indices(pixels: int, size: int, device: torch.device) -> torch.Tenso
     return torch.randint(0, pixels, (size,), generator=gen).to(device)
 
 
-def cell_masks(tiles: torch.Tensor, config: FilterConfig, times: StageTimes) -> tuple[torch.Tensor, np.ndarray]:
+def cell_masks(tiles: torch.Tensor, config: FilterConfig, times: StageTimes) -> tuple[torch.Tensor, list[np.ndarray]]:
     """The composite HSV mask of each tile of a (B, H, W, 3) uint8 batch, and the palettes of G'.
 
     Steps of II-B: normalize, Eq. 1 blur, Eq. 2-3 K-means on a pixel sample, merge 20 -> 10, HSV
@@ -118,7 +118,7 @@ def cell_masks(tiles: torch.Tensor, config: FilterConfig, times: StageTimes) -> 
     else:
         masks = in_hsv_ranges(hsv_opencv(smooth.permute(0, 3, 1, 2)), ranges).reshape(batch, -1)
         times.lap("hsv_mask", start)
-    return masks.reshape(batch, height, width), np.stack(palettes)
+    return masks.reshape(batch, height, width), palettes
 
 
 def regions_of_mask(mask: torch.Tensor, config: FilterConfig) -> TileRegions:

@@ -160,8 +160,9 @@ def merge_clusters(
     united, n_a n_b / (n_a + n_b) |c_a - c_b|^2; `centroid` is |c_a - c_b|^2. The united centre is the
     count-weighted mean, Eq. 2 applied to the union. Ties go to the lowest pair of indices.
 
-    `centres` (K, 3) in colour units, `counts` (K,). Returns `mapping` (K,) into 0..target-1,
-    numbered by first member, the merged centres (target, 3) and their counts (target,).
+    `centres` (K, 3) in colour units, `counts` (K,). Returns `mapping` (K,) into 0..m-1, numbered
+    by first member, the merged centres (m, 3) and their counts (m,), where m = `target`, or fewer
+    when fewer than `target` clusters have members (empty clusters join their nearest non-empty one).
     """
     if method not in ("ward", "centroid"):
         raise ValueError(f"unknown merge method {method!r}; valid: ['centroid', 'ward']")
@@ -171,9 +172,14 @@ def merge_clusters(
     means = np.asarray(centres, dtype=np.float64).copy()
     sizes = np.asarray(counts, dtype=np.float64).copy()
     members = [[i] for i in range(k)]
-    alive = np.ones(k, dtype=bool)
+    alive = sizes > 0 if sizes.any() else np.ones(k, dtype=bool)
+    # An empty cluster has no pixels to merge, so no Ward cost; it joins the non-empty cluster whose
+    # centre is nearest, which is where the pixels that later fall nearest to it belong.
+    for j in np.flatnonzero(~alive):
+        d2 = np.where(alive, ((means - means[j]) ** 2).sum(-1), np.inf)
+        members[int(np.argmin(d2))].append(int(j))
     upper = np.triu(np.ones((k, k), dtype=bool), 1)  # each pair once, a < b
-    for _ in range(k - target):
+    for _ in range(int(alive.sum()) - target):
         d2 = ((means[:, None, :] - means[None, :, :]) ** 2).sum(-1)
         if method == "ward":
             total = sizes[:, None] + sizes[None, :]

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from activessf_engine.config import EngineConfig, replace_section
 from PIL import Image
+
+from activessf_engine.config import EngineConfig, replace_section
 
 DATA = Path(__file__).parent / "data"
 BCCD = DATA / "bccd"

@@ -49,9 +49,7 @@ def test_preamble_defines_every_constant() -> None:
 
 
 def test_unknown_source_lists_the_valid_ones() -> None:
-    with pytest.raises(
-        ValueError, match=r"unknown CUDA source 'nope'; valid: \['components', 'pixel_kmeans'\]"
-    ):
+    with pytest.raises(ValueError, match=r"unknown CUDA source 'nope'; valid: \['components', 'pixel_kmeans'\]"):
         cupy_source.source_text("nope")
 
 

@@ -66,7 +66,15 @@ def candidates(tmp_path: Path) -> Path:
             "source": source,
         }
         table = [
-            {"path": p, "id": p, "width": 100, "height": 100, "status": "ok", "error": None, "rois": int((source == j).sum())}
+            {
+                "path": p,
+                "id": p,
+                "width": 100,
+                "height": 100,
+                "status": "ok",
+                "error": None,
+                "rois": int((source == j).sum()),
+            }
             for j, p in enumerate(sources)
         ]
         writer.commit_part(part, PartData(rois, columns, table))

@@ -22,9 +22,7 @@ def broken_cupy(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(device, "cuda_available", lambda: (True, "torch sees 1 CUDA GPU(s) (simulated)"))
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
-    monkeypatch.setattr(
-        device, "cupy_usable", lambda index=0: (False, "cupy cannot run a kernel (simulated)")
-    )
+    monkeypatch.setattr(device, "cupy_usable", lambda index=0: (False, "cupy cannot run a kernel (simulated)"))
 
 
 def test_checks_return_ok_and_reason() -> None:
@@ -42,9 +40,7 @@ def test_auto_agrees_with_the_checks() -> None:
     assert choice.reason
 
 
-def test_auto_without_gpu_falls_back_to_cpu_and_logs_why(
-    no_gpu: None, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_auto_without_gpu_falls_back_to_cpu_and_logs_why(no_gpu: None, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger=device.logger.name):
         choice = device.resolve_device("auto")
     assert choice.kind == "cpu"

@@ -23,9 +23,7 @@ def _needs_gpu() -> None:
         pytest.skip(f"no usable GPU + CuPy: {reason}")
 
 
-def _random_case(
-    batch: int, n: int, clusters: int, centres_kind: str, seed: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _random_case(batch: int, n: int, clusters: int, centres_kind: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
     pixels = torch.randint(0, 256, (batch, n, 3), dtype=torch.uint8, generator=generator)
     if centres_kind == "fixed":  # what Lloyd produces: integers in units of 1/8 colour level
@@ -33,9 +31,9 @@ def _random_case(
         centres = centres.to(torch.float32)
     elif centres_kind == "ties":  # few distinct colours, repeated centres: many exact ties
         pixels = pixels // 64 * 64
-        centres = (
-            torch.randint(0, 5, (batch, clusters, 3), generator=generator) * 64 * pixel_kmeans.FIXED_POINT
-        ).to(torch.float32)
+        centres = (torch.randint(0, 5, (batch, clusters, 3), generator=generator) * 64 * pixel_kmeans.FIXED_POINT).to(
+            torch.float32
+        )
         centres[:, clusters // 2 :] = centres[:, : clusters - clusters // 2]
     else:  # arbitrary floats: still bit-identical, the operations are the same
         centres = torch.rand((batch, clusters, 3), generator=generator) * 256 * pixel_kmeans.FIXED_POINT
@@ -112,9 +110,7 @@ def test_split_launches_match_cpu(
     monkeypatch.setattr(cupy_source, "MAX_GRID_Y", max_images)
     assert len(cupy_source.launch_windows(batch, n, 3)) > 1
     pixels, centres = _random_case(batch, n, 20, "fixed", seed=n)
-    assert torch.equal(
-        pixel_kmeans.assign(pixels.cuda(), centres.cuda()).cpu(), pixel_kmeans.assign(pixels, centres)
-    )
+    assert torch.equal(pixel_kmeans.assign(pixels.cuda(), centres.cuda()).cpu(), pixel_kmeans.assign(pixels, centres))
     sums, counts = pixel_kmeans.reference_accumulate(pixels, centres)
     got_sums, got_counts = cupy_pixel_kmeans.accumulate(pixels.cuda(), centres.cuda())
     assert torch.equal(got_sums.cpu(), sums)

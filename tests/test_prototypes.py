@@ -51,9 +51,7 @@ def test_cluster_statistics_match_brute_force() -> None:
         assert prototypes.sizes[i] == (member == i).sum()
         np.testing.assert_allclose(prototypes.lower[i], nearest[member == i].min(), rtol=1e-5)
         np.testing.assert_allclose(prototypes.upper[i], nearest[member == i].max(), rtol=1e-5)
-        np.testing.assert_array_equal(
-            prototypes.class_counts[i], np.bincount(labels[member == i], minlength=3)
-        )
+        np.testing.assert_array_equal(prototypes.class_counts[i], np.bincount(labels[member == i], minlength=3))
         np.testing.assert_allclose(prototypes.centres[i], features[member == i].mean(0), atol=1e-5)  # Eq. 6
     assert prototypes.centres.dtype == np.float32 and prototypes.sizes.dtype == np.int64
     assert prototypes.class_counts.sum() == len(features)
