@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import safetensors.torch
 import torch
+
 from activessf_engine.config import FeatureConfig
 from activessf_engine.features import (
     Backbone,

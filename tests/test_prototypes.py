@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from activessf_engine.config import PrototypeConfig
 from activessf_engine.prototypes import (
     ARRAYS_FILE,

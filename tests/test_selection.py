@@ -6,6 +6,7 @@ from typing import get_args
 import numpy as np
 import pytest
 import torch
+
 from activessf_engine.config import SelectionConfig, StrategyName
 from activessf_engine.prototypes import Prototypes
 from activessf_engine.selection import (
