@@ -57,7 +57,7 @@ json.dump(resolve_device("auto").describe(), sys.stdout, indent=1)' | tee "$OUT_
 echo
 
 # --- GPU kernels against the CPU references ---------------------------------------------------------------
-if "$python" -m pytest -p no:cacheprovider -m gpu -q tests/test_gpu_kernels.py \
+if "$python" -m pytest -p no:cacheprovider -m gpu -q tests/test_gpu_kernels.py tests/test_gpu_stages.py \
     --junitxml "$OUT_DIR/pytest-gpu.xml" 2>&1 | tee "$OUT_DIR/pytest-gpu.txt"; then
     if grep -qE '[0-9]+ passed' "$OUT_DIR/pytest-gpu.txt"; then
         tests="ok"

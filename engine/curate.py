@@ -227,7 +227,7 @@ def run_select(
             threshold=decisions.threshold[glob].astype(np.float32),
             candidate=glob.astype(np.int64),
         )
-        rois = store.part_rois(part)[rows] if len(rows) else np.zeros((0, *store.part_rois(part).shape[1:]), np.uint8)
+        rois = store.part_rois(part, rows)
         writer.commit_part(k, PartData(rois, columns, store.part_attrs(part)["sources"]), {"candidate_part": part})
     _write_decisions(Path(out), decisions)
 

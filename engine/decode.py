@@ -15,6 +15,7 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -36,6 +37,17 @@ class DecodedImage:
     decoder: str = ""  # "dali-cpu", "dali-gpu", "pillow" or "" for failures
     width: int = 0
     height: int = 0
+
+
+class Decoder(Protocol):
+    """Decodes a batch of encoded images to (H, W, 3) uint8 tensors on `device`; raises RuntimeError
+    when any of them fails."""
+
+    name: str
+    batch_size: int
+    device: torch.device
+
+    def decode(self, blobs: Sequence[bytes]) -> list[torch.Tensor]: ...
 
 
 @dataclass
@@ -171,7 +183,7 @@ class TorchvisionDecoder:
         return [img.permute(1, 2, 0).contiguous() for img in images]
 
 
-def make_decoder(batch_size: int, threads: int, device: torch.device | str = "cpu") -> DaliDecoder | TorchvisionDecoder:
+def make_decoder(batch_size: int, threads: int, device: torch.device | str = "cpu") -> Decoder:
     """DALI when it is installed (the engine's decoder), torchvision's otherwise (logged)."""
     try:
         return DaliDecoder(batch_size, threads, device)
@@ -180,7 +192,7 @@ def make_decoder(batch_size: int, threads: int, device: torch.device | str = "cp
         return TorchvisionDecoder(batch_size, device)
 
 
-def _decode_batch(decoder: DaliDecoder | TorchvisionDecoder, probes: list[_Probe]) -> list[DecodedImage]:
+def _decode_batch(decoder: Decoder, probes: list[_Probe]) -> list[DecodedImage]:
     """DALI on the whole batch; if it fails, file by file, then Pillow for the files DALI refused."""
     results: list[DecodedImage | None] = [None] * len(probes)
     dali_idx = [i for i, p in enumerate(probes) if p.mode in DALI_MODES and p.format in DALI_FORMATS]
@@ -209,7 +221,7 @@ def decode_files(
     paths: Sequence[Path],
     config: InputConfig,
     device: torch.device | str = "cpu",
-    decoder: DaliDecoder | TorchvisionDecoder | None = None,
+    decoder: Decoder | None = None,
 ) -> Iterator[DecodedImage]:
     """Decode `paths` in order, batch by batch; yields one `DecodedImage` per path.
 

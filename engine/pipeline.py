@@ -23,9 +23,9 @@ from activessf_engine.config import EngineConfig, to_dict
 from activessf_engine.crops import cut_rois
 from activessf_engine.decode import DecodedImage, decode_files, make_decoder
 from activessf_engine.progress import Progress, make_progress
-from activessf_engine.regions import StageTimes, find_regions
+from activessf_engine.regions import StageTimes, TileRegions, find_regions
 from activessf_engine.sources import Source, find_sources
-from activessf_engine.store import PartData, StoreWriter
+from activessf_engine.store import ROI_COLUMNS, PartData, StoreWriter
 
 log = logging.getLogger(__name__)
 
@@ -103,53 +103,56 @@ def _decode_parts(
         out.put(exc)
 
 
+def _source_record(source: Source, image: DecodedImage, rois: int) -> dict[str, Any]:
+    """One row of a part's sources table."""
+    return {
+        "path": source.relpath,
+        "id": source.id,
+        "width": image.width,
+        "height": image.height,
+        "status": "ok" if image.image is not None else "skipped",
+        "error": image.error,
+        "decoder": image.decoder,
+        "rois": rois,
+    }
+
+
 def _filter_part(
     sources: list[Source], images: list[DecodedImage], config: EngineConfig, times: StageTimes
-) -> tuple[PartData, list[dict[str, Any]]]:
+) -> PartData:
+    """Regions of every decoded tile of a part, cut into ROIs, with their columns and sources table."""
     ok = [i for i, img in enumerate(images) if img.image is not None]
-    found: dict[int, Any] = {}
+    found: dict[int, TileRegions] = {}
     for start in range(0, len(ok), config.input.batch_size):
         batch = ok[start : start + config.input.batch_size]
-        for i, regions in zip(batch, find_regions([images[i].image for i in batch], config.filter, times), strict=True):
-            found[i] = regions
+        found.update(zip(batch, find_regions([images[i].image for i in batch], config.filter, times), strict=True))
     t0 = time.perf_counter()
-    rois, columns, table = [], {k: [] for k in ("box", "crop_box", "area", "fill_rate", "source")}, []
-    for i, (src, img) in enumerate(zip(sources, images, strict=True)):
-        record = {
-            "path": src.relpath,
-            "id": src.id,
-            "width": img.width,
-            "height": img.height,
-            "status": "ok" if img.image is not None else "skipped",
-            "error": img.error,
-            "decoder": img.decoder,
-            "rois": 0,
-        }
-        if i in found and len(found[i].boxes):
-            regions = found[i]
-            cut, crop_boxes = cut_rois(img.image, regions.boxes, config.crop)
-            rois.append(cut)
-            columns["box"].append(regions.boxes)
-            columns["crop_box"].append(crop_boxes)
-            columns["area"].append(regions.areas)
-            columns["fill_rate"].append(regions.fill_rates)
-            columns["source"].append(np.full(len(cut), i))
-            record["rois"] = len(cut)
-        table.append(record)
     size = config.crop.size
+    rois = [np.zeros((0, size, size, 3), np.uint8)]
+    columns = {name: [np.zeros((0, *shape), dtype)] for name, (dtype, shape) in ROI_COLUMNS.items()}
+    table = []
+    for i, (source, image) in enumerate(zip(sources, images, strict=True)):
+        regions = found.get(i)
+        count = 0 if regions is None else len(regions.boxes)
+        if count:
+            cut, crop_boxes = cut_rois(image.image, regions.boxes, config.crop)
+            rois.append(cut)
+            for name, values in (
+                ("box", regions.boxes),
+                ("crop_box", crop_boxes),
+                ("area", regions.areas),
+                ("fill_rate", regions.fill_rates),
+                ("source", np.full(count, i)),
+            ):
+                columns[name].append(values)
+        table.append(_source_record(source, image, count))
     data = PartData(
-        rois=np.concatenate(rois) if rois else np.zeros((0, size, size, 3), np.uint8),
-        columns={
-            "box": np.concatenate(columns["box"]).astype(np.int32) if rois else np.zeros((0, 4), np.int32),
-            "crop_box": np.concatenate(columns["crop_box"]).astype(np.int32) if rois else np.zeros((0, 4), np.int32),
-            "area": np.concatenate(columns["area"]).astype(np.int64) if rois else np.zeros(0, np.int64),
-            "fill_rate": np.concatenate(columns["fill_rate"]).astype(np.float32) if rois else np.zeros(0, np.float32),
-            "source": np.concatenate(columns["source"]).astype(np.int32) if rois else np.zeros(0, np.int32),
-        },
+        rois=np.concatenate(rois),
+        columns={name: np.concatenate(parts).astype(ROI_COLUMNS[name][0]) for name, parts in columns.items()},
         sources=table,
     )
     times.lap("crops", t0)
-    return data, table
+    return data
 
 
 def _consume(q: queue.Queue) -> Iterator[tuple[int, list[Source], list[DecodedImage]]]:
@@ -227,11 +230,11 @@ def _run_filter(
     decoders: Counter[str] = Counter()
     try:
         for index, part_sources, images in _consume(handoff):
-            data, table = _filter_part(part_sources, images, config, times)
+            data = _filter_part(part_sources, images, config, times)
             t0 = time.perf_counter()
             writer.commit_part(index, data)
             times.lap("write", t0)
-            for record, img in zip(table, images, strict=True):
+            for record, img in zip(data.sources, images, strict=True):
                 if img.image is None:
                     summary.sources_skipped += 1
                     summary.skipped.append({"path": record["path"], "error": record["error"]})

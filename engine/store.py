@@ -39,12 +39,13 @@ from activessf_engine import __version__
 
 FORMAT_VERSION = 1
 PART_NAME = re.compile(r"^p(\d{6})$")
-ROI_COLUMNS = {
-    "box": np.int32,
-    "crop_box": np.int32,
-    "area": np.int64,
-    "fill_rate": np.float32,
-    "source": np.int32,
+# The per-ROI columns every store has: dtype and shape of one row.
+ROI_COLUMNS: dict[str, tuple[type, tuple[int, ...]]] = {
+    "box": (np.int32, (4,)),
+    "crop_box": (np.int32, (4,)),
+    "area": (np.int64, ()),
+    "fill_rate": (np.float32, ()),
+    "source": (np.int32, ()),
 }
 
 
@@ -232,8 +233,18 @@ class RoiStore:
         part, row = self.locate(index)
         return np.asarray(self._groups[part]["rois"][row])
 
-    def part_rois(self, part: int) -> np.ndarray:
-        return np.asarray(self._groups[part]["rois"][:])
+    def part_rois(self, part: int, rows: np.ndarray | None = None) -> np.ndarray:
+        """The ROIs of one part, all or the given rows."""
+        rois = self._groups[part]["rois"]
+        if rows is None:
+            return np.asarray(rois[:])
+        if len(rows) == 0:
+            return np.zeros((0, *rois.shape[1:]), np.uint8)
+        return np.asarray(rois.get_orthogonal_selection((np.asarray(rows),)))
+
+    def part_array(self, part: int, name: str) -> zarr.Array:
+        """One array of a part, unread (for checks that look at shapes and metadata)."""
+        return self._groups[part][name]
 
     def part_column(self, part: int, name: str) -> np.ndarray:
         return np.asarray(self._groups[part][name][:])

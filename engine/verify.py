@@ -44,7 +44,7 @@ def _verify_part(store: RoiStore, part: int, plan: list[list[str]], deep: bool) 
     n = int(attrs.get("rois", -1))
     problems = []
     try:
-        rois = store._groups[part]["rois"]
+        rois = store.part_array(part, "rois")
     except KeyError:
         return [f"{name}: no rois array"]
     if rois.shape[0] != n:
@@ -54,11 +54,13 @@ def _verify_part(store: RoiStore, part: int, plan: list[list[str]], deep: bool) 
     if sum(int(s.get("rois", 0)) for s in sources) != n and store.kind == "candidates":
         problems.append(f"{name}: the sources table counts {sum(int(s.get('rois', 0)) for s in sources)} ROIs, not {n}")
     for column in ROI_COLUMNS:
-        if column not in store._groups[part]:
+        try:
+            rows = store.part_array(part, column).shape[0]
+        except KeyError:
             problems.append(f"{name}: column {column!r} missing")
             continue
-        if store._groups[part][column].shape[0] != n:
-            problems.append(f"{name}: column {column!r} has {store._groups[part][column].shape[0]} rows, not {n}")
+        if rows != n:
+            problems.append(f"{name}: column {column!r} has {rows} rows, not {n}")
     if problems:
         return problems
     source_index = store.part_column(part, "source")
