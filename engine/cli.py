@@ -148,18 +148,16 @@ def _select_lines(s: dict[str, Any]) -> list[str]:
     return lines
 
 
-def cmd_filter(args: argparse.Namespace) -> int:
+def _filter(args: argparse.Namespace, config: EngineConfig, device: Any, out: Path) -> dict[str, Any]:
     from activessf_engine.pipeline import run_filter
 
+    summary = run_filter(args.input, out, config, device=device, progress=not args.quiet, overwrite=args.overwrite)
+    return summary.to_json()
+
+
+def cmd_filter(args: argparse.Namespace) -> int:
     choice = _device(args)
-    summary = run_filter(
-        args.input,
-        args.out,
-        _config(args),
-        device=choice.torch_device,
-        progress=not args.quiet,
-        overwrite=args.overwrite,
-    ).to_json()
+    summary = _filter(args, _config(args), choice.torch_device, args.out)
     summary["device_choice"] = choice.describe()
     _report(args, summary, _filter_lines(summary))
     return EXIT_SKIPPED if summary["sources_skipped"] else EXIT_OK
@@ -202,18 +200,10 @@ def cmd_select(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from activessf_engine.curate import run_prototypes, run_select
-    from activessf_engine.pipeline import run_filter
 
     choice = _device(args)
     config, device, out = _config(args), choice.torch_device, args.out
-    filtered = run_filter(
-        args.input,
-        out / "candidates",
-        config,
-        device=device,
-        progress=not args.quiet,
-        overwrite=args.overwrite,
-    ).to_json()
+    filtered = _filter(args, config, device, out / "candidates")
     protos = run_prototypes(args.labeled, out / "prototypes", config, device=device, progress=not args.quiet)
     selected = run_select(
         out / "candidates",

@@ -139,6 +139,12 @@ class PrototypeConfig:
     max_iter: int = 300
     seed: int = 0
     backend: Literal["auto", "sklearn", "cuml"] = "auto"
+    # How a labeled image becomes a ROI. `filter`: Cell Region Filtering runs on it and the region
+    # nearest its centre is cropped exactly as candidates are (the whole image when no region
+    # passes), so labeled and candidate ROIs are framed alike; `whole`: the whole image, resized.
+    # Measured on the PBC subset: with `whole`, nearly every candidate crop fell outside every
+    # cluster's UB, so selection kept almost nothing (see benchmarks/README.md).
+    labeled_crop: Literal["filter", "whole"] = "filter"
 
 
 @dataclass(frozen=True)

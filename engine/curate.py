@@ -17,12 +17,13 @@ import torch
 import zarr
 
 from activessf_engine.config import EngineConfig, to_dict
-from activessf_engine.crops import fit_to_square
+from activessf_engine.crops import cut_rois, fit_to_square
 from activessf_engine.decode import decode_files
 from activessf_engine.features import Backbone, iter_extract, load_backbone
 from activessf_engine.labeled import scan_labeled
 from activessf_engine.progress import Progress, make_progress
 from activessf_engine.prototypes import Prototypes, fit_prototypes, load_prototypes
+from activessf_engine.regions import TileRegions, find_regions
 from activessf_engine.selection import Decisions, cluster_thresholds, select
 from activessf_engine.store import FeatureCache, PartData, RoiStore, StoreWriter, features_key
 
@@ -66,25 +67,46 @@ def store_features(
     return features, stats
 
 
+def _central_region(regions: TileRegions, width: int, height: int) -> np.ndarray | None:
+    """The box (1, 4) of the region whose centre lies nearest the image centre, or None."""
+    if not len(regions.boxes):
+        return None
+    centres = (regions.boxes[:, :2] + regions.boxes[:, 2:]) / 2.0
+    nearest = np.argmin(((centres - [width / 2.0, height / 2.0]) ** 2).sum(1))
+    return regions.boxes[nearest : nearest + 1]
+
+
 def labeled_rois(
     labeled_root: str | Path, config: EngineConfig
-) -> tuple[np.ndarray, np.ndarray, list[str], list[dict]]:
-    """The labeled set, decoded and brought to the ROI size exactly as crops are (aspect kept, padded).
+) -> tuple[np.ndarray, np.ndarray, list[str], dict[str, Any]]:
+    """The labeled set as ROIs framed like the candidates (see PrototypeConfig.labeled_crop).
 
-    Returns ROIs (n, S, S, 3) uint8, labels (n,), class names and the files that were skipped.
+    Returns ROIs (n, S, S, 3) uint8, labels (n,), class names, and a report: skipped files with
+    their reasons and how many images were cropped by the filter or taken whole.
     """
     labeled = scan_labeled(Path(labeled_root))
-    rois, labels, skipped = [], [], []
-    for label, image in zip(labeled.labels, decode_files(labeled.paths, config.input), strict=True):
+    rois, labels = [], []
+    report: dict[str, Any] = {"skipped": [], "filter_crops": 0, "whole_images": 0}
+    images = decode_files(labeled.paths, config.input)
+    for label, image in zip(labeled.labels, images, strict=True):
         if image.image is None:
-            skipped.append({"path": str(image.path), "error": image.error})
+            report["skipped"].append({"path": str(image.path), "error": image.error})
             log.warning("skipped labeled image %s: %s", image.path, image.error)
             continue
-        rois.append(fit_to_square(image.image.cpu(), config.crop.size, config.crop.pad, config.crop.pad_value))
+        tile = image.image.cpu()
+        box = None
+        if config.prototypes.labeled_crop == "filter":
+            box = _central_region(find_regions([tile], config.filter)[0], image.width, image.height)
+        if box is None:
+            rois.append(fit_to_square(tile, config.crop.size, config.crop.pad, config.crop.pad_value).numpy())
+            report["whole_images"] += 1
+        else:
+            rois.append(cut_rois(tile, box, config.crop)[0][0])
+            report["filter_crops"] += 1
         labels.append(label)
     if not rois:
         raise ValueError(f"no labeled image under {labeled_root} could be decoded")
-    return torch.stack(rois).numpy(), np.asarray(labels, dtype=np.int64), labeled.class_names, skipped
+    return np.stack(rois), np.asarray(labels, dtype=np.int64), labeled.class_names, report
 
 
 def run_prototypes(
@@ -97,7 +119,7 @@ def run_prototypes(
 ) -> dict[str, Any]:
     """Features of the labeled set, K-means prototypes (Eq. 4-6) with n_i, LB, UB; saved to `out`."""
     started = time.perf_counter()
-    rois, labels, class_names, skipped = labeled_rois(labeled_root, config)
+    rois, labels, class_names, report = labeled_rois(labeled_root, config)
     backbone = load_backbone(config.features, device)
     bar = make_progress(progress, len(rois), "img", "labeled features")
     outputs = []
@@ -118,7 +140,9 @@ def run_prototypes(
     return {
         "prototypes": str(out),
         "labeled": len(labels),
-        "labeled_skipped": skipped,
+        "labeled_skipped": report["skipped"],
+        "labeled_filter_crops": report["filter_crops"],
+        "labeled_whole_images": report["whole_images"],
         "classes": dict(zip(class_names, np.bincount(labels, minlength=len(class_names)).tolist(), strict=True)),
         "clusters": _cluster_table(prototypes),
         "model": backbone.name,
@@ -211,8 +235,7 @@ def run_select(
         "selected",
         attrs,
         plan,
-        rois_per_shard=config.store.rois_per_shard,
-        compression_level=config.store.compression_level,
+        layout=config.store,
         overwrite=overwrite,
     )
     for k, (part, first) in enumerate(store.iter_parts()):

@@ -206,8 +206,7 @@ def _run_filter(
         "candidates",
         attrs,
         plan,
-        rois_per_shard=config.store.rois_per_shard,
-        compression_level=config.store.compression_level,
+        layout=config.store,
         overwrite=overwrite,
     )
     done = writer.committed_parts()

@@ -36,6 +36,7 @@ import zarr
 from zarr.codecs import ZstdCodec
 
 from activessf_engine import __version__
+from activessf_engine.config import StoreConfig
 
 FORMAT_VERSION = 1
 PART_NAME = re.compile(r"^p(\d{6})$")
@@ -72,17 +73,17 @@ def _atomic_rename(tmp: Path, final: Path) -> None:
     os.replace(tmp, final)  # atomic on POSIX for a directory onto an absent path
 
 
-def _write_group(path: Path, data: PartData, attrs: dict[str, Any], rois_per_shard: int, level: int) -> None:
+def _write_group(path: Path, data: PartData, attrs: dict[str, Any], layout: StoreConfig) -> None:
     group = zarr.open_group(str(path), mode="w", zarr_format=3)
     n, size = data.rois.shape[0], data.rois.shape[1] if data.rois.ndim == 4 else 0
-    shard_rows = max(1, min(n, rois_per_shard))
+    shard_rows = max(1, min(n, layout.rois_per_shard))
     rois = group.create_array(
         "rois",
         shape=data.rois.shape,
         chunks=(1, *data.rois.shape[1:]),
         shards=(shard_rows, *data.rois.shape[1:]),
         dtype="uint8",
-        compressors=ZstdCodec(level=level),
+        compressors=ZstdCodec(level=layout.compression_level),
         dimension_names=("roi", "y", "x", "channel"),
     )
     if n:
@@ -97,10 +98,9 @@ def _write_group(path: Path, data: PartData, attrs: dict[str, Any], rois_per_sha
 class StoreWriter:
     """Creates a store or reopens one to resume it; commits parts; caches feature arrays."""
 
-    def __init__(self, root: str | Path, rois_per_shard: int = 256, compression_level: int = 3) -> None:
+    def __init__(self, root: str | Path, layout: StoreConfig | None = None) -> None:
         self.root = Path(root)
-        self.rois_per_shard = rois_per_shard
-        self.compression_level = compression_level
+        self.layout = layout or StoreConfig()
 
     @classmethod
     def create(
@@ -110,8 +110,7 @@ class StoreWriter:
         attrs: dict[str, Any],
         plan: list[list[str]],
         *,
-        rois_per_shard: int = 256,
-        compression_level: int = 3,
+        layout: StoreConfig | None = None,
         overwrite: bool = False,
     ) -> StoreWriter:
         """Create a store, or reopen an existing one of the same kind and plan to resume it.
@@ -120,7 +119,7 @@ class StoreWriter:
         sources is refused (the parts already written would no longer mean the same thing).
         """
         root = Path(root)
-        writer = cls(root, rois_per_shard, compression_level)
+        writer = cls(root, layout)
         if root.exists() and overwrite:
             shutil.rmtree(root)
         if (root / "zarr.json").exists():
@@ -167,7 +166,7 @@ class StoreWriter:
             raise FileExistsError(f"part {part_name(index)} of {self.root} is already committed")
         tmp = self.root / "parts" / f".tmp-{part_name(index)}-{uuid.uuid4().hex[:8]}"
         try:
-            _write_group(tmp, data, {"part": index, **(attrs or {})}, self.rois_per_shard, self.compression_level)
+            _write_group(tmp, data, {"part": index, **(attrs or {})}, self.layout)
             _atomic_rename(tmp, final)
         finally:
             if tmp.exists():

@@ -116,24 +116,10 @@ def _label(r: int, g: int, bl: int, cache, centres, scale: int) -> int:
 
 
 @njit(parallel=True, cache=True)
-def assign(pixels, centres, scale, labels):  # pragma: no cover - compiled
-    """pixels (B, N, 3) uint8, centres (B, K, 3) int64 fixed point (x `scale`) -> labels (B, N) int64."""
-    batch, n, _ = pixels.shape
-    chunk = 4096
-    chunks = (n + chunk - 1) // chunk
-    cache = np.full((batch, CELLS), UNKNOWN, dtype=np.int16)
-    for task in prange(batch * chunks):
-        b, start = task // chunks, (task % chunks) * chunk
-        image_cache, image_centres, image_pixels, image_labels = cache[b], centres[b], pixels[b], labels[b]
-        for i in range(start, min(start + chunk, n)):
-            image_labels[i] = _label(
-                image_pixels[i, 0], image_pixels[i, 1], image_pixels[i, 2], image_cache, image_centres, scale
-            )
-
-
-@njit(parallel=True, cache=True)
 def assign_lookup(pixels, centres, scale, table, out):  # pragma: no cover - compiled
-    """out[b, i] = table[b, nearest centre of pixel i]: the assignment fused with a per-cluster lookup."""
+    """out[b, i] = table[b, nearest centre of pixel i]; pixels (B, N, 3) uint8, centres (B, K, 3) int64 in
+    fixed point (x `scale`), table (B, K). The assignment fused with a per-cluster lookup (with
+    table[b] = 0..K-1 it is the plain assignment)."""
     batch, n, _ = pixels.shape
     chunk = 4096
     chunks = (n + chunk - 1) // chunk

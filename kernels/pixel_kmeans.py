@@ -63,11 +63,8 @@ def assign(pixels: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
         from activessf_engine.kernels import cupy_pixel_kmeans
 
         return cupy_pixel_kmeans.assign(pixels, centres)
-    from activessf_engine.kernels import cpu_kernels
-
-    labels = np.empty(pixels.shape[:2], dtype=np.int64)
-    cpu_kernels.assign(pixels.contiguous().numpy(), _fixed_ints(centres), FIXED_POINT, labels)
-    return torch.from_numpy(labels)
+    identity = torch.arange(centres.shape[1]).expand(centres.shape[0], -1).contiguous()
+    return assign_lookup(pixels, centres, identity)
 
 
 def assign_lookup(pixels: torch.Tensor, centres: torch.Tensor, table: torch.Tensor) -> torch.Tensor:

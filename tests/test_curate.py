@@ -155,3 +155,28 @@ def test_roi_dataset_reads_store(candidates: Path) -> None:
     assert torch.equal(dataset[-1][0], dataset[20][0])
     loader = torch.utils.data.DataLoader(RoiDataset(candidates), batch_size=8, num_workers=2)
     assert sum(len(batch) for batch in loader) == 21
+
+
+def test_labeled_images_are_framed_like_candidates(tmp_path: Path) -> None:
+    """With labeled_crop="filter" a labeled image is cut around its central region, as a candidate would be;
+    an image where no region passes the filter is taken whole."""
+    from conftest import draw_tile
+
+    root = tmp_path / "labeled"
+    (root / "cell").mkdir(parents=True)
+    tile = draw_tile([("disk", 160, 120, 50), ("disk", 40, 40, 38)])  # the central disk is the labeled cell
+    Image.fromarray(tile).save(root / "cell" / "a.png")
+    Image.fromarray(draw_tile([])).save(root / "cell" / "empty.png")
+    rois, labels, names, report = curate.labeled_rois(root, _config())
+    assert labels.tolist() == [0, 0]
+    assert names == ["cell"] and report["filter_crops"] == 1 and report["whole_images"] == 1
+    from activessf_engine.crops import cut_rois
+    from activessf_engine.regions import find_regions
+
+    regions = find_regions([torch.from_numpy(tile)], _config().filter)[0]
+    central = regions.boxes[np.argmin(np.abs(regions.boxes[:, 0] - 110))]
+    assert abs(int(central[0]) - 110) <= 1 and abs(int(central[2]) - 211) <= 1
+    expected = cut_rois(torch.from_numpy(tile), central[None], _config().crop)[0][0]
+    assert np.array_equal(rois[0], expected)
+    whole = curate.labeled_rois(root, replace_section(_config(), "prototypes", labeled_crop="whole"))[3]
+    assert whole == {"skipped": [], "filter_crops": 0, "whole_images": 2}

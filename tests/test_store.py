@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import zarr
 
+from activessf_engine.config import StoreConfig
 from activessf_engine.store import PartData, RoiStore, StoreWriter, committed_parts, part_name, read_attrs
 from activessf_engine.verify import verify_store
 
@@ -55,7 +56,7 @@ def parts():
 @pytest.fixture
 def store(tmp_path, parts):
     root = tmp_path / "store"
-    writer = StoreWriter.create(root, "candidates", {"config": {"k": 1}}, PLAN, rois_per_shard=2)
+    writer = StoreWriter.create(root, "candidates", {"config": {"k": 1}}, PLAN, layout=StoreConfig(rois_per_shard=2))
     for i, data in enumerate(parts):
         writer.commit_part(i, data)
     return root
