@@ -359,7 +359,13 @@ def main(argv: list[str] | None = None) -> int:
 
     # --- prototypes of T (reused when the folder holds prototypes of the same model and weights)
     labeled_key = _digest(
-        [str(labeled), args.limit_labeled_per_class, to_dict(config.crop), to_dict(config.prototypes)]
+        [
+            str(labeled),
+            args.limit_labeled_per_class,
+            to_dict(config.crop),
+            to_dict(config.prototypes),
+            to_dict(config.filter),
+        ]
     )
     protos_dir = work / f"prototypes-{config.features.model}-{_digest(config.features.weights)}-{labeled_key}"
     if prototypes_current(protos_dir, model_name, fingerprint):
