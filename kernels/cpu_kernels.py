@@ -4,12 +4,15 @@ Hand-written because they are measurably faster than composing torch ops on the 
 the pixels instead of one per operation; see benchmarks/filter_throughput.py for the per-stage
 times), and exact, so they agree with the CUDA kernels.
 
-The pixel assignment uses a colour-cell cache: colour space is cut into 32x32x32 cells of 8 levels
-per channel. For each cell that occurs, we test whether one centre is the nearest (with the same
-tie rule) for every colour in the cell: the difference of two squared distances is linear in the
-colour, so its minimum over the cell lies at a corner and is computed exactly in integers. Pixels
-of decided cells take the cell's label; pixels of undecided cells (on a boundary) are computed
-directly. The result equals computing every pixel directly.
+The pixel assignment looks values up through a colour-cell cache: colour space is cut into
+32x32x32 cells of 8 levels per channel, and each cell that occurs is decided once. With `mid` the
+nearest centre at the cell's middle, a centre j can be the nearest somewhere in the cell only if
+|p - c_j|^2 - |p - c_mid|^2 <= 0 somewhere in it; that difference is linear in p, so its minimum
+lies at a corner and is computed exactly in integers. When every centre that can win anywhere in
+the cell has the same table value as `mid`, the cell's pixels all take that value (for the plain
+assignment, the table is the identity and the cell must have one possible winner); otherwise its
+pixels are computed one by one. For a mask, boundaries between two clusters of the same verdict
+do not matter, so most cells are decided. The result equals computing every pixel directly.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ CELL_BITS = 3  # cells of 8 colour levels per channel
 CELL_SHIFT = 8 - CELL_BITS
 CELLS = 1 << (3 * CELL_SHIFT)
 UNKNOWN, UNDECIDED = -2, -1
+WEIGHT_SHIFT = 2 * 10  # 2 * blur.WEIGHT_BITS: the separable blur's two passes
 
 
 @njit(cache=True, inline="always")
@@ -34,13 +38,17 @@ def _reflect(i: int, n: int) -> int:
 
 @njit(parallel=True, cache=True)
 def normalize_blur(tiles, tables, weights, out):  # pragma: no cover - compiled
-    """tiles (B, H, W, 3) uint8, tables (B, 3, 256) uint8, weights (k,) int32 -> out (B, H, W, 3) uint8."""
+    """tiles (B, H, W, 3) uint8, tables (B, 3, 256) uint8, weights (k,) int32 -> out (B, H, W, 3) uint8.
+
+    int32 throughout (at most 255 * 2^20 < 2^31) with tap-outer loops over contiguous rows, so that
+    the compiler vectorizes the multiply-adds.
+    """
     batch, height, width, _ = tiles.shape
     k = weights.shape[0]
     radius = k // 2
-    shift = 2 * 10  # 2 * WEIGHT_BITS
-    half = 1 << (shift - 1)
-    rows = np.empty((batch, height, width * 3), dtype=np.int32)
+    span = width * 3
+    half = np.int32(1 << (WEIGHT_SHIFT - 1))
+    rows = np.empty((batch, height, span), dtype=np.int32)
     for task in prange(batch * height):
         b, y = task // height, task % height
         padded = np.empty((width + 2 * radius) * 3, dtype=np.int32)  # the normalized row, reflected
@@ -48,22 +56,24 @@ def normalize_blur(tiles, tables, weights, out):  # pragma: no cover - compiled
             xs = _reflect(x - radius, width)
             for c in range(3):
                 padded[x * 3 + c] = tables[b, c, tiles[b, y, xs, c]]
-        for i in range(width * 3):
-            acc = 0
-            for t in range(k):
-                acc += weights[t] * padded[i + t * 3]
-            rows[b, y, i] = acc
+        row = rows[b, y]
+        row[:] = 0
+        for t in range(k):
+            w = weights[t]
+            shifted = padded[t * 3 : t * 3 + span]
+            for i in range(span):
+                row[i] += w * shifted[i]
     for task in prange(batch * height):
         b, y = task // height, task % height
-        taps = np.empty(k, dtype=np.int64)
+        acc = np.zeros(span, dtype=np.int32)
         for t in range(k):
-            taps[t] = _reflect(y + t - radius, height)
+            w = weights[t]
+            src = rows[b, _reflect(y + t - radius, height)]
+            for i in range(span):
+                acc[i] += w * src[i]
         flat = out[b, y].reshape(-1)
-        for i in range(width * 3):
-            acc = 0
-            for t in range(k):
-                acc += weights[t] * rows[b, taps[t], i]
-            flat[i] = (acc + half) >> shift
+        for i in range(span):
+            flat[i] = (acc[i] + half) >> WEIGHT_SHIFT
 
 
 @njit(cache=True, inline="always")
@@ -78,48 +88,56 @@ def _nearest(r: int, g: int, b: int, centres) -> int:
     return best
 
 
-@njit(cache=True)
-def _cell_label(cell: int, centres, scale: int) -> int:
-    """The label shared by every colour of `cell`, or UNDECIDED."""
-    lo = np.empty(3, dtype=np.int64)
-    hi = np.empty(3, dtype=np.int64)
+@njit(cache=True, inline="always")
+def _corner_gap(mid: int, j: int, centres, lo, hi) -> int:
+    """min over the cell [lo, hi] of |p - c_j|^2 - |p - c_mid|^2: linear in p, so taken at a corner."""
+    f = 0
     for d in range(3):
-        index = (cell >> (CELL_SHIFT * (2 - d))) & ((1 << CELL_SHIFT) - 1)
-        lo[d] = (index << CELL_BITS) * scale
-        hi[d] = ((index << CELL_BITS) + (1 << CELL_BITS) - 1) * scale
+        a = 2 * (centres[mid, d] - centres[j, d])
+        p = lo[d] if a > 0 else hi[d]
+        f += a * p + centres[j, d] * centres[j, d] - centres[mid, d] * centres[mid, d]
+    return f
+
+
+@njit(cache=True)
+def _cell_value(cell: int, centres, scale: int, table) -> int:
+    """The table value shared by every colour of `cell`, or UNDECIDED (see the module docstring)."""
+    mask = (1 << CELL_SHIFT) - 1
+    lo = (
+        ((cell >> (2 * CELL_SHIFT)) << CELL_BITS) * scale,
+        (((cell >> CELL_SHIFT) & mask) << CELL_BITS) * scale,
+        ((cell & mask) << CELL_BITS) * scale,
+    )
+    top = ((1 << CELL_BITS) - 1) * scale
+    hi = (lo[0] + top, lo[1] + top, lo[2] + top)
     mid = _nearest((lo[0] + hi[0]) // 2, (lo[1] + hi[1]) // 2, (lo[2] + hi[2]) // 2, centres)
     for j in range(centres.shape[0]):
-        if j == mid:
+        if j == mid or table[j] == table[mid]:
             continue
-        # f(p) = |p - c_j|^2 - |p - c_mid|^2 is linear in p: minimum at a corner of the cell.
-        f = 0
-        for d in range(3):
-            a = 2 * (centres[mid, d] - centres[j, d])
-            p = lo[d] if a > 0 else hi[d]
-            f += a * p + centres[j, d] * centres[j, d] - centres[mid, d] * centres[mid, d]
-        if f < 0 or (f == 0 and j < mid):
+        f = _corner_gap(mid, j, centres, lo, hi)
+        if f < 0 or (f == 0 and j < mid):  # j wins somewhere in the cell
             return UNDECIDED
-    return mid
+    return table[mid]
 
 
 @njit(cache=True, inline="always")
-def _label(r: int, g: int, bl: int, cache, centres, scale: int) -> int:
-    """Nearest centre of one pixel, through the colour-cell cache of its image."""
+def _lookup(r: int, g: int, bl: int, cache, centres, scale: int, table) -> int:
+    """table[nearest centre] of one pixel, through the colour-cell cache of its image."""
     cell = ((r >> CELL_BITS) << (2 * CELL_SHIFT)) | ((g >> CELL_BITS) << CELL_SHIFT) | (bl >> CELL_BITS)
-    label = cache[cell]
-    if label == UNKNOWN:  # racing threads compute and store the same value
-        label = _cell_label(cell, centres, scale)
-        cache[cell] = label
-    if label == UNDECIDED:
-        label = _nearest(np.int64(r) * scale, np.int64(g) * scale, np.int64(bl) * scale, centres)
-    return label
+    value = cache[cell]
+    if value == UNKNOWN:  # racing threads compute and store the same value
+        value = _cell_value(cell, centres, scale, table)
+        cache[cell] = value
+    if value == UNDECIDED:
+        value = table[_nearest(np.int64(r) * scale, np.int64(g) * scale, np.int64(bl) * scale, centres)]
+    return value
 
 
 @njit(parallel=True, cache=True)
 def assign_lookup(pixels, centres, scale, table, out):  # pragma: no cover - compiled
     """out[b, i] = table[b, nearest centre of pixel i]; pixels (B, N, 3) uint8, centres (B, K, 3) int64 in
-    fixed point (x `scale`), table (B, K). The assignment fused with a per-cluster lookup (with
-    table[b] = 0..K-1 it is the plain assignment)."""
+    fixed point (x `scale`), table (B, K) of values in 0..32767. With table[b] = 0..K-1 this is the
+    plain assignment."""
     batch, n, _ = pixels.shape
     chunk = 4096
     chunks = (n + chunk - 1) // chunk
@@ -129,29 +147,56 @@ def assign_lookup(pixels, centres, scale, table, out):  # pragma: no cover - com
         image_cache, image_centres, image_pixels, image_out = cache[b], centres[b], pixels[b], out[b]
         image_table = table[b]
         for i in range(start, min(start + chunk, n)):
-            image_out[i] = image_table[
-                _label(
-                    image_pixels[i, 0],
-                    image_pixels[i, 1],
-                    image_pixels[i, 2],
-                    image_cache,
-                    image_centres,
-                    scale,
-                )
-            ]
+            image_out[i] = _lookup(
+                image_pixels[i, 0],
+                image_pixels[i, 1],
+                image_pixels[i, 2],
+                image_cache,
+                image_centres,
+                scale,
+                image_table,
+            )
 
 
 @njit(parallel=True, cache=True)
 def accumulate(pixels, centres, scale, sums, counts):  # pragma: no cover - compiled
     """Sums of the raw pixel values and counts per nearest centre: sums (B, K, 3), counts (B, K) int64."""
     batch, n, _ = pixels.shape
+    identity = np.arange(centres.shape[1])
     for b in prange(batch):
         cache = np.full(CELLS, UNKNOWN, dtype=np.int16)
         image_centres, image_pixels, image_sums, image_counts = centres[b], pixels[b], sums[b], counts[b]
         for i in range(n):
             r, g, bl = image_pixels[i, 0], image_pixels[i, 1], image_pixels[i, 2]
-            j = _label(r, g, bl, cache, image_centres, scale)
+            j = _lookup(r, g, bl, cache, image_centres, scale, identity)
             image_sums[j, 0] += r
             image_sums[j, 1] += g
             image_sums[j, 2] += bl
             image_counts[j] += 1
+
+
+@njit(cache=True)
+def region_stats(labels, boxes, counts):  # pragma: no cover - compiled
+    """One pass over an (H, W) int32 label image: per label 1..n the box x0, y0, x1, y1 (exclusive) into
+    boxes (n, 4) and the pixel count into counts (n,). A label with no pixels keeps the box (0, 0, 0, 0)."""
+    height, width = labels.shape
+    n = counts.shape[0]
+    boxes[:, 0] = width
+    boxes[:, 1] = height
+    boxes[:, 2:] = 0
+    counts[:] = 0
+    for y in range(height):
+        row = labels[y]
+        for x in range(width):
+            label = row[x]
+            if label == 0:
+                continue
+            i = label - 1
+            counts[i] += 1
+            boxes[i, 0] = min(boxes[i, 0], x)
+            boxes[i, 1] = min(boxes[i, 1], y)
+            boxes[i, 2] = max(boxes[i, 2], x + 1)
+            boxes[i, 3] = max(boxes[i, 3], y + 1)
+    for i in range(n):
+        if counts[i] == 0:
+            boxes[i] = 0

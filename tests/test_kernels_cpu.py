@@ -294,3 +294,15 @@ def test_label_empty_and_full_masks_and_bad_input():
         components.label(torch.ones(5, 6, dtype=torch.bool), 6)
     with pytest.raises(ValueError):
         components.label(torch.ones(5, 6, dtype=torch.uint8))
+
+
+@pytest.mark.parametrize("absent", [0, 3])
+def test_region_stats_kernel_matches_scipy_reference(absent: int) -> None:
+    """The numba pass gives what find_objects + bincount give, absent labels included (zero boxes)."""
+    rng = np.random.default_rng(absent)
+    mask = rng.random((97, 131)) < 0.45
+    labels, count = components.label(torch.from_numpy(mask), 8)
+    boxes, counts = components.region_stats(labels, count + absent)
+    ref_boxes, ref_counts = components.reference_region_stats(labels.numpy(), count + absent)
+    np.testing.assert_array_equal(boxes.numpy(), ref_boxes)
+    np.testing.assert_array_equal(counts.numpy(), ref_counts)
