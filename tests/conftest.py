@@ -116,3 +116,13 @@ def bccd_dir() -> Path:
 
 def with_filter(config: EngineConfig, **changes) -> EngineConfig:
     return dataclasses.replace(config, filter=dataclasses.replace(config.filter, **changes))
+
+
+@pytest.fixture()
+def needs_gpu() -> None:
+    """Skip unless torch sees a GPU and CuPy runs kernels on it (the `gpu` tests)."""
+    from activessf_engine import device
+
+    ok, reason = device.cupy_usable()
+    if not ok:
+        pytest.skip(f"no usable GPU + CuPy: {reason}")

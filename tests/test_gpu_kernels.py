@@ -10,17 +10,9 @@ import pytest
 import scipy.ndimage as ndi
 import torch
 
-from activessf_engine import device
 from activessf_engine.kernels import components, cupy_source, pixel_kmeans
 
-pytestmark = pytest.mark.gpu
-
-
-@pytest.fixture(autouse=True)
-def _needs_gpu() -> None:
-    ok, reason = device.cupy_usable()
-    if not ok:
-        pytest.skip(f"no usable GPU + CuPy: {reason}")
+pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("needs_gpu")]
 
 
 def _random_case(batch: int, n: int, clusters: int, centres_kind: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import BCCD
 
-from activessf_engine import device, kernels
+from activessf_engine import kernels
 from activessf_engine.config import FeatureConfig, FilterConfig, InputConfig
 from activessf_engine.decode import decode_files
 from activessf_engine.features import extract, load_backbone
@@ -20,14 +20,7 @@ from activessf_engine.regions import find_regions
 from activessf_engine.selection import nearest_prototype
 from activessf_engine.sources import find_sources
 
-pytestmark = pytest.mark.gpu
-
-
-@pytest.fixture(autouse=True)
-def _needs_gpu() -> None:
-    ok, reason = device.cupy_usable()
-    if not ok:
-        pytest.skip(f"no usable GPU + CuPy: {reason}")
+pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("needs_gpu")]
 
 
 def _tiles() -> list[torch.Tensor]:
