@@ -75,6 +75,17 @@ def _reason_kind(error: str) -> str:
     return error.split(":", 1)[0]
 
 
+def _put(out: queue.Queue, item: Any, stop: threading.Event) -> bool:
+    """Hand `item` over unless the consumer has stopped; False when it has."""
+    while not stop.is_set():
+        try:
+            out.put(item, timeout=0.2)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
 def _decode_parts(
     parts: list[tuple[int, list[Source]]],
     config: EngineConfig,
@@ -83,21 +94,19 @@ def _decode_parts(
     out: queue.Queue,
     stop: threading.Event,
 ) -> None:
-    """Producer: decode each pending part in order and hand it over; None marks the end."""
+    """Producer: decode the pending parts batch by batch and hand over (part, sources, images, last);
+    None marks the end. Only a few batches of decoded tiles exist at once, whatever the tile size."""
     try:
         decoder = make_decoder(config.input.batch_size, config.input.threads, device)
+        step = config.input.batch_size
         for index, sources in parts:
-            start = time.perf_counter()
-            images = list(decode_files([s.path for s in sources], config.input, device, decoder))
-            times.seconds["decode"] += time.perf_counter() - start
-            while not stop.is_set():
-                try:
-                    out.put((index, sources, images), timeout=0.2)
-                    break
-                except queue.Full:
-                    continue
-            if stop.is_set():
-                return
+            for start in range(0, len(sources), step):
+                batch = sources[start : start + step]
+                t0 = time.perf_counter()
+                images = list(decode_files([s.path for s in batch], config.input, device, decoder))
+                times.seconds["decode"] += time.perf_counter() - t0
+                if not _put(out, (index, batch, images, start + step >= len(sources)), stop):
+                    return
         out.put(None)
     except BaseException as exc:  # handed to the consumer, which re-raises it
         out.put(exc)
@@ -117,45 +126,50 @@ def _source_record(source: Source, image: DecodedImage, rois: int) -> dict[str, 
     }
 
 
-def _filter_part(
-    sources: list[Source], images: list[DecodedImage], config: EngineConfig, times: StageTimes
-) -> PartData:
-    """Regions of every decoded tile of a part, cut into ROIs, with their columns and sources table."""
-    ok = [i for i, img in enumerate(images) if img.image is not None]
-    found: dict[int, TileRegions] = {}
-    for start in range(0, len(ok), config.input.batch_size):
-        batch = ok[start : start + config.input.batch_size]
-        found.update(zip(batch, find_regions([images[i].image for i in batch], config.filter, times), strict=True))
-    t0 = time.perf_counter()
-    size = config.crop.size
-    rois = [np.zeros((0, size, size, 3), np.uint8)]
-    columns = {name: [np.zeros((0, *shape), dtype)] for name, (dtype, shape) in ROI_COLUMNS.items()}
-    table = []
-    for i, (source, image) in enumerate(zip(sources, images, strict=True)):
-        regions = found.get(i)
+class _PartBuilder:
+    """Collects the ROIs, columns and sources table of one part, batch by batch."""
+
+    def __init__(self, size: int) -> None:
+        self.rois = [np.zeros((0, size, size, 3), np.uint8)]
+        self.columns = {name: [np.zeros((0, *shape), dtype)] for name, (dtype, shape) in ROI_COLUMNS.items()}
+        self.table: list[dict[str, Any]] = []
+
+    def add(self, source: Source, image: DecodedImage, regions: TileRegions | None, config: EngineConfig) -> None:
         count = 0 if regions is None else len(regions.boxes)
         if count:
             cut, crop_boxes = cut_rois(image.image, regions.boxes, config.crop)
-            rois.append(cut)
+            self.rois.append(cut)
             for name, values in (
                 ("box", regions.boxes),
                 ("crop_box", crop_boxes),
                 ("area", regions.areas),
                 ("fill_rate", regions.fill_rates),
-                ("source", np.full(count, i)),
+                ("source", np.full(count, len(self.table))),
             ):
-                columns[name].append(values)
-        table.append(_source_record(source, image, count))
-    data = PartData(
-        rois=np.concatenate(rois),
-        columns={name: np.concatenate(parts).astype(ROI_COLUMNS[name][0]) for name, parts in columns.items()},
-        sources=table,
-    )
+                self.columns[name].append(values)
+        self.table.append(_source_record(source, image, count))
+
+    def finish(self) -> PartData:
+        return PartData(
+            rois=np.concatenate(self.rois),
+            columns={name: np.concatenate(v).astype(ROI_COLUMNS[name][0]) for name, v in self.columns.items()},
+            sources=self.table,
+        )
+
+
+def _filter_batch(
+    sources: list[Source], images: list[DecodedImage], config: EngineConfig, times: StageTimes, part: _PartBuilder
+) -> None:
+    """Regions of every decoded tile of a batch, cut into ROIs and added to its part."""
+    ok = [i for i, img in enumerate(images) if img.image is not None]
+    found = dict(zip(ok, find_regions([images[i].image for i in ok], config.filter, times), strict=True))
+    t0 = time.perf_counter()
+    for i, (source, image) in enumerate(zip(sources, images, strict=True)):
+        part.add(source, image, found.get(i), config)
     times.lap("crops", t0)
-    return data
 
 
-def _consume(q: queue.Queue) -> Iterator[tuple[int, list[Source], list[DecodedImage]]]:
+def _consume(q: queue.Queue) -> Iterator[tuple[int, list[Source], list[DecodedImage], bool]]:
     while True:
         item = q.get()
         if item is None:
@@ -227,25 +241,29 @@ def _run_filter(
     producer.start()
     reasons: Counter[str] = Counter()
     decoders: Counter[str] = Counter()
+    part = _PartBuilder(config.crop.size)
     try:
-        for index, part_sources, images in _consume(handoff):
-            data = _filter_part(part_sources, images, config, times)
-            t0 = time.perf_counter()
-            writer.commit_part(index, data)
-            times.lap("write", t0)
-            for record, img in zip(data.sources, images, strict=True):
+        for index, batch, images, last in _consume(handoff):
+            _filter_batch(batch, images, config, times, part)
+            for source, img in zip(batch, images, strict=True):
                 if img.image is None:
                     summary.sources_skipped += 1
-                    summary.skipped.append({"path": record["path"], "error": record["error"]})
-                    reasons[_reason_kind(record["error"])] += 1
-                    log.warning("skipped %s: %s", record["path"], record["error"])
+                    summary.skipped.append({"path": source.relpath, "error": img.error})
+                    reasons[_reason_kind(img.error)] += 1
+                    log.warning("skipped %s: %s", source.relpath, img.error)
                 else:
                     summary.sources_read += 1
                     summary.megapixels += img.width * img.height / 1e6
                     decoders[img.decoder] += 1
-            summary.rois += len(data.rois)
-            bar.update(len(part_sources))
-            bar.set_postfix_str(f"rois={summary.rois}")
+            bar.update(len(batch))
+            if last:
+                data = part.finish()
+                t0 = time.perf_counter()
+                writer.commit_part(index, data)
+                times.lap("write", t0)
+                summary.rois += len(data.rois)
+                bar.set_postfix_str(f"rois={summary.rois}")
+                part = _PartBuilder(config.crop.size)
     finally:
         stop.set()
         bar.close()

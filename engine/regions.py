@@ -99,16 +99,19 @@ def cell_masks(tiles: torch.Tensor, config: FilterConfig, times: StageTimes) -> 
     ranges = (config.purple, config.deep_blue)
     centres_np = centres.cpu().numpy() / kernels.FIXED_POINT
     counts_np = counts.cpu().numpy()
-    luts, palettes = [], []
+    mappings, palettes = [], []
     for b in range(batch):
         mapping, merged, _ = kernels.merge_clusters(
             centres_np[b], counts_np[b], config.merged_clusters, config.merge_method
         )
-        palette = np.clip(np.rint(merged), 0, 255).astype(np.uint8)
-        palettes.append(palette)
-        # G' holds only the merged colours, so its mask is decided per colour: a lookup table.
-        colour_hsv = hsv_opencv(torch.from_numpy(palette).T[:, None, :])  # (3, 1, k)
-        luts.append(in_hsv_ranges(colour_hsv, ranges)[0].numpy()[mapping])
+        mappings.append(mapping)
+        palettes.append(np.clip(np.rint(merged), 0, 255).astype(np.uint8))
+    # G' holds only the merged colours, so its mask is decided per colour: one HSV conversion of
+    # every palette colour of the batch, then a lookup table per tile.
+    colours = torch.from_numpy(np.concatenate(palettes)).T[:, None, :]  # (3, 1, total colours)
+    keep = in_hsv_ranges(hsv_opencv(colours), ranges)[0].numpy()
+    offsets = np.cumsum([0] + [len(p) for p in palettes])
+    luts = [keep[offsets[b] : offsets[b + 1]][mappings[b]] for b in range(batch)]
     start = times.lap("merge", start)
 
     if config.hsv_source == "quantized":

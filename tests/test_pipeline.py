@@ -150,3 +150,16 @@ def test_no_images_found(tmp_path, small_config):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError):
         run_filter(tmp_path / "empty", tmp_path / "s", small_config)
+
+
+def test_parts_decoded_in_several_batches_give_the_same_store(tiles, tmp_path, small_config):
+    """Decoding hands over batches, not whole parts (bounded memory for huge tiles); a part whose sources
+    arrive in several batches is committed exactly as one that arrives in one."""
+    from activessf_engine.config import replace_section
+
+    one_batch = replace_section(replace_section(small_config, "store", sources_per_part=3), "input", batch_size=16)
+    many_batches = replace_section(one_batch, "input", batch_size=1)
+    run_filter(tiles, tmp_path / "one", one_batch)
+    run_filter(tiles, tmp_path / "many", many_batches)
+    assert rows(tmp_path / "one") == rows(tmp_path / "many")
+    assert [s["path"] for s in RoiStore(tmp_path / "many").sources()] == sorted(p.name for p in tiles.iterdir())
