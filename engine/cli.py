@@ -11,6 +11,7 @@ import contextlib
 import csv
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -286,10 +287,16 @@ COMMANDS = {
 }
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(getattr(args, "verbose", 0))
+    # Batch schedulers stop jobs with SIGTERM: treat it like Ctrl-C, so the run ends cleanly (exit 130).
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:

@@ -190,3 +190,22 @@ def test_console_script_entry_point():
     result = subprocess.run([found, "--version"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0
     assert result.stdout.strip() == f"activessf-engine {__version__}"
+
+
+def test_sigterm_ends_a_run_cleanly_with_exit_130(tmp_path, monkeypatch):
+    """Batch schedulers stop jobs with SIGTERM; the CLI treats it like Ctrl-C."""
+    import os
+    import signal
+
+    from activessf_engine import pipeline
+
+    def terminated(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("SIGTERM did not interrupt the run")
+
+    previous = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(pipeline, "run_filter", terminated)
+    try:
+        assert main(["filter", "--input", str(BCCD), "--out", str(tmp_path / "s"), "--quiet"]) == 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
