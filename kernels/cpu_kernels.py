@@ -36,44 +36,58 @@ def _reflect(i: int, n: int) -> int:
     return i
 
 
+BAND = 16  # output rows per task of the blur: its row sums stay in cache, whatever the tile size
+
+
+@njit(cache=True, inline="always")
+def _row_sums(tiles, tables, weights, b: int, y: int, padded, row) -> None:
+    """The normalized row y of tile b (reflected at the ends) convolved with `weights` along x."""
+    width = tiles.shape[2]
+    radius = weights.shape[0] // 2
+    for x in range(width + 2 * radius):
+        xs = _reflect(x - radius, width)
+        for c in range(3):
+            padded[x * 3 + c] = tables[b, c, tiles[b, y, xs, c]]
+    row[:] = 0
+    for t in range(weights.shape[0]):
+        w = weights[t]
+        shifted = padded[t * 3 : t * 3 + row.shape[0]]
+        for i in range(row.shape[0]):
+            row[i] += w * shifted[i]
+
+
 @njit(parallel=True, cache=True)
 def normalize_blur(tiles, tables, weights, out):  # pragma: no cover - compiled
     """tiles (B, H, W, 3) uint8, tables (B, 3, 256) uint8, weights (k,) int32 -> out (B, H, W, 3) uint8.
 
-    int32 throughout (at most 255 * 2^20 < 2^31) with tap-outer loops over contiguous rows, so that
-    the compiler vectorizes the multiply-adds.
+    int32 throughout (at most 255 * 2^20 < 2^31), tap-outer loops over contiguous rows so that the
+    compiler vectorizes the multiply-adds, and bands of BAND output rows per task, each with the row
+    sums it needs (halo included) in a buffer of its own.
     """
     batch, height, width, _ = tiles.shape
     k = weights.shape[0]
     radius = k // 2
     span = width * 3
     half = np.int32(1 << (WEIGHT_SHIFT - 1))
-    rows = np.empty((batch, height, span), dtype=np.int32)
-    for task in prange(batch * height):
-        b, y = task // height, task % height
-        padded = np.empty((width + 2 * radius) * 3, dtype=np.int32)  # the normalized row, reflected
-        for x in range(width + 2 * radius):
-            xs = _reflect(x - radius, width)
-            for c in range(3):
-                padded[x * 3 + c] = tables[b, c, tiles[b, y, xs, c]]
-        row = rows[b, y]
-        row[:] = 0
-        for t in range(k):
-            w = weights[t]
-            shifted = padded[t * 3 : t * 3 + span]
+    bands = (height + BAND - 1) // BAND
+    for task in prange(batch * bands):
+        b, first = task // bands, (task % bands) * BAND
+        last = min(first + BAND, height)
+        padded = np.empty((width + 2 * radius) * 3, dtype=np.int32)
+        rows = np.empty((last - first + 2 * radius, span), dtype=np.int32)  # row sums, rows first-r..last+r
+        for j in range(rows.shape[0]):
+            _row_sums(tiles, tables, weights, b, _reflect(first - radius + j, height), padded, rows[j])
+        acc = np.empty(span, dtype=np.int32)
+        for y in range(first, last):
+            acc[:] = 0
+            for t in range(k):
+                w = weights[t]
+                src = rows[y - first + t]
+                for i in range(span):
+                    acc[i] += w * src[i]
+            flat = out[b, y].reshape(-1)
             for i in range(span):
-                row[i] += w * shifted[i]
-    for task in prange(batch * height):
-        b, y = task // height, task % height
-        acc = np.zeros(span, dtype=np.int32)
-        for t in range(k):
-            w = weights[t]
-            src = rows[b, _reflect(y + t - radius, height)]
-            for i in range(span):
-                acc[i] += w * src[i]
-        flat = out[b, y].reshape(-1)
-        for i in range(span):
-            flat[i] = (acc[i] + half) >> WEIGHT_SHIFT
+                flat[i] = (acc[i] + half) >> WEIGHT_SHIFT
 
 
 @njit(cache=True, inline="always")
