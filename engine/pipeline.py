@@ -12,6 +12,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -169,6 +170,12 @@ def _filter_batch(
     times.lap("crops", t0)
 
 
+def _commit(writer: StoreWriter, index: int, data: PartData, times: StageTimes) -> None:
+    start = time.perf_counter()
+    writer.commit_part(index, data)
+    times.seconds["write"] += time.perf_counter() - start
+
+
 def _consume(q: queue.Queue) -> Iterator[tuple[int, list[Source], list[DecodedImage], bool]]:
     while True:
         item = q.get()
@@ -242,6 +249,8 @@ def _run_filter(
     reasons: Counter[str] = Counter()
     decoders: Counter[str] = Counter()
     part = _PartBuilder(config.crop.size)
+    committing: Future | None = None  # one commit in flight, written while the next part is filtered
+    committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="commit")
     try:
         for index, batch, images, last in _consume(handoff):
             _filter_batch(batch, images, config, times, part)
@@ -258,14 +267,17 @@ def _run_filter(
             bar.update(len(batch))
             if last:
                 data = part.finish()
-                t0 = time.perf_counter()
-                writer.commit_part(index, data)
-                times.lap("write", t0)
+                if committing is not None:
+                    committing.result()  # raises what the previous commit raised
+                committing = committer.submit(_commit, writer, index, data, times)
                 summary.rois += len(data.rois)
                 bar.set_postfix_str(f"rois={summary.rois}")
                 part = _PartBuilder(config.crop.size)
+        if committing is not None:
+            committing.result()
     finally:
         stop.set()
+        committer.shutdown(wait=True)  # a commit in flight finishes (it is all or nothing anyway)
         bar.close()
     producer.join()
     summary.skip_reasons = dict(reasons)
