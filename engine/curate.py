@@ -198,6 +198,8 @@ def run_select(
     alpha, threshold or strategy computes no features.
     """
     started = time.perf_counter()
+    if Path(out).exists() and not overwrite:  # before any feature is computed
+        raise FileExistsError(f"{out} exists; choose another --out or pass --overwrite")
     store = RoiStore(candidates)
     if not store.complete:
         log.warning(
@@ -228,8 +230,6 @@ def run_select(
         "fingerprint": backbone.fingerprint,
     }
     plan = [[s["path"] for s in store.part_attrs(p)["sources"]] for p in store.parts]
-    if Path(out).exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; choose another --out or pass --overwrite")
     writer = StoreWriter.create(
         out,
         "selected",
