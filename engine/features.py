@@ -194,8 +194,8 @@ def _build_model(config: FeatureConfig) -> tuple[torch.nn.Module, str, bool]:
                 f"no cached pretrained weights for {config.model!r} (looked in {_hf_cache_dir()} for "
                 f"{model.pretrained_cfg.get('hf_hub_id')} and in {torch_cache}). "
                 "Nothing is downloaded at run time: pass a local .safetensors/.pth file with --weights PATH, "
-                "fill the cache beforehand (timm.create_model(name, pretrained=True) on a machine with "
-                "network), or use --weights random for tests."
+                "fill timm's cache beforehand on a machine with network access (create the model with "
+                "its pretrained weights once), or use --weights random for tests."
             )
         load_weights(model, read_weights_file(path), str(path))
         logger.info("loaded %s weights from the timm cache: %s", config.model, path)

@@ -51,8 +51,9 @@ def _verify_part(store: RoiStore, part: int, plan: list[list[str]], deep: bool) 
         problems.append(f"{name}: rois has {rois.shape[0]} rows, the part says {n}")
     if part < len(plan) and [s["path"] for s in sources] != plan[part]:
         problems.append(f"{name}: its sources differ from the plan")
-    if sum(int(s.get("rois", 0)) for s in sources) != n and store.kind == "candidates":
-        problems.append(f"{name}: the sources table counts {sum(int(s.get('rois', 0)) for s in sources)} ROIs, not {n}")
+    listed = sum(int(s.get("rois", 0)) for s in sources)
+    if store.kind == "candidates" and listed != n:
+        problems.append(f"{name}: the sources table counts {listed} ROIs, not {n}")
     for column in ROI_COLUMNS:
         try:
             rows = store.part_array(part, column).shape[0]
