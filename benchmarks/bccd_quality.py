@@ -20,7 +20,7 @@ and how much of the WBC and RBC boxes the mask covers.
 
 `--search` runs a grid. The mask depends only on the normalize/blur/K-means/HSV parameters and the
 decision on (min_box, min_fill, fill_holes, connectivity), so the masks are made once per image and
-mask configuration (`cell_masks`) and the region configurations are judged on them: `regions_of_mask`
+mask configuration (`cell_masks`) and the region configurations are judged on them: `regions_of_masks`
 is run once per (mask, fill_holes) with the loosest min_box and min_fill of the grid, and the stricter
 configurations are subsets of that result (both tests are thresholds on per-region numbers). The
 grid's paper-default point is checked against the `find_regions` run. The defaults are not changed.
@@ -51,7 +51,7 @@ import torch
 
 from activessf_engine.config import FilterConfig, InputConfig, to_dict
 from activessf_engine.decode import decode_files
-from activessf_engine.regions import StageTimes, TileRegions, cell_masks, find_regions, regions_of_mask
+from activessf_engine.regions import StageTimes, TileRegions, cell_masks, find_regions, regions_of_masks
 
 CLASSES = ("WBC", "RBC", "Platelets")
 LOOSE_IOU = 0.3
@@ -227,7 +227,7 @@ def miss_reasons(mask: torch.Tensor, sample: Sample, config: FilterConfig, thres
     fills: list[float] = []
     if not len(wbc):
         return reasons, fills
-    every = regions_of_mask(mask, dataclasses.replace(config, min_box=1, min_fill=0.0))
+    every = regions_of_masks(mask[None], dataclasses.replace(config, min_box=1, min_fill=0.0))[0]
     iou = iou_matrix(wbc, every.boxes) if len(every.boxes) else np.zeros((len(wbc), 0))
     sides = np.minimum(every.boxes[:, 2] - every.boxes[:, 0], every.boxes[:, 3] - every.boxes[:, 1])
     big = sides >= config.min_box
@@ -372,7 +372,7 @@ def run_search(
                     loosest = dataclasses.replace(
                         mask_config, fill_holes=holes, min_box=min(MIN_BOXES), min_fill=min(MIN_FILLS)
                     )
-                    candidates = regions_of_mask(masks[j], loosest)
+                    candidates = regions_of_masks(masks[j : j + 1], loosest)[0]
                     for fill, box in itertools.product(MIN_FILLS, MIN_BOXES):
                         rois = subset(candidates, box, fill)
                         for t in thresholds:

@@ -1,102 +1,70 @@
 #!/usr/bin/env bash
-# One check for a GPU machine without network access: GPU kernel tests against the CPU references, then
-# the throughput benchmarks on cuda. Run from anywhere; results go to $OUT (default ./gpu-check-out).
+# The GPU check, for an offline GPU machine and a budget of minutes: the `gpu` tests against the CPU
+# references, then the throughput benchmarks, each step with its own time limit (benchmarks/gpu_check.py).
 #
-# - Wheels carried in the tree under .whl/ are installed (to a temporary --target) only for distributions
-#   the machine lacks.
-# - The package is not pip-installed: a temporary folder mirrors its layout with symlinks
-#   (activessf_engine/* -> engine/*, activessf_engine/kernels -> kernels/) and goes first on PYTHONPATH.
-# - Every step runs even if an earlier one failed; the summary says which failed, and so does the exit code.
-set -euo pipefail
+#   bash benchmarks/gpu_check.sh [STEPS]        # STEPS: comma-separated groups or step names of gpu_check.py
+#                                               # (default checks,filter,cpu-filter,selection)
+#   BASELINE=path/to/older/tree bash benchmarks/gpu_check.sh filter   # before/after on one machine
+#
+# Results: $OUT (default ./gpu-check-out) gets gpu_check.json (every figure; rewritten after each step)
+# and gpu_check.log (all output): two files, whatever fails. Wheels carried under .whl/ (see
+# fetch_gpu_wheels.sh) are installed into a temporary folder for the distributions the machine lacks;
+# the package is mapped from engine/ and kernels/ without installing it.
+set -uo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-python="${PYTHON:-$(command -v python || command -v python3)}"
-OUT_DIR="${OUT:-./gpu-check-out}"
-mkdir -p "$OUT_DIR"
-OUT_DIR="$(cd "$OUT_DIR" && pwd)"
+python="${PYTHON:-$(command -v python3 || command -v python)}"
+steps="${1:-checks,filter,cpu-filter,selection}"
+out="${OUT:-$repo/gpu-check-out}"
+mkdir -p "$out" && out="$(cd "$out" && pwd)"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
+export PYTHONUNBUFFERED=1
+log="$out/gpu_check.log"
 
-# --- wheels for what is missing -------------------------------------------------------------------
+{
+    echo "gpu_check: $(date -u '+%Y-%m-%d %H:%M:%S') UTC, python $("$python" -c 'import sys; print(sys.version.split()[0])')"
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 || echo "nvidia-smi: absent"
+} | tee -a "$log"
+
+# --- wheels for what the machine lacks ---------------------------------------------------------------
 site="$work/site"
 mkdir -p "$site"
-installed=()
-if [ -d "$repo/.whl" ]; then
+if compgen -G "$repo/.whl/*.whl" >/dev/null; then
     missing=()
     for wheel in "$repo"/.whl/*.whl; do
-        [ -e "$wheel" ] || continue
         dist="$(basename "$wheel" | cut -d- -f1)"
         if ! "$python" -c 'import importlib.metadata as m, sys; m.version(sys.argv[1])' "$dist" 2>/dev/null; then
             missing+=("$wheel")
-            installed+=("$dist")
         fi
     done
     if [ "${#missing[@]}" -gt 0 ]; then
-        "$python" -m pip install --quiet --no-index --no-deps --target "$site" "${missing[@]}"
-    fi
-fi
-
-# --- the package, mapped without installing ----------------------------------------------------------
-mkdir -p "$work/pkg/activessf_engine"
-for entry in "$repo"/engine/*; do
-    ln -s "$entry" "$work/pkg/activessf_engine/"
-done
-ln -s "$repo/kernels" "$work/pkg/activessf_engine/kernels"
-export PYTHONPATH="$work/pkg:$site${PYTHONPATH:+:$PYTHONPATH}"
-"$python" -c 'import activessf_engine.device, activessf_engine.kernels'
-
-cd "$repo"
-failed=()
-
-# --- which device, and why ---------------------------------------------------------------------------
-if command -v nvidia-smi >/dev/null 2>&1; then
-    nvidia-smi -L | tee "$OUT_DIR/nvidia-smi.txt" || true
-fi
-"$python" -c 'import json, sys; from activessf_engine.device import resolve_device
-json.dump(resolve_device("auto").describe(), sys.stdout, indent=1)' | tee "$OUT_DIR/device.json"
-echo
-
-# --- GPU kernels against the CPU references ---------------------------------------------------------------
-if "$python" -m pytest -p no:cacheprovider -m gpu -q tests/test_gpu_kernels.py tests/test_gpu_stages.py \
-    --junitxml "$OUT_DIR/pytest-gpu.xml" 2>&1 | tee "$OUT_DIR/pytest-gpu.txt"; then
-    if grep -qE '[0-9]+ passed' "$OUT_DIR/pytest-gpu.txt"; then
-        tests="ok"
-    else
-        tests="NOT RUN (every test skipped: no usable GPU + CuPy)"
-        failed+=("gpu tests (skipped)")
+        echo "wheels: installing ${missing[*]##*/}" | tee -a "$log"
+        timeout 120 "$python" -m pip install -q --no-index --no-deps --no-compile --target "$site" "${missing[@]}" 2>&1 | tee -a "$log"
     fi
 else
-    tests="FAILED"
-    failed+=("gpu tests")
+    echo "wheels: none under $repo/.whl (run benchmarks/fetch_gpu_wheels.sh where there is network);" \
+        "a machine without kornia or zarr will fail to import the package" | tee -a "$log"
 fi
 
-# --- throughput benchmarks (written by the lead; each reports its own decoder) ----------------------------
-benchmarks=()
-for bench in filter feature; do
-    script="benchmarks/${bench}_throughput.py"
-    if [ ! -f "$script" ]; then
-        benchmarks+=("$bench: absent, skipped")
-        continue
-    fi
-    if "$python" "$script" --device cuda --json "$OUT_DIR/${bench}_gpu.json" 2>&1 | tee "$OUT_DIR/${bench}_gpu.txt"; then
-        benchmarks+=("$bench: ok -> $OUT_DIR/${bench}_gpu.json")
-    else
-        benchmarks+=("$bench: FAILED (see $OUT_DIR/${bench}_gpu.txt)")
-        failed+=("$bench benchmark")
-    fi
-done
-
-# --- summary -----------------------------------------------------------------------------------------------
-echo
-echo "=== gpu_check summary ==="
-echo "device:     $("$python" -c 'import json, sys; d = json.load(open(sys.argv[1])); print(d["kind"], "-", d["reason"])' "$OUT_DIR/device.json")"
-echo "wheels:     ${installed[*]:-none installed}"
-echo "gpu tests:  $tests ($(grep -E '[0-9]+ (passed|failed|skipped|error)' "$OUT_DIR/pytest-gpu.txt" | tail -n 1))"
-for line in "${benchmarks[@]}"; do
-    echo "benchmark:  $line"
-done
-echo "outputs:    $OUT_DIR"
-if [ "${#failed[@]}" -gt 0 ]; then
-    echo "FAILED: ${failed[*]}"
+# --- the package, mapped without installing -----------------------------------------------------------
+map_package() {  # map_package TREE DEST: DEST/activessf_engine -> TREE/engine, with kernels/ inside
+    mkdir -p "$2/activessf_engine"
+    for entry in "$1"/engine/*; do ln -s "$entry" "$2/activessf_engine/"; done
+    ln -s "$1/kernels" "$2/activessf_engine/kernels"
+}
+map_package "$repo" "$work/pkg"
+export PYTHONPATH="$work/pkg:$site${PYTHONPATH:+:$PYTHONPATH}"
+if ! "$python" -c 'import activessf_engine.pipeline, activessf_engine.kernels' 2>&1 | tee -a "$log"; then
+    echo "gpu_check: the package does not import (see above); nothing else can run" | tee -a "$log"
     exit 1
 fi
+baseline=()
+if [ -n "${BASELINE:-}" ]; then
+    map_package "$(cd "$BASELINE" && pwd)" "$work/baseline"
+    baseline=(--baseline-path "$work/baseline")
+fi
+
+cd "$repo"
+"$python" benchmarks/gpu_check.py --out "$out" --steps "$steps" --pythonpath "$PYTHONPATH" "${baseline[@]}" 2>&1 | tee -a "$log"
+exit "${PIPESTATUS[0]}"

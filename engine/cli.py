@@ -19,6 +19,7 @@ from typing import Any
 from activessf_engine import __version__
 from activessf_engine.cli_flags import add_section_flags, apply_flags
 from activessf_engine.config import EngineConfig, load_config
+from activessf_engine.device import DeviceChoice, DeviceUnavailableError, resolve_device, summary_line
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SKIPPED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 FILTER_SECTIONS = ("input", "filter", "crop", "store")
@@ -93,10 +94,8 @@ def _config(args: argparse.Namespace) -> EngineConfig:
     return apply_flags(load_config(args.config), args)
 
 
-def _device(args: argparse.Namespace) -> Any:
+def _device(args: argparse.Namespace) -> DeviceChoice:
     """The device choice (logged); its `describe()` goes into every summary."""
-    from activessf_engine.device import resolve_device
-
     choice = resolve_device(args.device)
     log.info("device: %s (%s)", choice.kind, choice.reason)
     return choice
@@ -111,8 +110,13 @@ def _report(args: argparse.Namespace, summary: dict[str, Any], lines: list[str])
             print(line, file=sys.stderr)
 
 
+def _device_lines(described: dict[str, Any], host_work: list[str]) -> list[str]:
+    return [f"device           {summary_line(described)}", *(f"  on the host    {work}" for work in host_work)]
+
+
 def _filter_lines(s: dict[str, Any]) -> list[str]:
     lines = [
+        *_device_lines(s["device_choice"], s["device_choice"]["host_work"]),
         f"store            {s['store']}",
         f"sources          {s['sources_total']} found, {s['sources_read']} read, {s['sources_skipped']} skipped"
         + (
@@ -149,7 +153,7 @@ def _select_lines(s: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _filter(args: argparse.Namespace, config: EngineConfig, device: Any, out: Path) -> dict[str, Any]:
+def _filter(args: argparse.Namespace, config: EngineConfig, device: DeviceChoice, out: Path) -> dict[str, Any]:
     from activessf_engine.pipeline import run_filter
 
     summary = run_filter(args.input, out, config, device=device, progress=not args.quiet, overwrite=args.overwrite)
@@ -158,8 +162,7 @@ def _filter(args: argparse.Namespace, config: EngineConfig, device: Any, out: Pa
 
 def cmd_filter(args: argparse.Namespace) -> int:
     choice = _device(args)
-    summary = _filter(args, _config(args), choice.torch_device, args.out)
-    summary["device_choice"] = choice.describe()
+    summary = _filter(args, _config(args), choice, args.out)
     _report(args, summary, _filter_lines(summary))
     return EXIT_SKIPPED if summary["sources_skipped"] else EXIT_OK
 
@@ -168,10 +171,12 @@ def cmd_prototypes(args: argparse.Namespace) -> int:
     from activessf_engine.curate import run_prototypes
 
     choice = _device(args)
-    summary = run_prototypes(args.labeled, args.out, _config(args), device=choice.torch_device, progress=not args.quiet)
+    summary = run_prototypes(args.labeled, args.out, _config(args), device=choice, progress=not args.quiet)
     summary["device_choice"] = choice.describe()
     lines = [
-        f"prototypes       {summary['prototypes']} ({summary['labeled']} labeled images, model {summary['model']})"
+        *_device_lines(choice.describe(), []),
+        f"prototypes       {summary['prototypes']} ({summary['labeled']} labeled images, model {summary['model']}, "
+        f"K-means {summary['kmeans_backend']})",
     ]
     lines += [
         f"  cluster {c['cluster']:>2}: n={c['n']:<4} LB={c['lb']:.3f} UB={c['ub']:.3f} {c['classes']}"
@@ -190,12 +195,12 @@ def cmd_select(args: argparse.Namespace) -> int:
         args.prototypes,
         args.out,
         _config(args),
-        device=choice.torch_device,
+        device=choice,
         progress=not args.quiet,
         overwrite=args.overwrite,
     )
     summary["device_choice"] = choice.describe()
-    _report(args, summary, _select_lines(summary))
+    _report(args, summary, [*_device_lines(choice.describe(), []), *_select_lines(summary)])
     return EXIT_OK
 
 
@@ -203,7 +208,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from activessf_engine.curate import run_prototypes, run_select
 
     choice = _device(args)
-    config, device, out = _config(args), choice.torch_device, args.out
+    config, device, out = _config(args), choice, args.out
     filtered = _filter(args, config, device, out / "candidates")
     protos = run_prototypes(args.labeled, out / "prototypes", config, device=device, progress=not args.quiet)
     selected = run_select(
@@ -302,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: committed parts are kept; run the same command again to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (FileNotFoundError, FileExistsError, ValueError) as exc:
+    except (FileNotFoundError, FileExistsError, ValueError, DeviceUnavailableError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except Exception as exc:

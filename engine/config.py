@@ -21,6 +21,8 @@ StrategyName = Literal["activessf", "all", "random", "balanced"]
 ThresholdMode = Literal["density", "fixed"]
 BoundsMode = Literal["cluster", "global"]
 
+KMEANS_MAX_CLUSTERS = 32  # the CUDA pixel K-means keeps this many centres in shared memory (kernels/cupy_source.py)
+
 
 @dataclass(frozen=True)
 class HsvRange:
@@ -82,6 +84,11 @@ class FilterConfig:
             raise ValueError(f"min_fill must lie in [0, 1], got {self.min_fill}")
         if self.min_box < 1:
             raise ValueError(f"min_box must be >= 1, got {self.min_box}")
+        if not 1 <= self.kmeans_clusters <= KMEANS_MAX_CLUSTERS:
+            raise ValueError(
+                f"kmeans_clusters must lie in [1, {KMEANS_MAX_CLUSTERS}] (the CUDA kernels' limit), "
+                f"got {self.kmeans_clusters}"
+            )
 
 
 @dataclass(frozen=True)
@@ -128,6 +135,9 @@ class FeatureConfig:
     weights: str = "cache"
     batch_size: int = 64
     threads: int = 0  # torch intra-op threads; 0 = leave torch's default
+    # Compute dtype of the backbone: `auto` is the device's choice (bfloat16 autocast on CUDA, float32 on
+    # the CPU); `float32` or `bfloat16` forces one (benchmarks/README.md compares their assignments).
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
 
 
 @dataclass(frozen=True)

@@ -40,13 +40,16 @@ def cut_rois(tile: torch.Tensor, boxes: np.ndarray, config: CropConfig) -> tuple
     """Crops for every box of one tile.
 
     `tile` is the original (H, W, 3) uint8 tile, `boxes` (n, 4) region boxes. Returns the ROIs
-    (n, size, size, 3) uint8 and the crop boxes actually cut, margin included (n, 4).
+    (n, size, size, 3) uint8 and the crop boxes actually cut, margin included (n, 4). The ROIs are resized
+    on the tile's device and copied to the host once, for the whole tile.
     """
     height, width = tile.shape[:2]
-    rois = np.empty((len(boxes), config.size, config.size, 3), dtype=np.uint8)
     cut = np.empty((len(boxes), 4), dtype=np.int64)
+    if len(boxes) == 0:
+        return np.empty((0, config.size, config.size, 3), dtype=np.uint8), cut
+    rois = []
     for i, box in enumerate(boxes):
         x0, y0, x1, y1 = crop_box(tuple(int(v) for v in box), width, height, config.margin)
         cut[i] = (x0, y0, x1, y1)
-        rois[i] = fit_to_square(tile[y0:y1, x0:x1], config.size, config.pad, config.pad_value).cpu().numpy()
-    return rois, cut
+        rois.append(fit_to_square(tile[y0:y1, x0:x1], config.size, config.pad, config.pad_value))
+    return torch.stack(rois).cpu().numpy(), cut

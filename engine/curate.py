@@ -19,6 +19,7 @@ import zarr
 from activessf_engine.config import EngineConfig, to_dict
 from activessf_engine.crops import cut_rois, fit_to_square
 from activessf_engine.decode import decode_files
+from activessf_engine.device import DeviceChoice, as_choice
 from activessf_engine.features import Backbone, iter_extract, load_backbone
 from activessf_engine.labeled import scan_labeled
 from activessf_engine.progress import Progress, make_progress
@@ -44,7 +45,8 @@ def store_features(
     Returns (N, D) float32 and counts of ROIs computed and read from cache, with the seconds spent.
     """
     roi_size = int(store.meta["config"]["crop"]["size"])
-    cache = FeatureCache(store.root, features_key(backbone.name, backbone.fingerprint, roi_size))
+    dtype = str(backbone.dtype).removeprefix("torch.")
+    cache = FeatureCache(store.root, features_key(backbone.name, backbone.fingerprint, roi_size, dtype))
     bar = make_progress(progress, len(store), "roi", "features")
     stats = {"computed": 0, "cached": 0, "seconds": 0.0}
     chunks = []
@@ -77,7 +79,7 @@ def _central_region(regions: TileRegions, width: int, height: int) -> np.ndarray
 
 
 def labeled_rois(
-    labeled_root: str | Path, config: EngineConfig
+    labeled_root: str | Path, config: EngineConfig, device: DeviceChoice | str | torch.device = "cpu"
 ) -> tuple[np.ndarray, np.ndarray, list[str], dict[str, Any]]:
     """The labeled set as ROIs framed like the candidates (see PrototypeConfig.labeled_crop).
 
@@ -87,18 +89,18 @@ def labeled_rois(
     labeled = scan_labeled(Path(labeled_root))
     rois, labels = [], []
     report: dict[str, Any] = {"skipped": [], "filter_crops": 0, "whole_images": 0}
-    images = decode_files(labeled.paths, config.input)
+    images = decode_files(labeled.paths, config.input, device)  # decoded and filtered on the run's device
     for label, image in zip(labeled.labels, images, strict=True):
         if image.image is None:
             report["skipped"].append({"path": str(image.path), "error": image.error})
             log.warning("skipped labeled image %s: %s", image.path, image.error)
             continue
-        tile = image.image.cpu()
+        tile = image.image
         box = None
         if config.prototypes.labeled_crop == "filter":
             box = _central_region(find_regions([tile], config.filter)[0], image.width, image.height)
         if box is None:
-            rois.append(fit_to_square(tile, config.crop.size, config.crop.pad, config.crop.pad_value).numpy())
+            rois.append(fit_to_square(tile, config.crop.size, config.crop.pad, config.crop.pad_value).cpu().numpy())
             report["whole_images"] += 1
         else:
             rois.append(cut_rois(tile, box, config.crop)[0][0])
@@ -114,12 +116,13 @@ def run_prototypes(
     out: str | Path,
     config: EngineConfig,
     *,
-    device: str | torch.device = "cpu",
+    device: DeviceChoice | str | torch.device = "cpu",
     progress: bool | Progress = False,
 ) -> dict[str, Any]:
     """Features of the labeled set, K-means prototypes (Eq. 4-6) with n_i, LB, UB; saved to `out`."""
     started = time.perf_counter()
-    rois, labels, class_names, report = labeled_rois(labeled_root, config)
+    device = as_choice(device)
+    rois, labels, class_names, report = labeled_rois(labeled_root, config, device)
     backbone = load_backbone(config.features, device)
     bar = make_progress(progress, len(rois), "img", "labeled features")
     outputs = []
@@ -135,6 +138,7 @@ def run_prototypes(
         config.prototypes,
         model=backbone.name,
         fingerprint=backbone.fingerprint,
+        device=device,
     )
     prototypes.save(Path(out))
     return {
@@ -146,6 +150,8 @@ def run_prototypes(
         "classes": dict(zip(class_names, np.bincount(labels, minlength=len(class_names)).tolist(), strict=True)),
         "clusters": _cluster_table(prototypes),
         "model": backbone.name,
+        "kmeans_backend": prototypes.backend,
+        "feature_dtype": str(backbone.dtype).removeprefix("torch."),
         "weights": backbone.weights,
         "untrained_weights": backbone.untrained,
         "fingerprint": backbone.fingerprint,
@@ -188,7 +194,7 @@ def run_select(
     out: str | Path,
     config: EngineConfig,
     *,
-    device: str | torch.device = "cpu",
+    device: DeviceChoice | str | torch.device = "cpu",
     progress: bool | Progress = False,
     overwrite: bool = False,
 ) -> dict[str, Any]:
@@ -276,6 +282,7 @@ def run_select(
         else None,
         "assignments_per_second": round(len(decisions) / assign_seconds, 1) if assign_seconds else None,
         "model": backbone.name,
+        "feature_dtype": str(backbone.dtype).removeprefix("torch."),
         "untrained_weights": backbone.untrained,
         "wall_seconds": round(time.perf_counter() - started, 3),
     }

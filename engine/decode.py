@@ -13,6 +13,7 @@ import io
 import logging
 import os
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -22,6 +23,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from activessf_engine.config import InputConfig
+from activessf_engine.device import DeviceChoice, as_choice
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +43,21 @@ class DecodedImage:
 
 class Decoder(Protocol):
     """Decodes a batch of encoded images to (H, W, 3) uint8 tensors on `device`; raises RuntimeError
-    when any of them fails."""
+    when any of them fails. Files it does not `accept` (by Pillow's format and mode) go to Pillow."""
 
     name: str
     batch_size: int
     device: torch.device
 
+    def accepts(self, image_format: str, mode: str) -> bool: ...
+
     def decode(self, blobs: Sequence[bytes]) -> list[torch.Tensor]: ...
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, or its type when the message is empty."""
+    lines = str(exc).splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 @dataclass
@@ -145,6 +155,9 @@ class DaliDecoder:
         pipe.build()
         return pipe
 
+    def accepts(self, image_format: str, mode: str) -> bool:
+        return image_format in DALI_FORMATS and mode in DALI_MODES
+
     def decode(self, blobs: Sequence[bytes]) -> list[torch.Tensor]:
         """Decode one batch (at most batch_size); raises RuntimeError if any file fails.
 
@@ -157,56 +170,72 @@ class DaliDecoder:
             self._pipe = self._build()
             raise
         if self.device.type == "cuda":
-            return [torch.from_dlpack(out[i]).clone() for i in range(len(blobs))]
+            images = [torch.from_dlpack(out[i]).clone() for i in range(len(blobs))]
+            # the next run() reuses DALI's output buffers: the clones must be done before it starts
+            torch.cuda.synchronize(self.device)
+            return images
         return [torch.from_numpy(np.array(out[i])) for i in range(len(blobs))]
 
 
 class TorchvisionDecoder:
-    """Used where DALI is not installed: torchvision's decoders (nvJPEG for JPEG batches on CUDA)."""
+    """Used where DALI is not installed: torchvision's decoders; on CUDA, nvJPEG for JPEG files only (the
+    others are not accepted and go to Pillow, then to the GPU)."""
 
-    def __init__(self, batch_size: int, device: torch.device | str = "cpu") -> None:
+    def __init__(self, batch_size: int, device: torch.device | str = "cpu", threads: int = 0) -> None:
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.name = "torchvision-gpu" if self.device.type == "cuda" else "torchvision-cpu"
+        self._threads = threads or os.cpu_count() or 1  # CPU decoding: torchvision's ops release the GIL
+
+    def accepts(self, image_format: str, mode: str) -> bool:
+        if self.device.type == "cuda":
+            return image_format == "JPEG" and mode in ("RGB", "L")
+        return image_format in ("JPEG", "PNG") and mode in DALI_MODES
 
     def decode(self, blobs: Sequence[bytes]) -> list[torch.Tensor]:
         from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
         data = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs]
         try:
-            if self.device.type == "cuda" and all(b[:2] == b"\xff\xd8" for b in blobs):
+            if self.device.type == "cuda":
+                # nvJPEG output is allocated on the caller's stream but written from torchvision's own
+                # stream, which does not wait for it: synchronize before (no memory that queued kernels
+                # still read can be handed out) and after (the pixels are written before they are read).
+                torch.cuda.synchronize(self.device)
                 images = decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device)
+                torch.cuda.synchronize(self.device)
             else:
-                images = [decode_image(d, mode=ImageReadMode.RGB).to(self.device) for d in data]
+                with ThreadPoolExecutor(max_workers=min(self._threads, len(data))) as pool:
+                    images = list(pool.map(lambda d: decode_image(d, mode=ImageReadMode.RGB), data))
         except (RuntimeError, ValueError) as exc:
-            raise RuntimeError(str(exc)) from exc
+            raise RuntimeError(_first_line(exc)) from exc
         return [img.permute(1, 2, 0).contiguous() for img in images]
 
 
-def make_decoder(batch_size: int, threads: int, device: torch.device | str = "cpu") -> Decoder:
-    """DALI when it is installed (the engine's decoder), torchvision's otherwise (logged)."""
-    try:
-        return DaliDecoder(batch_size, threads, device)
-    except ImportError as exc:
-        log.warning("DALI is not installed (%s); decoding with torchvision instead", exc)
-        return TorchvisionDecoder(batch_size, device)
+def make_decoder(batch_size: int, threads: int, device: DeviceChoice | str | torch.device = "cpu") -> Decoder:
+    """The decoder that the device choice names: DALI (the engine's), or torchvision's where DALI is absent."""
+    choice = as_choice(device)
+    if choice.decoder == "dali":
+        return DaliDecoder(batch_size, threads, choice.torch_device)
+    return TorchvisionDecoder(batch_size, choice.torch_device, threads)
 
 
 def _decode_batch(decoder: Decoder, probes: list[_Probe]) -> list[DecodedImage]:
-    """DALI on the whole batch; if it fails, file by file, then Pillow for the files DALI refused."""
+    """The decoder on the files it accepts, as one batch; if that fails, file by file; then Pillow for the
+    rest and for the files the decoder refused."""
     results: list[DecodedImage | None] = [None] * len(probes)
-    dali_idx = [i for i, p in enumerate(probes) if p.mode in DALI_MODES and p.format in DALI_FORMATS]
+    accepted = [i for i, p in enumerate(probes) if decoder.accepts(p.format, p.mode)]
     try:
-        images = decoder.decode([probes[i].data for i in dali_idx]) if dali_idx else []
+        images = decoder.decode([probes[i].data for i in accepted]) if accepted else []
     except RuntimeError:
         images = []
-        for i in dali_idx:
+        for i in accepted:
             try:
                 images.append(decoder.decode([probes[i].data])[0])
             except RuntimeError as exc:
-                log.debug("DALI refused %s (%s); trying Pillow", probes[i].path, str(exc).splitlines()[0])
+                log.debug("%s refused %s (%s); trying Pillow", decoder.name, probes[i].path, _first_line(exc))
                 images.append(None)
-    for i, image in zip(dali_idx, images, strict=True):
+    for i, image in zip(accepted, images, strict=True):
         if image is not None:
             results[i] = DecodedImage(probes[i].path, image, None, decoder.name, image.shape[1], image.shape[0])
     for i, probe in enumerate(probes):
@@ -220,7 +249,7 @@ def _decode_batch(decoder: Decoder, probes: list[_Probe]) -> list[DecodedImage]:
 def decode_files(
     paths: Sequence[Path],
     config: InputConfig,
-    device: torch.device | str = "cpu",
+    device: DeviceChoice | str | torch.device = "cpu",
     decoder: Decoder | None = None,
 ) -> Iterator[DecodedImage]:
     """Decode `paths` in order, batch by batch; yields one `DecodedImage` per path.

@@ -1,8 +1,10 @@
-"""The one place that decides whether a run computes on the CPU or on a CUDA GPU.
+"""The one place that decides where a run computes, and every backend that follows from it.
 
 Capability checks return ``(ok, reason)``. ``resolve_device("auto")`` takes CUDA only when torch sees a
 GPU and the CuPy kernels can run on it, and logs why when it falls back to the CPU; an explicit
-``"cuda"`` that cannot run raises RuntimeError with the reason and the fix. Nothing here touches CUDA
+``"cuda"`` that cannot run raises `DeviceUnavailableError` with the reason and the fix. The resulting
+`DeviceChoice` also fixes the decoder, the kernels, the K-means backend of the prototypes and the
+feature dtype; the runs take it as it is (`as_choice`) and never decide again. Nothing here touches CUDA
 at import: the checks run when called (and CUDA is then initialised in the calling process, so call
 them in the process that computes, or start workers with ``spawn``, never ``fork`` after them).
 """
@@ -15,23 +17,35 @@ from dataclasses import dataclass
 
 import torch
 
+from activessf_engine.config import EngineConfig
+
 logger = logging.getLogger(__name__)
 
 KINDS = ("auto", "cpu", "cuda")
 
 
+class DeviceUnavailableError(RuntimeError):
+    """An explicitly requested device cannot run; the message gives the cause and the fix."""
+
+
 @dataclass(frozen=True)
 class DeviceChoice:
-    """Where a run computes, why, and which optional GPU libraries it may use."""
+    """Where a run computes, why, and the backend of every stage, decided once."""
 
     kind: str  # "cpu" or "cuda"
     torch_device: torch.device  # where tensors of the run live
     reason: str  # why this kind was chosen, in words for a run summary
     requested: str = "auto"  # what the caller asked for
-    cupy: bool = False  # CuPy kernels usable (always True on "cuda": the GPU path needs them)
-    dali_gpu: bool = False  # DALI's GPU decoder usable
-    cuml: bool = False  # cuML usable
+    decoder: str = "dali"  # decoding library: "dali", or "torchvision" where DALI is not installed
+    kernels: str = "numba"  # Cell Region Filtering kernels: "numba" (CPU) or "cupy" (CUDA)
+    kmeans_backend: str = "sklearn"  # K-means of the prototypes when its config says "auto": "sklearn" or "cuml"
+    feature_dtype: str = "float32"  # backbone compute dtype when the feature config says "auto"
     notes: tuple[str, ...] = ()  # why each optional library is or is not used
+
+    @property
+    def decoder_name(self) -> str:
+        """The decoder as decoded images record it: "dali-gpu", "torchvision-cpu", ..."""
+        return f"{self.decoder}-{'gpu' if self.kind == 'cuda' else 'cpu'}"
 
     def describe(self) -> dict[str, object]:
         """JSON-serialisable summary for run records: which path, and why."""
@@ -40,11 +54,21 @@ class DeviceChoice:
             "kind": self.kind,
             "torch_device": str(self.torch_device),
             "reason": self.reason,
-            "cupy": self.cupy,
-            "dali_gpu": self.dali_gpu,
-            "cuml": self.cuml,
+            "decoder": self.decoder_name,
+            "kernels": self.kernels,
+            "kmeans_backend": self.kmeans_backend,
+            "feature_dtype": self.feature_dtype,
             "notes": list(self.notes),
         }
+
+
+def summary_line(described: dict[str, object]) -> str:
+    """One line of a run's printed summary from a `DeviceChoice.describe()`."""
+    return (
+        f"{described['kind']} ({described['torch_device']}): decoder {described['decoder']}, "
+        f"kernels {described['kernels']}, features {described['feature_dtype']}, "
+        f"prototype K-means {described['kmeans_backend']}"
+    )
 
 
 def _error_text(exc: BaseException) -> str:
@@ -108,6 +132,15 @@ def dali_gpu_usable() -> tuple[bool, str]:
     return True, f"DALI sees {devices} CUDA device(s)"
 
 
+def dali_installed() -> tuple[bool, str]:
+    """Whether DALI imports (its CPU decoder needs nothing more)."""
+    try:
+        import nvidia.dali  # noqa: F401
+    except Exception as exc:
+        return False, f"DALI is not installed ({_error_text(exc)}); decoding with torchvision"
+    return True, "DALI imports"
+
+
 def _parse_request(requested: str) -> tuple[str, int | None]:
     kind, _, index = requested.strip().lower().partition(":")
     if kind not in KINDS or (index and (kind != "cuda" or not index.isdigit())):
@@ -116,15 +149,16 @@ def _parse_request(requested: str) -> tuple[str, int | None]:
 
 
 def resolve_device(requested: str = "auto") -> DeviceChoice:
-    """Decide where to compute: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+    """Decide where to compute: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``, and with it every backend.
 
     ``auto`` takes CUDA when torch sees a GPU and CuPy runs kernels on it, otherwise the CPU, logging the
     reason (a warning when a GPU is there but unusable, info when there is none). ``cuda`` that cannot
-    run raises RuntimeError with the reason.
+    run raises DeviceUnavailableError with the reason and the fix.
     """
     kind, index = _parse_request(requested)
+    dali_ok, dali_reason = dali_installed()
     if kind == "cpu":
-        return DeviceChoice("cpu", torch.device("cpu"), "cpu requested", requested=requested)
+        return _cpu_choice("cpu requested", requested, dali_ok, dali_reason)
     gpu_ok, gpu_reason = cuda_available()
     if gpu_ok and index is not None and index >= torch.cuda.device_count():
         gpu_ok, gpu_reason = False, f"GPU {index} requested but torch sees {torch.cuda.device_count()}"
@@ -140,19 +174,54 @@ def resolve_device(requested: str = "auto") -> DeviceChoice:
                 if gpu_ok
                 else "run on a machine with a CUDA GPU, or use cpu / auto"
             )
-            raise RuntimeError(f"device {requested!r} cannot run: {cupy_reason}. Fix: {fix}.")
+            raise DeviceUnavailableError(f"device {requested!r} cannot run: {cupy_reason}. Fix: {fix}.")
         reason = f"fell back to cpu: {cupy_reason}"
         logger.log(logging.WARNING if gpu_ok else logging.INFO, "device auto: %s", reason)
-        return DeviceChoice("cpu", torch.device("cpu"), reason, requested=requested)
-    dali_ok, dali_reason = dali_gpu_usable()
+        return _cpu_choice(reason, requested, dali_ok, dali_reason)
+    if dali_ok:
+        dali_ok, dali_reason = dali_gpu_usable()
     cuml_ok, cuml_reason = cuml_usable()
     return DeviceChoice(
         "cuda",
         torch.device("cuda", index),
         f"{gpu_reason}; {cupy_reason}",
         requested=requested,
-        cupy=True,
-        dali_gpu=dali_ok,
-        cuml=cuml_ok,
+        decoder="dali" if dali_ok else "torchvision",
+        kernels="cupy",
+        kmeans_backend="cuml" if cuml_ok else "sklearn",
+        feature_dtype="bfloat16",
         notes=(f"dali: {dali_reason}", f"cuml: {cuml_reason}"),
     )
+
+
+def _cpu_choice(reason: str, requested: str, dali_ok: bool, dali_reason: str) -> DeviceChoice:
+    return DeviceChoice(
+        "cpu",
+        torch.device("cpu"),
+        reason,
+        requested=requested,
+        decoder="dali" if dali_ok else "torchvision",
+        notes=(f"dali: {dali_reason}",),
+    )
+
+
+def as_choice(device: DeviceChoice | str | torch.device) -> DeviceChoice:
+    """A choice made earlier is used as it is; a name or torch device is resolved (`resolve_device`)."""
+    if isinstance(device, DeviceChoice):
+        return device
+    return resolve_device(str(device))
+
+
+def host_work(config: EngineConfig, choice: DeviceChoice) -> list[str]:
+    """What a run under `config` still does on the host when `choice` is a GPU (nothing to say on the CPU)."""
+    if choice.kind != "cuda":
+        return []
+    work = [
+        "pixel K-means merge 20 -> 10 and the HSV verdict of each merged colour: numpy, a few dozen numbers a tile",
+        "store writes: zstd compression and file I/O",
+    ]
+    if config.filter.fill_holes:
+        work.append("fill_holes: scipy binary_fill_holes per kept region, on one host copy of each batch's labels")
+    if config.prototypes.backend != "cuml" and choice.kmeans_backend == "sklearn":
+        work.append("prototype K-means: scikit-learn (cuML is not usable here; see notes)")
+    return work

@@ -27,6 +27,7 @@ from huggingface_hub import try_to_load_from_cache
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from activessf_engine.config import FeatureConfig
+from activessf_engine.device import DeviceChoice, as_choice
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ class Backbone:
     fingerprint: str  # sha256 of the weights, see `state_dict_fingerprint`
     untrained: bool
     device: torch.device
+    dtype: torch.dtype = torch.float32  # compute dtype: bfloat16 runs the model under autocast
 
 
 def state_dict_fingerprint(state_dict: dict[str, torch.Tensor]) -> str:
@@ -206,17 +208,20 @@ def _build_model(config: FeatureConfig) -> tuple[torch.nn.Module, str, bool]:
     return model, str(path), False
 
 
-def load_backbone(config: FeatureConfig, device: str | torch.device = "cpu") -> Backbone:
+def load_backbone(config: FeatureConfig, device: DeviceChoice | str | torch.device = "cpu") -> Backbone:
     """Create `config.model` with the weights named by `config.weights`, ready for `extract`.
 
-    `config.threads` > 0 sets torch's intra-op thread count (a process-wide setting) first.
+    The compute dtype is `config.dtype`, or the device choice's when that is "auto". `config.threads` > 0
+    sets torch's intra-op thread count (a process-wide setting) first.
     """
+    choice = as_choice(device)
+    dtype = getattr(torch, choice.feature_dtype if config.dtype == "auto" else config.dtype)
     if config.threads > 0:
         torch.set_num_threads(config.threads)
     model, weights, untrained = _build_model(config)
     model.eval()
     fingerprint = state_dict_fingerprint(model.state_dict())
-    device = torch.device(device)
+    device = choice.torch_device
     model = model.to(device=device, memory_format=torch.channels_last)
     cfg = model.pretrained_cfg
     return Backbone(
@@ -229,10 +234,11 @@ def load_backbone(config: FeatureConfig, device: str | torch.device = "cpu") -> 
         fingerprint=fingerprint,
         untrained=untrained,
         device=device,
+        dtype=dtype,
     )
 
 
-def _prepare(backbone: Backbone, batch: np.ndarray | torch.Tensor) -> torch.Tensor:
+def prepare_batch(backbone: Backbone, batch: np.ndarray | torch.Tensor) -> torch.Tensor:
     """(n, H, W, 3) uint8 -> normalized (n, 3, H, W) float32 on the backbone's device, channels_last."""
     rois = torch.as_tensor(batch)
     if rois.ndim != 4 or rois.shape[-1] != 3 or rois.dtype != torch.uint8:
@@ -247,8 +253,8 @@ def _prepare(backbone: Backbone, batch: np.ndarray | torch.Tensor) -> torch.Tens
 
 
 def _forward(backbone: Backbone, pixels: torch.Tensor) -> np.ndarray:
-    on_cuda = backbone.device.type == "cuda"
-    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_cuda):
+    half = backbone.dtype == torch.bfloat16
+    with torch.inference_mode(), torch.autocast(backbone.device.type, dtype=torch.bfloat16, enabled=half):
         features = backbone.model(pixels)
     return features.float().cpu().numpy()
 
@@ -264,11 +270,11 @@ def iter_extract(backbone: Backbone, batches: Iterable[np.ndarray | torch.Tensor
         pending = None
         first = next(iterator, None)
         if first is not None:
-            pending = pool.submit(_prepare, backbone, first)
+            pending = pool.submit(prepare_batch, backbone, first)
         while pending is not None:
             pixels = pending.result()
             upcoming = next(iterator, None)
-            pending = pool.submit(_prepare, backbone, upcoming) if upcoming is not None else None
+            pending = pool.submit(prepare_batch, backbone, upcoming) if upcoming is not None else None
             yield _forward(backbone, pixels)
 
 

@@ -23,6 +23,7 @@ import torch
 from activessf_engine.config import EngineConfig, to_dict
 from activessf_engine.crops import cut_rois
 from activessf_engine.decode import DecodedImage, decode_files, make_decoder
+from activessf_engine.device import DeviceChoice, as_choice, host_work
 from activessf_engine.progress import Progress, make_progress
 from activessf_engine.regions import StageTimes, TileRegions, find_regions
 from activessf_engine.sources import Source, find_sources
@@ -37,6 +38,7 @@ class FilterSummary:
 
     store: str
     device: str
+    device_choice: dict[str, Any] = field(default_factory=dict)
     sources_total: int = 0
     parts_total: int = 0
     parts_already_done: int = 0
@@ -90,7 +92,7 @@ def _put(out: queue.Queue, item: Any, stop: threading.Event) -> bool:
 def _decode_parts(
     parts: list[tuple[int, list[Source]]],
     config: EngineConfig,
-    device: torch.device,
+    device: DeviceChoice,
     times: StageTimes,
     out: queue.Queue,
     stop: threading.Event,
@@ -191,7 +193,7 @@ def run_filter(
     out: str | Path,
     config: EngineConfig,
     *,
-    device: torch.device | str = "cpu",
+    device: DeviceChoice | str | torch.device = "cpu",
     progress: bool | Progress = False,
     overwrite: bool = False,
 ) -> FilterSummary:
@@ -199,11 +201,12 @@ def run_filter(
 
     Resumes a store that an earlier run left incomplete: parts already committed are not redone.
     torch's intra-op thread count is set to `config.input.torch_threads` for the run and restored.
+    `device` is a choice made by `device.resolve_device` (or a name, resolved here), and fixes the decoder.
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, config.input.torch_threads))
     try:
-        return _run_filter(input_path, out, config, torch.device(device), progress, overwrite)
+        return _run_filter(input_path, out, config, as_choice(device), progress, overwrite)
     finally:
         torch.set_num_threads(threads)
 
@@ -212,7 +215,7 @@ def _run_filter(
     input_path: str | Path,
     out: str | Path,
     config: EngineConfig,
-    device: torch.device,
+    device: DeviceChoice,
     progress: bool | Progress,
     overwrite: bool,
 ) -> FilterSummary:
@@ -235,12 +238,13 @@ def _run_filter(
     pending = [(i, [by_path[p] for p in paths]) for i, paths in enumerate(plan) if i not in done]
     summary = FilterSummary(
         store=str(out),
-        device=str(device),
+        device=str(device.torch_device),
+        device_choice={**device.describe(), "host_work": host_work(config, device)},
         sources_total=len(sources),
         parts_total=len(plan),
         parts_already_done=len(done),
     )
-    times = StageTimes(sync=torch.cuda.synchronize if device.type == "cuda" else (lambda: None))
+    times = StageTimes(sync=torch.cuda.synchronize if device.kind == "cuda" else (lambda: None))
     bar = make_progress(progress, sum(len(s) for _, s in pending), "img", "filter")
     handoff: queue.Queue = queue.Queue(maxsize=2)
     stop = threading.Event()

@@ -8,7 +8,6 @@ no pickle.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
@@ -21,6 +20,7 @@ import numpy as np
 import safetensors.numpy
 
 from activessf_engine.config import PrototypeConfig, to_dict
+from activessf_engine.device import DeviceChoice, as_choice, cuml_usable
 from activessf_engine.selection import nearest_prototype
 
 logger = logging.getLogger(__name__)
@@ -54,34 +54,19 @@ def _cuml_kmeans(n_clusters: int, config: PrototypeConfig) -> Any:
     )
 
 
-def cuml_usable() -> tuple[bool, str]:
-    """Whether cuML can run here, and why not."""
-    if importlib.util.find_spec("cuml") is None:
-        return False, "cuml is not installed (pip install activessf-engine[cuda13] or [cuda12])"
-    try:
-        import cupy
-
-        devices = cupy.cuda.runtime.getDeviceCount()
-    except Exception as error:  # any CUDA runtime failure means: not usable
-        return False, f"no usable CUDA device ({error})"
-    return (devices > 0, "ok" if devices > 0 else "no CUDA device")
-
-
 _KMEANS_BACKENDS: dict[str, KMeansFactory] = {"cuml": _cuml_kmeans, "sklearn": _sklearn_kmeans}
 
 
 def list_kmeans_backends() -> list[str]:
-    """Names accepted by `PrototypeConfig.backend`, besides "auto" (cuml when usable, else sklearn)."""
+    """Names accepted by `PrototypeConfig.backend`, besides "auto" (the device choice's backend)."""
     return sorted(_KMEANS_BACKENDS)
 
 
-def resolve_kmeans_backend(name: str) -> str:
-    """The concrete backend for `name`; "auto" picks cuml when usable, else sklearn, and logs it."""
+def resolve_kmeans_backend(name: str, device: DeviceChoice | str = "cpu") -> str:
+    """The concrete backend for `name`; "auto" is the one the device choice made (cuML on a GPU where it
+    runs, scikit-learn otherwise)."""
     if name == "auto":
-        ok, reason = cuml_usable()
-        chosen = "cuml" if ok else "sklearn"
-        logger.info("K-means backend auto -> %s%s", chosen, "" if ok else f" (cuml: {reason})")
-        return chosen
+        return as_choice(device).kmeans_backend
     if name not in _KMEANS_BACKENDS:
         raise ValueError(f"unknown K-means backend {name!r}; valid: {['auto', *list_kmeans_backends()]}")
     return name
@@ -227,6 +212,7 @@ def fit_prototypes(
     *,
     model: str,
     fingerprint: str,
+    device: DeviceChoice | str = "cpu",
 ) -> Prototypes:
     """K-means (Eq. 4-6) on labeled features (n, d), then each cluster's n_i, LB and UB.
 
@@ -247,7 +233,7 @@ def fit_prototypes(
             f"K-means with {config.clusters} clusters needs at least {config.clusters} labeled samples, "
             f"got {len(features)}; add labeled images or lower --clusters"
         )
-    backend = resolve_kmeans_backend(config.backend)
+    backend = resolve_kmeans_backend(config.backend, device)
     estimator = _KMEANS_BACKENDS[backend](config.clusters, config)
     estimator.fit(features)
     centres = np.asarray(estimator.cluster_centers_, dtype=np.float32)

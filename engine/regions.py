@@ -13,13 +13,14 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-import kornia
 import numpy as np
 import scipy.ndimage as ndi
 import torch
 
 from activessf_engine import kernels
-from activessf_engine.config import FilterConfig, HsvRange
+from activessf_engine.config import FilterConfig
+from activessf_engine.kernels.cupy_source import LAUNCH_ELEMENT_LIMIT
+from activessf_engine.kernels.hsv import hsv_opencv, in_hsv_ranges
 
 SAMPLE_SEED = 0  # the pixel sample that K-means is fitted on is drawn from this seed on every device
 
@@ -47,27 +48,6 @@ class StageTimes:
         now = time.perf_counter()
         self.seconds[stage] += now - since
         return now
-
-
-def hsv_opencv(rgb: torch.Tensor) -> torch.Tensor:
-    """(..., 3, H, W) uint8 RGB -> int32 HSV in OpenCV's 8-bit units (H 0-179, S and V 0-255).
-
-    Kornia gives H in radians and S, V in [0, 1]; OpenCV stores round(H_degrees / 2), round(255 S), V.
-    """
-    hsv = kornia.color.rgb_to_hsv(rgb.to(torch.float32) / 255.0)
-    h = torch.round(hsv[..., 0, :, :] * (90.0 / torch.pi)).remainder(180)
-    s = torch.round(hsv[..., 1, :, :] * 255.0)
-    v = torch.round(hsv[..., 2, :, :] * 255.0)
-    return torch.stack([h, s, v], dim=-3).to(torch.int32)
-
-
-def in_hsv_ranges(hsv: torch.Tensor, ranges: Sequence[HsvRange]) -> torch.Tensor:
-    """OR of inclusive range masks (like cv2.inRange) over (..., 3, H, W) OpenCV HSV -> (..., H, W) bool."""
-    h, s, v = hsv.unbind(-3)
-    mask = torch.zeros_like(h, dtype=torch.bool)
-    for r in ranges:
-        mask |= (h >= r.h[0]) & (h <= r.h[1]) & (s >= r.s[0]) & (s <= r.s[1]) & (v >= r.v[0]) & (v <= r.v[1])
-    return mask
 
 
 def _sample_indices(pixels: int, size: int, device: torch.device) -> torch.Tensor | None:
@@ -124,21 +104,32 @@ def cell_masks(tiles: torch.Tensor, config: FilterConfig, times: StageTimes) -> 
     return masks.reshape(batch, height, width), palettes
 
 
-def regions_of_mask(mask: torch.Tensor, config: FilterConfig) -> TileRegions:
-    """8-connected components of one mask, kept when the box is at least min_box x min_box and the
-    fill rate (region pixels / box pixels, II-B2) is at least min_fill."""
-    labels, count = kernels.label(mask, config.connectivity)
-    boxes, areas = (t.cpu().numpy() for t in kernels.region_stats(labels, count))
-    widths, heights = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-    big = np.flatnonzero((widths >= config.min_box) & (heights >= config.min_box))
-    boxes, areas = boxes[big], areas[big]
-    if config.fill_holes and len(big):
-        lab = labels.cpu().numpy()
-        for i, (label_index, (x0, y0, x1, y1)) in enumerate(zip(big + 1, boxes, strict=True)):
-            areas[i] = ndi.binary_fill_holes(lab[y0:y1, x0:x1] == label_index).sum()
-    fill = (areas / np.maximum((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), 1)).astype(np.float32)
-    keep = fill >= config.min_fill
-    return TileRegions(boxes[keep], areas[keep], fill[keep])
+def regions_of_masks(masks: torch.Tensor, config: FilterConfig) -> list[TileRegions]:
+    """Connected components (8-connected by default) of each mask of a (B, H, W) stack, kept when the box
+    is at least min_box x min_box and the fill rate (region pixels / box pixels, II-B2) is at least
+    min_fill. The stack is labelled at once (no region joins two tiles) and its statistics come back to
+    the host in one copy; stacks past the kernels' 2^31-element launch limit go in slices of whole tiles."""
+    batch, height, width = masks.shape
+    step = max(1, (LAUNCH_ELEMENT_LIMIT - 1) // max(1, height * width))
+    results: list[TileRegions] = []
+    for first in range(0, batch, step):
+        labels, count = kernels.label(masks[first : first + step], config.connectivity)
+        boxes, areas, tiles = kernels.batch_region_stats(labels, count)
+        widths, heights = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+        big = np.flatnonzero((widths >= config.min_box) & (heights >= config.min_box))
+        boxes, areas, tiles = boxes[big], areas[big], tiles[big]
+        if config.fill_holes and len(big):  # scipy on the host, per kept region (listed in the run's device notes)
+            lab = labels.cpu().numpy()
+            for i, (label_index, tile, (x0, y0, x1, y1)) in enumerate(zip(big + 1, tiles, boxes, strict=True)):
+                areas[i] = ndi.binary_fill_holes(lab[tile, y0:y1, x0:x1] == label_index).sum()
+        box_area = np.maximum((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), 1)
+        fill = (areas / box_area).astype(np.float32)
+        keep = fill >= config.min_fill
+        boxes, areas, fill, tiles = boxes[keep], areas[keep], fill[keep], tiles[keep]
+        for tile in range(min(step, batch - first)):
+            mine = tiles == tile  # labels run tile after tile, so each tile's regions stay in raster order
+            results.append(TileRegions(boxes[mine], areas[mine], fill[mine]))
+    return results
 
 
 def find_regions(
@@ -156,8 +147,7 @@ def find_regions(
     for indices in by_shape.values():
         masks, palettes = cell_masks(torch.stack([tiles[i] for i in indices]), config, times)
         start = time.perf_counter()
-        for j, i in enumerate(indices):
-            found = regions_of_mask(masks[j], config)
+        for j, (i, found) in enumerate(zip(indices, regions_of_masks(masks, config), strict=True)):
             found.palette = palettes[j]
             if keep_masks:
                 found.mask = masks[j]

@@ -276,9 +276,11 @@ class RoiStore:
         return [s for part in self.parts for s in self._groups[part].attrs["sources"]]
 
 
-def features_key(model: str, fingerprint: str, roi_size: int) -> str:
+def features_key(model: str, fingerprint: str, roi_size: int, dtype: str = "float32") -> str:
+    """Cache key of a store's features: model, weights, ROI size and, unless float32, the compute dtype
+    (bfloat16 features differ from float32 ones in the third digit)."""
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", model)
-    return f"{safe}-{fingerprint[:16]}-{roi_size}"
+    return f"{safe}-{fingerprint[:16]}-{roi_size}" + ("" if dtype == "float32" else f"-{dtype}")
 
 
 class FeatureCache:

@@ -6,7 +6,8 @@ The CPU reference defines the answer; the GPU path is tested against it.
 """
 
 from activessf_engine.kernels.blur import normalize_blur
-from activessf_engine.kernels.components import label, region_stats
+from activessf_engine.kernels.components import batch_region_stats, label, region_stats
+from activessf_engine.kernels.hsv import hsv_opencv, in_hsv_ranges
 from activessf_engine.kernels.pixel_kmeans import (
     FIXED_POINT,
     assign,
@@ -20,6 +21,9 @@ __all__ = [
     "FIXED_POINT",
     "assign",
     "assign_lookup",
+    "batch_region_stats",
+    "hsv_opencv",
+    "in_hsv_ranges",
     "initial_centres",
     "label",
     "lloyd",

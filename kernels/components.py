@@ -1,8 +1,12 @@
-"""Connected components of a mask, then per-region bounding box and pixel count (hence fill rate).
+"""Connected components of masks, then per-region bounding box and pixel count (hence fill rate).
 
 CPU: scipy.ndimage; GPU: cupyx.scipy.ndimage.label for the labels and our own one-pass reduction
 (``cupy_components``) for boxes and counts. Labels are 1..n in raster order of each region's first
 pixel on both devices, so regions line up one to one.
+
+A batch of masks (B, H, W) is labelled in one call with a 3-D structure whose neighbouring planes are
+empty, so no region joins two tiles; its labels are then numbered tile after tile, and the statistics
+of the whole batch come from one pass over the (B * H, W) label image (`batch_region_stats`).
 """
 
 from __future__ import annotations
@@ -14,18 +18,26 @@ import torch
 STRUCTURES = {4: ndi.generate_binary_structure(2, 1), 8: ndi.generate_binary_structure(2, 2)}
 
 
-def _structure(connectivity: int) -> np.ndarray:
+def _structure(connectivity: int, ndim: int) -> np.ndarray:
+    """The 2-D structure of `connectivity`; for a (B, H, W) stack, the same in the middle plane of a 3x3x3
+    structure whose other planes are empty (tiles never connect)."""
     try:
-        return STRUCTURES[connectivity]
+        plane = STRUCTURES[connectivity]
     except KeyError:
         raise ValueError(f"connectivity must be 4 or 8, got {connectivity}") from None
+    if ndim == 2:
+        return plane
+    stacked = np.zeros((3, 3, 3), dtype=bool)
+    stacked[1] = plane
+    return stacked
 
 
 def label(mask: torch.Tensor, connectivity: int = 8) -> tuple[torch.Tensor, int]:
-    """Label the connected regions of an (H, W) bool mask: int32 labels 1..n (0 = background), n."""
-    if mask.ndim != 2 or mask.dtype != torch.bool:
-        raise ValueError(f"mask must be a 2-D bool tensor, got {mask.dtype} {tuple(mask.shape)}")
-    structure = _structure(connectivity)
+    """Label the connected regions of an (H, W) bool mask, or of each mask of a (B, H, W) stack: int32
+    labels 1..n (0 = background) numbered in C order of each region's first pixel (tile after tile), n."""
+    if mask.ndim not in (2, 3) or mask.dtype != torch.bool:
+        raise ValueError(f"mask must be a 2-D or 3-D bool tensor, got {mask.dtype} {tuple(mask.shape)}")
+    structure = _structure(connectivity, mask.ndim)
     if mask.is_cuda:
         from activessf_engine.kernels import cupy_components
 
@@ -61,3 +73,20 @@ def region_stats(labels: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.
     counts = np.empty(count, dtype=np.int64)
     cpu_kernels.region_stats(labels.numpy(), boxes, counts)
     return torch.from_numpy(boxes), torch.from_numpy(counts)
+
+
+def batch_region_stats(labels: torch.Tensor, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Boxes (in tile pixels), pixel counts and tile index of regions 1..count of a (B, H, W) label stack
+    made by `label`: one pass over the batch and one copy to the host, whatever the number of tiles.
+
+    Returns int64 numpy arrays (count, 4), (count,) and (count,).
+    """
+    if labels.ndim != 3:
+        raise ValueError(f"labels must be a (B, H, W) stack, got shape {tuple(labels.shape)}")
+    batch, height, width = labels.shape
+    boxes, counts = region_stats(labels.reshape(batch * height, width), count)
+    boxes, counts = boxes.cpu().numpy(), counts.cpu().numpy()
+    tiles = boxes[:, 1] // height  # a region lies in one tile: its rows of the stacked image tell which
+    boxes[:, 1] -= tiles * height
+    boxes[:, 3] -= tiles * height
+    return boxes, counts, tiles

@@ -26,7 +26,8 @@ _INT32_MAX = np.iinfo(np.int32).max
 
 
 def label(mask: torch.Tensor, structure: np.ndarray) -> tuple[torch.Tensor, int]:
-    """Label the connected regions of an (H, W) bool CUDA mask: int32 labels 1..n (0 = background), n.
+    """Label the connected regions of an (H, W) or (B, H, W) bool CUDA mask: int32 labels 1..n (0 =
+    background), n. `structure` has the mask's number of dimensions.
 
     ``cupyx.scipy.ndimage.label`` already numbers regions as scipy does, so no renumbering is needed: its
     union-find always hangs the larger root under the smaller, so each region's root is its smallest
@@ -34,12 +35,14 @@ def label(mask: torch.Tensor, structure: np.ndarray) -> tuple[torch.Tensor, int]
     1..n. (Read in CuPy's ``cupyx/scipy/ndimage/_measurements.py``; the GPU tests compare with scipy.)
     Synchronizes the stream once, to read n.
     """
-    if mask.ndim != 2 or mask.dtype != torch.bool or not mask.is_cuda:
-        raise ValueError(f"mask must be a 2-D bool CUDA tensor, got {mask.dtype} {tuple(mask.shape)} on {mask.device}")
+    if mask.ndim != structure.ndim or mask.dtype != torch.bool or not mask.is_cuda:
+        raise ValueError(
+            f"mask must be a {structure.ndim}-D bool CUDA tensor, got {mask.dtype} {tuple(mask.shape)} on {mask.device}"
+        )
     labels = torch.empty(mask.shape, dtype=torch.int32, device=mask.device)
     with cupy.cuda.Device(mask.device.index), cupy_source.current_stream(mask.device):
         # a bool tensor is viewed as uint8 (same bytes): the label kernel only asks whether x != 0
-        source = cupy.from_dlpack(mask.detach().view(torch.uint8))
+        source = cupy.from_dlpack(mask.detach().contiguous().view(torch.uint8))
         count = cupyx.scipy.ndimage.label(source, structure=structure, output=cupy.from_dlpack(labels))
     return labels, int(count)
 

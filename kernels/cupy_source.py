@@ -16,6 +16,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
+from activessf_engine.config import KMEANS_MAX_CLUSTERS
 from activessf_engine.kernels.pixel_kmeans import FIXED_POINT
 
 if TYPE_CHECKING:
@@ -31,7 +32,7 @@ DEFINES: MappingProxyType[str, MappingProxyType[str, int]] = MappingProxyType(
             {
                 "ACTIVESSF_BLOCK": 256,  # threads per block
                 "ACTIVESSF_ITEMS": 8,  # pixels per thread: a block covers 2048 pixels of one image
-                "ACTIVESSF_MAX_CLUSTERS": 32,  # largest K; sizes the shared centres and histograms
+                "ACTIVESSF_MAX_CLUSTERS": KMEANS_MAX_CLUSTERS,  # largest K; sizes the shared centres and histograms
                 "ACTIVESSF_FIXED_POINT": FIXED_POINT,  # centres in units of 1/8 colour level
             }
         ),

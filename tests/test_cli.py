@@ -65,6 +65,7 @@ def test_filter_text_report_goes_to_stderr(tmp_path, capsys):
     captured = capsys.readouterr()
     assert captured.out == ""
     assert "ROIs found" in captured.err and "throughput" in captured.err
+    assert "device           cpu (cpu): decoder dali-cpu, kernels numba" in captured.err  # printed without -v
 
 
 def test_filter_missing_input_exit_2(tmp_path, capsys):
@@ -121,6 +122,24 @@ def test_bad_flag_value_exits_2(tmp_path):
     with pytest.raises(SystemExit) as info:
         main(["filter", "--input", str(BCCD), "--out", str(tmp_path / "s"), "--connectivity", "6"])
     assert info.value.code == 2
+
+
+def test_device_cuda_that_cannot_run_exit_2_with_cause_and_fix(tmp_path, capsys, monkeypatch):
+    from activessf_engine import device
+
+    monkeypatch.setattr(device, "cuda_available", lambda: (False, "torch sees no CUDA GPU (simulated)"))
+    code = main(["filter", "--input", str(BCCD), "--out", str(tmp_path / "s"), "--device", "cuda", *FAST])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "torch sees no CUDA GPU (simulated)" in err and "Fix: run on a machine with a CUDA GPU" in err
+    assert not (tmp_path / "s").exists()
+
+
+def test_kmeans_clusters_past_the_kernel_limit_exit_2_before_anything_is_written(tmp_path, capsys):
+    code = main(["filter", "--input", str(BCCD), "--out", str(tmp_path / "s"), "--kmeans-clusters", "33", *FAST])
+    assert code == 2
+    assert "kmeans_clusters must lie in [1, 32]" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
 
 
 def test_invalid_value_caught_by_config_exit_2(tmp_path, capsys):

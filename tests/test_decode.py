@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import struct
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import BCCD, PURPLE, draw_tile, write_image
 from PIL import Image
 
 from activessf_engine.config import InputConfig
-from activessf_engine.decode import DaliDecoder, decode_files
+from activessf_engine.decode import DaliDecoder, TorchvisionDecoder, _first_line, decode_files
 from activessf_engine.sources import Source, find_sources
 
 CONFIG = InputConfig(batch_size=4, threads=1)
@@ -232,3 +234,57 @@ def test_pillow_decoded_images_are_writable():
     from activessf_engine.decode import _to_rgb8  # torch hides the flag and warns only once per process
 
     assert _to_rgb8(Image.fromarray(rgb_gradient()).convert("CMYK")).flags.writeable
+
+
+class _JpegOnlyDecoder:
+    """Stands in for nvJPEG: accepts JPEG files only, and fails a batch (with an empty message) when asked to."""
+
+    name = "fake-gpu"
+    batch_size = 4
+    device = torch.device("cpu")
+
+    def __init__(self, fail_batches: bool = False) -> None:
+        self.fail_batches = fail_batches
+        self.seen: list[int] = []
+
+    def accepts(self, image_format: str, mode: str) -> bool:
+        return image_format == "JPEG"
+
+    def decode(self, blobs):
+        self.seen.append(len(blobs))
+        if self.fail_batches and len(blobs) > 1:
+            raise RuntimeError("")  # an empty message: logging its first line must not raise
+        return [torch.from_numpy(np.array(Image.open(io.BytesIO(b)).convert("RGB"))) for b in blobs]
+
+
+def test_files_the_decoder_does_not_accept_go_to_pillow_alone(tmp_path):
+    jpeg = write_image(rgb_gradient(), tmp_path / "a.jpg")
+    png = write_image(rgb_gradient(), tmp_path / "b.png")
+    fake = _JpegOnlyDecoder()
+    records = decode([jpeg, png, jpeg], fake)
+    assert [r.decoder for r in records] == ["fake-gpu", "pillow", "fake-gpu"]
+    assert fake.seen == [2]  # the PNG did not send the batch elsewhere: both JPEGs went in one call
+
+
+def test_batch_failure_with_an_empty_message_falls_back_file_by_file(tmp_path):
+    paths = [write_image(rgb_gradient(), tmp_path / f"{i}.jpg") for i in range(3)]
+    fake = _JpegOnlyDecoder(fail_batches=True)
+    records = decode(paths, fake)
+    assert [r.decoder for r in records] == ["fake-gpu"] * 3
+    assert fake.seen == [3, 1, 1, 1]
+
+
+def test_first_line_of_an_empty_message_is_the_type():
+    assert _first_line(RuntimeError("")) == "RuntimeError"
+    assert _first_line(ValueError("bad\nmore")) == "bad"
+
+
+def test_torchvision_decoder_routes_by_device(tmp_path):
+    gpu, cpu = TorchvisionDecoder(4, "cuda"), TorchvisionDecoder(4, "cpu")  # building one touches no GPU
+    assert gpu.accepts("JPEG", "RGB") and not gpu.accepts("PNG", "RGB") and not gpu.accepts("JPEG", "CMYK")
+    assert cpu.accepts("PNG", "RGBA")
+    jpeg = write_image(rgb_gradient(), tmp_path / "a.jpg")
+    png = write_image(rgb_gradient(), tmp_path / "b.png")
+    records = decode([jpeg, png], cpu)
+    assert [r.decoder for r in records] == ["torchvision-cpu"] * 2
+    assert np.array_equal(records[1].image.numpy(), rgb_gradient())

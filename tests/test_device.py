@@ -46,7 +46,8 @@ def test_auto_without_gpu_falls_back_to_cpu_and_logs_why(no_gpu: None, caplog: p
     assert choice.kind == "cpu"
     assert choice.torch_device == torch.device("cpu")
     assert "no CUDA GPU" in choice.reason
-    assert not (choice.cupy or choice.dali_gpu or choice.cuml)
+    assert (choice.kernels, choice.feature_dtype, choice.kmeans_backend) == ("numba", "float32", "sklearn")
+    assert choice.decoder_name == "dali-cpu"  # DALI is a core dependency: its CPU pipeline decodes
     assert any("no CUDA GPU" in record.getMessage() for record in caplog.records)
 
 
@@ -66,8 +67,54 @@ def test_explicit_cuda_that_cannot_run_raises_with_the_reason(no_gpu: None, requ
 
 
 def test_explicit_cuda_with_unusable_cupy_raises(broken_cupy: None) -> None:
-    with pytest.raises(RuntimeError, match=r"cupy cannot run a kernel.*install a CuPy build"):
+    with pytest.raises(device.DeviceUnavailableError, match=r"cupy cannot run a kernel.*install a CuPy build"):
         device.resolve_device("cuda")
+
+
+@pytest.fixture
+def working_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A GPU on which CuPy runs; DALI's GPU decoder and cuML are not usable (the lent GPU machines' case)."""
+    monkeypatch.setattr(device, "cuda_available", lambda: (True, "torch sees 1 CUDA GPU(s) (simulated)"))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(device, "cupy_usable", lambda index=0: (True, "cupy runs kernels (simulated)"))
+    monkeypatch.setattr(device, "dali_installed", lambda: (False, "DALI is not installed (simulated)"))
+    monkeypatch.setattr(device, "cuml_usable", lambda: (False, "cuml is not installed (simulated)"))
+
+
+def test_a_gpu_choice_fixes_every_backend(working_gpu: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    choice = device.resolve_device("cuda")
+    assert choice.torch_device == torch.device("cuda", 0)
+    assert (choice.decoder_name, choice.kernels, choice.feature_dtype, choice.kmeans_backend) == (
+        "torchvision-gpu",
+        "cupy",
+        "bfloat16",
+        "sklearn",
+    )
+    assert "cuml: cuml is not installed (simulated)" in choice.notes
+    monkeypatch.setattr(device, "cuml_usable", lambda: (True, "cuml imports (simulated)"))
+    assert device.resolve_device("auto").kmeans_backend == "cuml"
+
+
+def test_host_work_names_what_a_gpu_run_leaves_on_the_cpu(working_gpu: None) -> None:
+    from activessf_engine.config import EngineConfig, replace_section
+
+    gpu = device.resolve_device("cuda")
+    plain = device.host_work(EngineConfig(), gpu)
+    assert any("scikit-learn" in line for line in plain) and not any("fill_holes" in line for line in plain)
+    holes = device.host_work(replace_section(EngineConfig(), "filter", fill_holes=True), gpu)
+    assert any("fill_holes" in line for line in holes)
+    assert device.host_work(EngineConfig(), device.resolve_device("cpu")) == []
+
+
+def test_a_choice_is_passed_down_as_it_is(working_gpu: None) -> None:
+    from activessf_engine.prototypes import resolve_kmeans_backend
+
+    gpu = device.resolve_device("cuda")
+    assert device.as_choice(gpu) is gpu
+    assert device.as_choice("cpu").kind == "cpu"
+    assert resolve_kmeans_backend("auto", gpu) == "sklearn"
+    assert resolve_kmeans_backend("auto", dataclasses.replace(gpu, kmeans_backend="cuml")) == "cuml"
 
 
 def test_missing_gpu_index_raises(broken_cupy: None) -> None:
@@ -90,7 +137,7 @@ def test_unknown_device_lists_the_valid_ones(requested: str) -> None:
 def test_describe_is_json_serialisable(requested: str) -> None:
     summary = device.resolve_device(requested).describe()
     assert json.loads(json.dumps(summary)) == summary
-    assert {"kind", "torch_device", "reason", "requested", "cupy", "dali_gpu", "cuml"} <= summary.keys()
+    assert {"kind", "torch_device", "reason", "requested", "decoder", "kernels", "kmeans_backend"} <= summary.keys()
 
 
 def test_choice_is_frozen() -> None:

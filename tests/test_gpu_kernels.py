@@ -179,3 +179,18 @@ def test_region_stats_in_bands_of_rows_match_cpu(monkeypatch: pytest.MonkeyPatch
     got_boxes, got_counts = components.region_stats(labels.cuda(), n)
     assert torch.equal(got_boxes.cpu(), boxes)
     assert torch.equal(got_counts.cpu(), counts)
+
+
+@pytest.mark.parametrize("connectivity", [4, 8])
+def test_batch_label_and_stats_match_cpu(connectivity: int) -> None:
+    rng = np.random.default_rng(connectivity)
+    masks = rng.random((6, 57, 301)) < 0.5
+    masks[:, 0, :] = masks[:, -1, :] = True  # full edge rows: would join tiles if planes were connected
+    cpu_masks = torch.from_numpy(masks)
+    labels, n = components.label(cpu_masks, connectivity)
+    got_labels, got_n = components.label(cpu_masks.cuda(), connectivity)
+    assert got_n == n
+    assert torch.equal(got_labels.cpu(), labels)
+    expected = components.batch_region_stats(labels, n)
+    for got, want in zip(components.batch_region_stats(got_labels, got_n), expected, strict=True):
+        np.testing.assert_array_equal(got, want)

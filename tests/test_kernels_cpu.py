@@ -306,3 +306,36 @@ def test_region_stats_kernel_matches_scipy_reference(absent: int) -> None:
     ref_boxes, ref_counts = components.reference_region_stats(labels.numpy(), count + absent)
     np.testing.assert_array_equal(boxes.numpy(), ref_boxes)
     np.testing.assert_array_equal(counts.numpy(), ref_counts)
+
+
+def _per_tile_scipy(masks: np.ndarray, connectivity: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Boxes and counts of each tile labelled on its own by scipy: what the batched pass must give."""
+    structure = components.STRUCTURES[connectivity]
+    out = []
+    for mask in masks:
+        labels, count = components.ndi.label(mask, structure=structure)
+        out.append(components.reference_region_stats(labels, count))
+    return out
+
+
+@pytest.mark.parametrize("connectivity", [4, 8])
+def test_batch_labels_never_join_tiles_and_match_per_tile_scipy(connectivity: int) -> None:
+    rng = np.random.default_rng(connectivity)
+    masks = rng.random((5, 41, 67)) < 0.5
+    masks[:, 0, :] = masks[:, -1, :] = True  # full first and last rows: a 3-D neighbourhood would join tiles
+    masks[2] = False  # a tile with no region
+    labels, count = components.label(torch.from_numpy(masks), connectivity)
+    boxes, counts, tiles = components.batch_region_stats(labels, count)
+    expected = _per_tile_scipy(masks, connectivity)
+    assert count == sum(len(c) for _, c in expected)
+    for tile, (want_boxes, want_counts) in enumerate(expected):
+        mine = tiles == tile
+        np.testing.assert_array_equal(boxes[mine], want_boxes)
+        np.testing.assert_array_equal(counts[mine], want_counts)
+    assert np.all(np.diff(tiles) >= 0)  # numbered tile after tile
+
+
+def test_batch_region_stats_rejects_a_single_tile() -> None:
+    labels, count = components.label(torch.ones(5, 6, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"\(B, H, W\)"):
+        components.batch_region_stats(labels, count)

@@ -8,11 +8,11 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pytest
 import torch
-from conftest import DEEP_BLUE, PINK, PURPLE, RED_CELL, draw_tile
+from conftest import DEEP_BLUE, PINK, RED_CELL, draw_tile
 from PIL import Image
 
 from activessf_engine.config import FilterConfig, HsvRange
-from activessf_engine.regions import find_regions, hsv_opencv, in_hsv_ranges
+from activessf_engine.regions import find_regions
 
 DEFAULT = FilterConfig()
 
@@ -21,65 +21,9 @@ def regions(tile: np.ndarray, config: FilterConfig = DEFAULT, keep_masks: bool =
     return find_regions([torch.from_numpy(tile)], config, keep_masks=keep_masks)[0]
 
 
-def hsv_of(*colours: tuple[int, int, int]) -> list[list[int]]:
-    rgb = torch.tensor(colours, dtype=torch.uint8).T[:, None, :]  # (3, 1, n)
-    return hsv_opencv(rgb)[:, 0, :].T.tolist()
-
-
 def mask_box(mask: np.ndarray) -> list[int]:
     ys, xs = np.nonzero(mask)
     return [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1]
-
-
-# --- HSV --------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("rgb", "expected"),
-    [
-        # V = max, S = round(255 (V - min) / V), H = round(hue_degrees / 2), hand-computed
-        ((255, 0, 0), (0, 255, 255)),
-        ((0, 0, 255), (120, 255, 255)),
-        ((0, 255, 0), (60, 255, 255)),
-        ((128, 0, 128), (150, 255, 128)),  # 300 degrees
-        ((255, 128, 0), (15, 255, 255)),  # 60 * 128 / 255 = 30.1 degrees
-        ((0, 170, 255), (100, 255, 255)),  # 240 - 60 * 170 / 255 = 200 degrees
-        ((200, 80, 90), (178, 153, 200)),  # 355 degrees -> 177.5 -> 178 (cv2 gives 178 too); S = 255 * 120 / 200
-        ((255, 255, 255), (0, 0, 255)),
-        ((0, 0, 0), (0, 0, 0)),
-        ((255, 0, 1), (0, 255, 255)),  # 359.8 degrees wraps to 0, never 180
-    ],
-)
-def test_hsv_opencv_known_values(rgb, expected):
-    assert hsv_of(rgb) == [list(expected)]
-
-
-def test_synthetic_colours_fall_where_the_tests_assume():
-    # PURPLE after the tile's min-max stretch (low 40, high 235 on a PINK tile)
-    stretched = tuple(round((v - 40) * 255 / 195) for v in PURPLE)
-    assert stretched == (65, 0, 144)
-    purple, pink, blue, red = hsv_of(stretched, (255, 209, 222), DEEP_BLUE, RED_CELL)
-    hsv = torch.tensor([purple, pink, blue, red], dtype=torch.int32).T[:, None, :]
-    assert in_hsv_ranges(hsv, [DEFAULT.purple])[0].tolist() == [True, False, True, False]
-    assert in_hsv_ranges(hsv, [DEFAULT.deep_blue])[0].tolist() == [False, False, True, False]
-
-
-def test_in_hsv_ranges_bounds_are_inclusive():
-    r = HsvRange(h=(30, 140), s=(100, 255), v=(10, 200))
-    values = [
-        (30, 100, 10, True),
-        (140, 255, 200, True),
-        (29, 150, 100, False),
-        (141, 150, 100, False),
-        (90, 99, 100, False),
-        (90, 100, 9, False),
-        (90, 100, 201, False),
-    ]
-    hsv = torch.tensor([v[:3] for v in values], dtype=torch.int32).T[:, None, :]
-    assert in_hsv_ranges(hsv, [r])[0].tolist() == [v[3] for v in values]
-    other = HsvRange(h=(0, 10), s=(0, 255), v=(0, 255))
-    assert in_hsv_ranges(hsv, [r, other])[0].tolist() == [v[3] for v in values]  # OR: none has H <= 10
-    assert in_hsv_ranges(hsv, [])[0].tolist() == [False] * len(values)
 
 
 # --- known regions ----------------------------------------------------------------------------------
