@@ -88,8 +88,8 @@ STEPS = [
     Step(
         "select-100k",
         "selection",
-        "benchmarks/select_throughput.py --device cuda --rois 100000 --writers 16 --json {json}",
-        240,
+        "benchmarks/select_throughput.py --device cuda --rois 100000 --distinct 10000 --writers 16 --json {json}",
+        220,
     ),
     Step(
         "features-compile",

@@ -6,14 +6,15 @@
 Steps, each timed:
 
 1. **ROIs.** The bundled BCCD tiles (or ``--images``) go through the filter; the ROIs it keeps are
-   tiled to ``--rois`` with a random flip, quarter turn and brightness shift each, so that no two
-   copies are identical.
+   tiled to ``--distinct`` ROIs with a random flip, quarter turn and brightness shift each.
 2. **Store.** They are committed as parts of ``--part-rois`` ROIs through `StoreWriter` (the engine's
-   writer, zstd), several parts at once, into a candidates store.
+   writer, zstd), several parts at once; the parts are then repeated (hard links) up to ``--rois``.
+   Reading the committed parts back, with one thread and with ``--writers`` threads, gives the store's
+   read rate.
 3. **Prototypes.** Features of ``--labeled`` of these ROIs with made-up labels; `fit_prototypes`
    (K = 11) with scikit-learn, and with cuML where it runs: seconds of each on the same features.
 4. **select.** `curate.run_select` on the store: reading every ROI, features, nearest prototype
-   (Eq. 7-9) and writing the selected store, end to end; then again with the features cached.
+   (Eq. 7-9) and writing the selected store, end to end, with the seconds of each phase.
 5. **bf16 vs fp32.** On ``--agreement`` ROIs: features in both dtypes, the nearest prototype of each,
    and the number of ROIs whose nearest prototype differs.
 
@@ -27,6 +28,8 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
+import shutil
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -43,7 +46,7 @@ from activessf_engine.features import extract, load_backbone
 from activessf_engine.pipeline import run_filter
 from activessf_engine.prototypes import fit_prototypes
 from activessf_engine.selection import nearest_prototype
-from activessf_engine.store import ROI_COLUMNS, PartData, RoiStore, StoreWriter
+from activessf_engine.store import ROI_COLUMNS, PartData, RoiStore, StoreWriter, part_name
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -62,10 +65,12 @@ def varied_copies(base: np.ndarray, count: int, seed: int) -> np.ndarray:
     return out
 
 
-def build_store(root: Path, rois: np.ndarray, part_rois: int, config: EngineConfig, writers: int) -> float:
-    """Commit `rois` as parts of `part_rois` into a new candidates store; returns the seconds taken."""
+def build_store(root: Path, rois: np.ndarray, part_rois: int, total: int, config: EngineConfig, writers: int) -> float:
+    """Commit `rois` as parts of `part_rois` into a new candidates store, then repeat those parts (hard
+    links) until it holds `total` ROIs; returns the seconds of the commits."""
     parts = [rois[i : i + part_rois] for i in range(0, len(rois), part_rois)]
-    plan = [[f"tile_{k:05d}.jpg"] for k in range(len(parts))]
+    copies = -(-total // len(rois))
+    plan = [[f"tile_{k:05d}.jpg"] for k in range(len(parts) * copies)]
     writer = StoreWriter.create(root, "candidates", {"config": to_dict(config)}, plan, layout=config.store)
 
     def commit(k: int) -> None:
@@ -78,7 +83,26 @@ def build_store(root: Path, rois: np.ndarray, part_rois: int, config: EngineConf
     start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=writers) as pool:
         list(pool.map(commit, range(len(parts))))
-    return time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    for k in range(len(parts), len(plan)):
+        shutil.copytree(
+            root / "parts" / part_name(k % len(parts)), root / "parts" / part_name(k), copy_function=os.link
+        )
+    return seconds
+
+
+def read_rates(root: Path, parts: int, threads: int) -> dict[str, float]:
+    """ROIs/s of reading the first `parts` parts whole, with one thread and with `threads`."""
+    store = RoiStore(root)
+    chosen = store.parts[:parts]
+    rois = int(store.offsets[len(chosen)])
+    rates = {}
+    for workers in (1, threads):
+        start = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(store.part_rois, chosen))
+        rates[f"read_rois_per_s_{workers}_threads"] = rois / (time.perf_counter() - start)
+    return rates
 
 
 def time_prototypes(features: np.ndarray, labels: np.ndarray, config: EngineConfig, backbone) -> dict[str, Any]:
@@ -108,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=Path, default=REPO / "tests" / "data" / "bccd")
     parser.add_argument("--rois", type=int, default=2000, help="candidate ROIs in the store")
+    parser.add_argument("--distinct", type=int, default=2000, help="distinct ROIs committed (then repeated)")
     parser.add_argument("--part-rois", type=int, default=1000, help="ROIs per part of the store")
     parser.add_argument("--labeled", type=int, default=2000, help="ROIs taken as the labeled set")
     parser.add_argument("--agreement", type=int, default=4096, help="ROIs of the bf16 / fp32 comparison")
@@ -134,10 +159,17 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         run_filter(args.images, work / "seed", config, device=choice)
         base = np.concatenate([RoiStore(work / "seed").part_rois(p) for p in RoiStore(work / "seed").parts])
-        rois = varied_copies(base, args.rois, args.seed)
+        rois = varied_copies(base, min(args.distinct, args.rois), args.seed)
         result["distinct_filter_rois"] = len(base)
-        result["store_build_seconds"] = build_store(work / "candidates", rois, args.part_rois, config, args.writers)
-        print(f"store: {args.rois} ROIs from {len(base)} filtered ones in {result['store_build_seconds']:.1f} s")
+        seconds = build_store(work / "candidates", rois, args.part_rois, args.rois, config, args.writers)
+        result["store_write_rois_per_s"] = len(rois) / seconds
+        result["store_rois"] = len(RoiStore(work / "candidates"))
+        result.update(read_rates(work / "candidates", -(-len(rois) // args.part_rois), args.writers))
+        print(
+            f"store: {result['store_rois']} ROIs ({len(rois)} distinct, written at "
+            f"{result['store_write_rois_per_s']:.0f} ROIs/s); read "
+            + ", ".join(f"{k} {v:.0f}" for k, v in result.items() if k.startswith("read_"))
+        )
 
         backbone = load_backbone(config.features, choice)
         labeled = rois[: args.labeled]
@@ -148,14 +180,16 @@ def main(argv: list[str] | None = None) -> int:
         result["prototypes"] = protos
         print(f"prototypes: sklearn {protos['sklearn_seconds']:.2f} s, cuml {protos['cuml_seconds']}")
 
-        for label in ("select_seconds", "select_cached_seconds"):
-            start = time.perf_counter()
-            summary = run_select(work / "candidates", work / "prototypes", work / label, config, device=choice)
-            result[label] = time.perf_counter() - start
-            result[label.replace("seconds", "summary")] = {
-                k: summary[k] for k in ("selected", "features_computed", "features_cached", "features_per_second")
-            }
-            print(f"{label}: {result[label]:.1f} s ({summary['features_computed']} features computed)")
+        start = time.perf_counter()
+        summary = run_select(work / "candidates", work / "prototypes", work / "selected", config, device=choice)
+        result["select_seconds"] = time.perf_counter() - start
+        keys = ("candidates", "selected", "features_computed", "features_per_second", "seconds")
+        result["select_summary"] = {k: summary[k] for k in keys}
+        print(
+            f"select: {summary['candidates']} candidates, {summary['selected']} kept, "
+            f"{result['select_seconds']:.1f} s end to end; phases {summary['seconds']}; "
+            f"features from the store {summary['features_per_second']} ROIs/s"
+        )
 
         sample = rois[: args.agreement]
         by_dtype = {}

@@ -122,7 +122,9 @@ class StoreConfig:
 
     sources_per_part: int = 64  # a part is the unit of commit and resume; one writer owns it
     rois_per_shard: int = 256  # ROIs per shard file inside a part
-    compression_level: int = 3  # zstd level of the ROI pixels
+    # zstd level of the ROI pixels. Measured on 256 BCCD crops: level 1 compresses 2.2x faster than level 3
+    # for 5% more bytes (ratio 0.549 vs 0.522), and compression is most of a write.
+    compression_level: int = 1
 
 
 @dataclass(frozen=True)

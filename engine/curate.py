@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +32,30 @@ from activessf_engine.store import FeatureCache, PartData, RoiStore, StoreWriter
 
 log = logging.getLogger(__name__)
 
-SELECTED_COLUMNS = ("cluster", "distance", "threshold", "candidate")
+READ_AHEAD = 2  # parts read ahead of the network while features are computed
 
 
 def _batches(rois: np.ndarray, size: int):
     return (rois[i : i + size] for i in range(0, len(rois), size))
+
+
+def _read_ahead(store: RoiStore, parts: list[int], depth: int) -> Iterator[tuple[int, np.ndarray, float]]:
+    """(part, its ROIs, seconds spent reading them) in order, with up to `depth` parts read ahead in threads,
+    so that reading and decompressing overlap the network's work on the part before."""
+
+    def read(part: int) -> tuple[np.ndarray, float]:
+        start = time.perf_counter()
+        return store.part_rois(part), time.perf_counter() - start
+
+    with ThreadPoolExecutor(max_workers=depth, thread_name_prefix="store-read") as pool:
+        pending = deque((part, pool.submit(read, part)) for part in parts[:depth])
+        upcoming = iter(parts[depth:])
+        while pending:
+            part, future = pending.popleft()
+            following = next(upcoming, None)
+            if following is not None:
+                pending.append((following, pool.submit(read, following)))
+            yield (part, *future.result())
 
 
 def store_features(
@@ -42,31 +63,29 @@ def store_features(
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Features of every ROI of `store`, from its cache where present; what is computed is cached.
 
-    Returns (N, D) float32 and counts of ROIs computed and read from cache, with the seconds spent.
+    Returns (N, D) float32 and counts of ROIs computed and read from cache, with the wall seconds spent
+    computing them (reading included) and the seconds the reader threads spent reading.
     """
     roi_size = int(store.meta["config"]["crop"]["size"])
     dtype = str(backbone.dtype).removeprefix("torch.")
     cache = FeatureCache(store.root, features_key(backbone.name, backbone.fingerprint, roi_size, dtype))
     bar = make_progress(progress, len(store), "roi", "features")
-    stats = {"computed": 0, "cached": 0, "seconds": 0.0}
-    chunks = []
-    for part, _ in store.iter_parts():
-        if cache.has(part):
-            feats = cache.load(part)
-            stats["cached"] += len(feats)
-        else:
-            start = time.perf_counter()
-            rois = store.part_rois(part)
-            outputs = list(iter_extract(backbone, _batches(rois, batch_size)))
-            feats = np.concatenate(outputs) if outputs else np.empty((0, backbone.feature_dim), np.float32)
-            cache.save(part, feats)
-            stats["computed"] += len(feats)
-            stats["seconds"] += time.perf_counter() - start
-        chunks.append(feats)
-        bar.update(len(feats))
+    stats = {"computed": 0, "cached": 0, "seconds": 0.0, "read_seconds": 0.0}
+    features = {part: cache.load(part) for part in store.parts if cache.has(part)}
+    stats["cached"] = sum(len(f) for f in features.values())
+    bar.update(stats["cached"])
+    start = time.perf_counter()
+    for part, rois, read_seconds in _read_ahead(store, [p for p in store.parts if p not in features], READ_AHEAD):
+        outputs = list(iter_extract(backbone, _batches(rois, batch_size)))
+        features[part] = np.concatenate(outputs) if outputs else np.empty((0, backbone.feature_dim), np.float32)
+        cache.save(part, features[part])
+        stats["computed"] += len(rois)
+        stats["read_seconds"] += read_seconds
+        bar.update(len(rois))
+    stats["seconds"] = time.perf_counter() - start if stats["computed"] else 0.0
     bar.close()
-    features = np.concatenate(chunks) if chunks else np.empty((0, backbone.feature_dim), np.float32)
-    return features, stats
+    chunks = [features[part] for part in store.parts]
+    return (np.concatenate(chunks) if chunks else np.empty((0, backbone.feature_dim), np.float32)), stats
 
 
 def _central_region(regions: TileRegions, width: int, height: int) -> np.ndarray | None:
@@ -244,6 +263,7 @@ def run_select(
         layout=config.store,
         overwrite=overwrite,
     )
+    write_start = time.perf_counter()
     for k, (part, first) in enumerate(store.iter_parts()):
         rows = np.flatnonzero(decisions.selected[first : first + int(store.offsets[k + 1] - first)])
         glob = first + rows
@@ -259,6 +279,7 @@ def run_select(
         rois = store.part_rois(part, rows)
         writer.commit_part(k, PartData(rois, columns, store.part_attrs(part)["sources"]), {"candidate_part": part})
     _write_decisions(Path(out), decisions)
+    write_seconds = time.perf_counter() - write_start
 
     per_cluster_candidates = Counter(decisions.cluster.tolist())
     per_cluster_selected = Counter(decisions.cluster[decisions.selected].tolist())
@@ -281,6 +302,12 @@ def run_select(
         if feature_stats["seconds"]
         else None,
         "assignments_per_second": round(len(decisions) / assign_seconds, 1) if assign_seconds else None,
+        "seconds": {
+            "features": round(feature_stats["seconds"], 3),  # wall time, reading included
+            "reading": round(feature_stats["read_seconds"], 3),  # in reader threads, overlapped with the network
+            "assignment": round(assign_seconds, 3),
+            "writing": round(write_seconds, 3),  # the selected store: reading the kept ROIs and committing them
+        },
         "model": backbone.name,
         "feature_dtype": str(backbone.dtype).removeprefix("torch."),
         "untrained_weights": backbone.untrained,

@@ -217,3 +217,55 @@ def region_stats(labels, boxes, counts):  # pragma: no cover - compiled
     for i in range(n):
         if counts[i] == 0:
             boxes[i] = 0
+
+
+@njit(cache=True)
+def merge_clusters(means, sizes, target, ward):  # pragma: no cover - compiled
+    """Greedy merge of K colour clusters to `target`, the float64 operations of
+    ``pixel_kmeans.reference_merge_clusters`` in the same order (so the same answer, ties included).
+
+    `means` (K, 3) and `sizes` (K,) float64 are updated in place. Returns `owner` (K,) int64: the surviving
+    cluster each original cluster ended in (a survivor owns itself).
+    """
+    k = means.shape[0]
+    owner = np.arange(k)
+    alive = sizes > 0
+    if not alive.any():
+        alive[:] = True
+    for j in range(k):  # an empty cluster joins the nearest non-empty one (no Ward cost: it has no pixels)
+        if alive[j]:
+            continue
+        best, best_d2 = -1, np.inf
+        for i in range(k):
+            if alive[i]:
+                d0, d1, d2 = means[i, 0] - means[j, 0], means[i, 1] - means[j, 1], means[i, 2] - means[j, 2]
+                dist = d0 * d0 + d1 * d1 + d2 * d2
+                if dist < best_d2:
+                    best, best_d2 = i, dist
+        owner[j] = best
+    for _ in range(alive.sum() - target):
+        best_a, best_b, best_cost = -1, -1, np.inf
+        for a in range(k):
+            if not alive[a]:
+                continue
+            for b in range(a + 1, k):
+                if not alive[b]:
+                    continue
+                d0, d1, d2 = means[a, 0] - means[b, 0], means[a, 1] - means[b, 1], means[a, 2] - means[b, 2]
+                cost = d0 * d0 + d1 * d1 + d2 * d2
+                if ward:
+                    total = sizes[a] + sizes[b]
+                    cost = sizes[a] * sizes[b] * cost / total if total > 0 else 0.0
+                if cost < best_cost:  # strict: the first minimum in row-major order, as argmin
+                    best_a, best_b, best_cost = a, b, cost
+        a, b = best_a, best_b
+        total = sizes[a] + sizes[b]
+        if total > 0:
+            for c in range(3):
+                means[a, c] = (means[a, c] * sizes[a] + means[b, c] * sizes[b]) / total
+        sizes[a] = total
+        alive[b] = False
+        for i in range(k):
+            if owner[i] == b:
+                owner[i] = a
+    return owner

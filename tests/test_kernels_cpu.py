@@ -339,3 +339,24 @@ def test_batch_region_stats_rejects_a_single_tile() -> None:
     labels, count = components.label(torch.ones(5, 6, dtype=torch.bool))
     with pytest.raises(ValueError, match=r"\(B, H, W\)"):
         components.batch_region_stats(labels, count)
+
+
+@pytest.mark.parametrize("method", ["ward", "centroid"])
+def test_merge_kernel_equals_the_numpy_reference(method: str) -> None:
+    """Random palettes, empty clusters, repeated centres (ties) and integer-valued ones: identical answers."""
+    rng = np.random.default_rng(0)
+    for case in range(300):
+        k = int(rng.integers(2, 33))
+        target = int(rng.integers(1, k + 1))
+        centres = rng.random((k, 3)) * 255
+        if case % 3 == 1:
+            centres = np.rint(centres / 32) * 32  # few distinct colours: exact ties
+        counts = rng.integers(0, 50, k).astype(np.float64)
+        if case % 5 == 2:
+            counts[rng.random(k) < 0.4] = 0  # empty clusters
+        if case % 17 == 0:
+            counts[:] = 0
+        got = pixel_kmeans.merge_clusters(centres, counts, target, method)
+        want = pixel_kmeans.reference_merge_clusters(centres, counts, target, method)
+        for g, w in zip(got, want, strict=True):
+            np.testing.assert_array_equal(g, w)
