@@ -30,6 +30,7 @@ from activessf_engine.config import EngineConfig, InputConfig, replace_section
 from activessf_engine.decode import decode_files, make_decoder
 from activessf_engine.pipeline import run_filter
 from activessf_engine.sources import find_sources
+from activessf_engine.store import configure_zarr
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_IMAGES = [REPO.parent / "shared" / "data" / "bccd" / "JPEGImages", REPO / "tests" / "data" / "bccd"]
@@ -63,6 +64,7 @@ def device_name(device: torch.device) -> str:
 
 
 def main() -> None:
+    configure_zarr()  # as the CLI does
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=Path, default=next((p for p in DEFAULT_IMAGES if p.exists()), None))
     parser.add_argument("--count", type=int, default=128, help="tiles per round")

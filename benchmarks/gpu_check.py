@@ -4,10 +4,12 @@
 
 Writes ``OUT/gpu_check.json`` (every step's status, seconds, figures and the tail of its output) after
 every step, so whatever fails or runs out of time, the steps that ran are on disk, and ``OUT/gpu_check.log``
-(everything the steps printed). With ``--baseline-path`` (a folder that holds another version of the
-``activessf_engine`` package), the throughput steps run twice, that version first, for a before/after
-comparison on one machine in one run. Exit status: 0 every step ran and passed; 1 a step failed or ran
-out of time; 2 no usable GPU (the preflight says why; only the CPU steps ran).
+(everything the steps printed, as they print it). ``--budget`` bounds the whole run: each step's limit is
+cut to what is left of it, so the script ends on its own before an outer time limit does. With
+``--baseline-path`` (a folder that holds another version of the ``activessf_engine`` package), the
+throughput steps run twice, that version first, for a before/after comparison on one machine in one run.
+Exit status: 0 every step ran and passed; 1 a step failed or ran out of time; 2 no usable GPU (the
+preflight says why; only the CPU steps ran).
 """
 
 from __future__ import annotations
@@ -114,33 +116,37 @@ def _junit_counts(path: Path) -> dict[str, Any]:
     return counts
 
 
-def run_step(step: Step, python: str, env: dict[str, str], log, tmp: Path) -> dict[str, Any]:
+def run_step(step: Step, python: str, env: dict[str, str], log_path: Path, tmp: Path, limit: float) -> dict[str, Any]:
+    """Run one step for at most `limit` seconds; what it prints goes to the log as it prints it, so even a
+    step killed from outside leaves its output there."""
     json_path, xml_path = tmp / f"{step.name}.json", tmp / f"{step.name}.xml"
     for path in (json_path, xml_path):
         path.unlink(missing_ok=True)
     arguments = step.command.split() if isinstance(step.command, str) else step.command
     command = [python, *(a.replace("{json}", str(json_path)).replace("{xml}", str(xml_path)) for a in arguments)]
-    log.write(f"\n===== {step.name} ({env.get('ACTIVESSF_VERSION_LABEL', 'current')}) =====\n")
-    log.flush()
-    start = time.perf_counter()
-    try:
-        done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=step.timeout)
-        status = "ok" if done.returncode == 0 else f"failed (exit {done.returncode})"
-        output = done.stdout + done.stderr
-    except subprocess.TimeoutExpired as expired:
-        status = f"timed out after {step.timeout} s"
-        output = (expired.stdout or b"").decode(errors="replace") + (expired.stderr or b"").decode(errors="replace")
+    with open(log_path, "a") as log:
+        log.write(f"\n===== {step.name} ({env.get('ACTIVESSF_VERSION_LABEL', 'current')}) =====\n")
+        log.flush()
+        offset = log.tell()
+        start = time.perf_counter()
+        try:
+            done = subprocess.run(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=limit)
+            status = "ok" if done.returncode == 0 else f"failed (exit {done.returncode})"
+        except subprocess.TimeoutExpired:
+            status = f"timed out after {limit:.0f} s"
     record: dict[str, Any] = {"status": status, "seconds": round(time.perf_counter() - start, 1)}
-    log.write(output)
-    log.write(f"----- {step.name}: {status} in {record['seconds']} s\n")
-    log.flush()
+    with open(log_path, "rb") as log:
+        log.seek(offset)
+        output = log.read().decode(errors="replace")
+    with open(log_path, "a") as log:
+        log.write(f"----- {step.name}: {status} in {record['seconds']} s\n")
     record["output_tail"] = output[-3000:]
     if json_path.exists():
         record["figures"] = json.loads(json_path.read_text())
     if xml_path.exists():
         record["tests"] = _junit_counts(xml_path)
     if step.name == "preflight" and status == "ok":
-        record["figures"] = json.loads(done.stdout.strip().splitlines()[-1])
+        record["figures"] = json.loads(output.strip().splitlines()[-1])
     print(f"{step.name:<28} {status:<28} {record['seconds']:>7.1f} s", flush=True)
     return record
 
@@ -151,13 +157,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", default="checks,filter,cpu-filter,selection", help="groups or step names")
     parser.add_argument("--pythonpath", default=os.environ.get("PYTHONPATH", ""), help="where the package is")
     parser.add_argument("--baseline-path", help="PYTHONPATH entry of the version to compare with")
+    parser.add_argument(
+        "--budget", type=float, default=330, help="seconds for all steps: each step's limit is cut to what is left"
+    )
     args = parser.parse_args(argv)
     wanted = set(args.steps.split(","))
     steps = [s for s in STEPS if s.group in wanted or s.name in wanted]
     args.out.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "steps": {}}
     failed, no_gpu = [], None
-    with open(args.out / "gpu_check.log", "a") as log, tempfile.TemporaryDirectory() as tmp:
+    deadline = time.monotonic() + args.budget
+    with tempfile.TemporaryDirectory() as tmp:
         for step in steps:
             if no_gpu and step.group != "cpu-filter":
                 report["steps"][step.name] = {"status": f"skipped: {no_gpu}"}
@@ -169,7 +179,15 @@ def main(argv: list[str] | None = None) -> int:
             for label, path in versions:
                 env = {**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1", "ACTIVESSF_VERSION_LABEL": label}
                 key = step.name if label == "current" else f"{step.name}@baseline"
-                report["steps"][key] = run_step(step, sys.executable, env, log, Path(tmp))
+                left = deadline - time.monotonic()
+                if left < 10:
+                    report["steps"][key] = {"status": "not started: the budget is spent"}
+                    print(f"{key:<28} not started (budget spent)", flush=True)
+                else:
+                    limit = min(step.timeout, left)
+                    report["steps"][key] = run_step(
+                        step, sys.executable, env, args.out / "gpu_check.log", Path(tmp), limit
+                    )
                 if report["steps"][key]["status"] != "ok":
                     failed.append(key)
                 choice = report["steps"][key].get("figures", {}).get("device_choice", {})

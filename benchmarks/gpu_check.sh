@@ -5,6 +5,7 @@
 #   bash benchmarks/gpu_check.sh [STEPS]        # STEPS: comma-separated groups or step names of gpu_check.py
 #                                               # (default checks,filter,cpu-filter,selection)
 #   BASELINE=path/to/older/tree bash benchmarks/gpu_check.sh filter   # before/after on one machine
+#   BUDGET=300 bash benchmarks/gpu_check.sh    # seconds for all steps (default 330): the script ends by itself
 #
 # Results: $OUT (default ./gpu-check-out) gets gpu_check.json (every figure; rewritten after each step)
 # and gpu_check.log (all output): two files, whatever fails. Wheels carried under .whl/ (see
@@ -66,5 +67,6 @@ if [ -n "${BASELINE:-}" ]; then
 fi
 
 cd "$repo"
-"$python" benchmarks/gpu_check.py --out "$out" --steps "$steps" --pythonpath "$PYTHONPATH" "${baseline[@]}" 2>&1 | tee -a "$log"
+"$python" benchmarks/gpu_check.py --out "$out" --steps "$steps" --pythonpath "$PYTHONPATH" --budget "${BUDGET:-330}" \
+    "${baseline[@]}" 2>&1 | tee -a "$log"
 exit "${PIPESTATUS[0]}"

@@ -46,7 +46,7 @@ from activessf_engine.features import extract, load_backbone
 from activessf_engine.pipeline import run_filter
 from activessf_engine.prototypes import fit_prototypes
 from activessf_engine.selection import nearest_prototype
-from activessf_engine.store import ROI_COLUMNS, PartData, RoiStore, StoreWriter, part_name
+from activessf_engine.store import ROI_COLUMNS, PartData, RoiStore, StoreWriter, configure_zarr, part_name
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -129,6 +129,7 @@ def time_prototypes(features: np.ndarray, labels: np.ndarray, config: EngineConf
 
 
 def main(argv: list[str] | None = None) -> int:
+    configure_zarr()  # as the CLI does
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=Path, default=REPO / "tests" / "data" / "bccd")
     parser.add_argument("--rois", type=int, default=2000, help="candidate ROIs in the store")

@@ -20,6 +20,7 @@ from activessf_engine import __version__
 from activessf_engine.cli_flags import add_section_flags, apply_flags
 from activessf_engine.config import EngineConfig, load_config
 from activessf_engine.device import DeviceChoice, DeviceUnavailableError, resolve_device, summary_line
+from activessf_engine.store import configure_zarr
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SKIPPED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 FILTER_SECTIONS = ("input", "filter", "crop", "store")
@@ -300,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(getattr(args, "verbose", 0))
+    configure_zarr()
     # Batch schedulers stop jobs with SIGTERM: treat it like Ctrl-C, so the run ends cleanly (exit 130).
     signal.signal(signal.SIGTERM, _interrupt)
     try:

@@ -83,6 +83,16 @@ def test_round_trip_is_bit_exact(store, parts):
     assert list(rs.iter_parts()) == [(0, 0), (1, 5)]
 
 
+@pytest.mark.parametrize("rows", [[], [17], [3, 0, 41], list(range(0, 64, 3)), list(range(63, -1, -1))])
+def test_part_rows_in_the_order_given_sparse_or_dense(tmp_path, rows):
+    root = tmp_path / "rows"
+    data = make_part(64, ["a.png"], seed=5)
+    StoreWriter.create(root, "candidates", {}, [["a.png"]], layout=StoreConfig(rois_per_shard=16)).commit_part(0, data)
+    got = RoiStore(root).part_rois(0, np.array(rows, dtype=np.int64))
+    assert got.shape == (len(rows), 16, 16, 3)
+    assert np.array_equal(got, data.rois[rows])
+
+
 def test_locate(store):
     rs = RoiStore(store)
     assert [rs.locate(i) for i in (0, 4, 5, 7)] == [(0, 0), (0, 4), (1, 0), (1, 2)]
