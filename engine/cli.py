@@ -20,6 +20,7 @@ from activessf_engine import __version__
 from activessf_engine.cli_flags import add_section_flags, apply_flags
 from activessf_engine.config import EngineConfig, load_config
 from activessf_engine.device import DeviceChoice, DeviceUnavailableError, resolve_device, summary_line
+from activessf_engine.lock import StoreLockedError
 from activessf_engine.store import configure_zarr
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SKIPPED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -77,7 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("verify", help="check a store and say what is wrong with it")
     p.add_argument("store", type=Path)
-    p.add_argument("--deep", action="store_true", help="also read every ROI")
+    p.add_argument("--deep", action="store_true", help="also read every ROI and compare it with its checksum")
+    p.add_argument(
+        "--repair",
+        action="store_true",
+        help="move damaged parts of a candidates store to STORE/quarantine/ (a resume then redoes them)",
+    )
     p.add_argument("--json", action="store_true", help="print the findings as JSON")
 
     p = sub.add_parser("manifest", help="print the per-ROI table of a store as CSV")
@@ -227,15 +233,19 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from activessf_engine.verify import verify_store
+    from activessf_engine.verify import repair_store, verify_store
 
-    problems = verify_store(args.store, deep=args.deep)
+    problems = verify_store(args.store, deep=args.deep or args.repair)
+    repaired = repair_store(args.store) if args.repair and problems else []
     if args.json:
-        json.dump({"store": str(args.store), "ok": not problems, "problems": problems}, sys.stdout, indent=2)
+        summary = {"store": str(args.store), "ok": not problems, "problems": problems, "repaired": repaired}
+        json.dump(summary, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
         for line in problems or [f"{args.store}: OK"]:
             print(line)
+        for line in repaired:
+            print(f"repaired: {line}")
     return EXIT_FAILED if problems else EXIT_OK
 
 
@@ -309,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: committed parts are kept; run the same command again to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (FileNotFoundError, FileExistsError, ValueError, DeviceUnavailableError) as exc:
+    except (FileNotFoundError, FileExistsError, ValueError, DeviceUnavailableError, StoreLockedError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except Exception as exc:

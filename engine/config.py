@@ -8,6 +8,8 @@ has the name of the dataclass field that holds it (``[filter]``, ``[crop]``, ...
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -22,6 +24,25 @@ ThresholdMode = Literal["density", "fixed"]
 BoundsMode = Literal["cluster", "global"]
 
 KMEANS_MAX_CLUSTERS = 32  # the CUDA pixel K-means keeps this many centres in shared memory (kernels/cupy_source.py)
+
+
+def _require(
+    section: str,
+    name: str,
+    value: float,
+    low: float | None = None,
+    high: float | None = None,
+    above: float | None = None,
+) -> None:
+    """Raise ValueError unless `value` is a finite number within [low, high] (and > `above`)."""
+    ok = math.isfinite(value) and (low is None or value >= low) and (high is None or value <= high)
+    ok = ok and (above is None or value > above)
+    if not ok:
+        bounds = [f">= {low}" if low is not None else "", f"<= {high}" if high is not None else ""]
+        bounds.append(f"> {above}" if above is not None else "")
+        raise ValueError(
+            f"{section}.{name} must be a finite number {' and '.join(b for b in bounds if b)}, got {value!r}"
+        )
 
 
 @dataclass(frozen=True)
@@ -74,8 +95,10 @@ class FilterConfig:
     def __post_init__(self) -> None:
         if self.blur_kernel < 1 or self.blur_kernel % 2 == 0:
             raise ValueError(f"blur_kernel must be a positive odd number, got {self.blur_kernel}")
-        if self.blur_sigma <= 0:
-            raise ValueError(f"blur_sigma must be > 0, got {self.blur_sigma}")
+        _require("filter", "blur_sigma", self.blur_sigma, above=0)
+        _require("filter", "kmeans_iterations", self.kmeans_iterations, low=1)
+        _require("filter", "kmeans_tolerance", self.kmeans_tolerance, low=0)
+        _require("filter", "kmeans_sample", self.kmeans_sample, low=0)
         if not 1 <= self.merged_clusters <= self.kmeans_clusters:
             raise ValueError(
                 f"need 1 <= merged_clusters <= kmeans_clusters, got {self.merged_clusters} and {self.kmeans_clusters}"
@@ -100,6 +123,11 @@ class CropConfig:
     pad: PadMode = "constant"  # how the shorter side is filled after an aspect-preserving resize
     pad_value: int = 0
 
+    def __post_init__(self) -> None:
+        _require("crop", "size", self.size, low=8)
+        _require("crop", "margin", self.margin, low=0, high=10)
+        _require("crop", "pad_value", self.pad_value, low=0, high=255)
+
 
 @dataclass(frozen=True)
 class InputConfig:
@@ -107,6 +135,9 @@ class InputConfig:
 
     extensions: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
     max_pixels: int = 20_000 * 20_000  # refuse larger images (decompression bombs)
+    # Pixels of tiles decoded at once (a larger tile is decoded alone): bounds the memory of decoded tiles,
+    # about 3 bytes a pixel for each batch decoded, queued or being filtered (four at most).
+    max_batch_pixels: int = 128_000_000
     min_side: int = 8  # smaller images are skipped with a reason
     batch_size: int = 16  # images per decode batch
     threads: int = 0  # decoder threads; 0 = one per core
@@ -114,6 +145,13 @@ class InputConfig:
     # threads; more torch threads on top of them oversubscribe the cores (measured on 2 cores: a
     # crop resize took 1.3 ms with 1 thread and over 100 ms with 2 while the decoder was busy).
     torch_threads: int = 1
+
+    def __post_init__(self) -> None:
+        if not self.extensions or not all(isinstance(e, str) and e.startswith(".") for e in self.extensions):
+            raise ValueError(f"input.extensions must be a list of suffixes such as ['.png'], got {self.extensions!r}")
+        for name in ("max_pixels", "max_batch_pixels", "min_side", "batch_size", "torch_threads"):
+            _require("input", name, getattr(self, name), low=1)
+        _require("input", "threads", self.threads, low=0)
 
 
 @dataclass(frozen=True)
@@ -125,6 +163,11 @@ class StoreConfig:
     # zstd level of the ROI pixels. Measured on 256 BCCD crops: level 1 compresses 2.2x faster than level 3
     # for 5% more bytes (ratio 0.549 vs 0.522), and compression is most of a write.
     compression_level: int = 1
+
+    def __post_init__(self) -> None:
+        _require("store", "sources_per_part", self.sources_per_part, low=1)
+        _require("store", "rois_per_shard", self.rois_per_shard, low=1)
+        _require("store", "compression_level", self.compression_level, low=-7, high=22)  # zstd's levels
 
 
 @dataclass(frozen=True)
@@ -140,6 +183,10 @@ class FeatureConfig:
     # Compute dtype of the backbone: `auto` is the device's choice (bfloat16 autocast on CUDA, float32 on
     # the CPU); `float32` or `bfloat16` forces one (benchmarks/README.md compares their assignments).
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+
+    def __post_init__(self) -> None:
+        _require("features", "batch_size", self.batch_size, low=1)
+        _require("features", "threads", self.threads, low=0)
 
 
 @dataclass(frozen=True)
@@ -157,6 +204,10 @@ class PrototypeConfig:
     # Measured on the PBC subset: with `whole`, nearly every candidate crop fell outside every
     # cluster's UB, so selection kept almost nothing (see benchmarks/README.md).
     labeled_crop: Literal["filter", "whole"] = "filter"
+
+    def __post_init__(self) -> None:
+        for name in ("clusters", "n_init", "max_iter"):
+            _require("prototypes", name, getattr(self, name), low=1)
 
 
 @dataclass(frozen=True)
@@ -176,8 +227,9 @@ class SelectionConfig:
     balanced_subclusters: int = 4  # second level of the hierarchical k-means of `balanced`
 
     def __post_init__(self) -> None:
-        if self.alpha <= 0:
-            raise ValueError(f"alpha must be > 0, got {self.alpha}")
+        _require("selection", "alpha", self.alpha, above=0)
+        _require("selection", "fixed_threshold", self.fixed_threshold, low=0)
+        _require("selection", "balanced_subclusters", self.balanced_subclusters, low=1)
 
 
 @dataclass(frozen=True)
@@ -189,6 +241,29 @@ class EngineConfig:
     features: FeatureConfig = field(default_factory=FeatureConfig)
     prototypes: PrototypeConfig = field(default_factory=PrototypeConfig)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
+
+
+# Fields that change nothing in a candidate store's contents: a run may resume with other values of them.
+# Every other field of these sections decides which sources are read, which regions are kept or how ROIs
+# are cut, so a resume under other values would mix two kinds of ROI in one store.
+FILTER_SECTIONS = ("input", "filter", "crop", "store")
+RESUME_FREE = {
+    "input": {"batch_size", "threads", "torch_threads", "max_batch_pixels"},
+    "store": {"rois_per_shard", "compression_level"},
+}
+
+
+def output_differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """The output-affecting fields of two configs (as stored: plain JSON values) that differ, as
+    "section.field old -> new"; fields in RESUME_FREE are ignored."""
+    current = json.loads(json.dumps(current))  # tuples become lists, as in a stored config
+    differences = []
+    for section in FILTER_SECTIONS:
+        old, new = stored.get(section, {}), current.get(section, {})
+        for name in sorted(set(old) | set(new)):
+            if name not in RESUME_FREE.get(section, ()) and old.get(name) != new.get(name):
+                differences.append(f"{section}.{name} {old.get(name)!r} -> {new.get(name)!r}")
+    return differences
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -208,8 +283,12 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             raise ValueError(f"{where} must be one of {list(allowed)}, got {value!r}")
         return value
     if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ValueError(f"{where} must be a list, got {value!r}")
         return tuple(value)
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+    if hint in (int, float) and isinstance(value, bool):  # bool is an int to Python, never to a user
+        raise ValueError(f"{where} must be {hint.__name__}, got {value!r}")
+    if hint is float and isinstance(value, int):
         return float(value)
     if hint in (int, float, str, bool) and not isinstance(value, hint):
         raise ValueError(f"{where} must be {hint.__name__}, got {value!r}")

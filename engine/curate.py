@@ -28,7 +28,7 @@ from activessf_engine.progress import Progress, make_progress
 from activessf_engine.prototypes import Prototypes, fit_prototypes, load_prototypes
 from activessf_engine.regions import TileRegions, find_regions
 from activessf_engine.selection import Decisions, cluster_thresholds, select
-from activessf_engine.store import FeatureCache, PartData, RoiStore, StoreWriter, features_key
+from activessf_engine.store import ROI_COLUMNS, FeatureCache, PartData, RoiStore, StoreWriter, features_key
 
 log = logging.getLogger(__name__)
 
@@ -255,30 +255,21 @@ def run_select(
         "fingerprint": backbone.fingerprint,
     }
     plan = [[s["path"] for s in store.part_attrs(p)["sources"]] for p in store.parts]
-    writer = StoreWriter.create(
-        out,
-        "selected",
-        attrs,
-        plan,
-        layout=config.store,
-        overwrite=overwrite,
-    )
-    write_start = time.perf_counter()
-    for k, (part, first) in enumerate(store.iter_parts()):
-        rows = np.flatnonzero(decisions.selected[first : first + int(store.offsets[k + 1] - first)])
-        glob = first + rows
-        columns = {
-            name: store.part_column(part, name)[rows] for name in ("box", "crop_box", "area", "fill_rate", "source")
-        }
-        columns.update(
-            cluster=decisions.cluster[glob].astype(np.int32),
-            distance=decisions.distance[glob].astype(np.float32),
-            threshold=decisions.threshold[glob].astype(np.float32),
-            candidate=glob.astype(np.int64),
-        )
-        rois = store.part_rois(part, rows)
-        writer.commit_part(k, PartData(rois, columns, store.part_attrs(part)["sources"]), {"candidate_part": part})
-    _write_decisions(Path(out), decisions)
+    with StoreWriter.create(out, "selected", attrs, plan, layout=config.store, overwrite=overwrite) as writer:
+        write_start = time.perf_counter()
+        for k, (part, first) in enumerate(store.iter_parts()):
+            rows = np.flatnonzero(decisions.selected[first : first + int(store.offsets[k + 1] - first)])
+            glob = first + rows
+            columns = {name: store.part_column(part, name)[rows] for name in ROI_COLUMNS}
+            columns.update(
+                cluster=decisions.cluster[glob].astype(np.int32),
+                distance=decisions.distance[glob].astype(np.float32),
+                threshold=decisions.threshold[glob].astype(np.float32),
+                candidate=glob.astype(np.int64),
+            )
+            rois = store.part_rois(part, rows)
+            writer.commit_part(k, PartData(rois, columns, store.part_attrs(part)["sources"]), {"candidate_part": part})
+        _write_decisions(Path(out), decisions)
     write_seconds = time.perf_counter() - write_start
 
     per_cluster_candidates = Counter(decisions.cluster.tolist())

@@ -4,7 +4,9 @@ A file that cannot be decoded becomes a `DecodedImage` with an error, never an e
 the run. Every file is first probed with Pillow (header only) so that the size guard
 (decompression bombs), the tiny-image guard and the routing by pixel mode happen before any
 decoding: 8-bit RGB, grayscale, palette and RGBA images go to DALI (alpha is dropped), other modes
-(16-bit, 32-bit, float, CMYK) go to Pillow and are converted. EXIF orientation is not applied.
+(16-bit, 32-bit, float, CMYK) go to Pillow and are converted. EXIF orientation is never applied, by
+any decoder: pixels (and so boxes) are in the order the file stores them, as in a slide scanner's tiles;
+the orientation tag is recorded with each source (`DecodedImage.orientation`, 1 = none).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import re
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -29,6 +32,7 @@ log = logging.getLogger(__name__)
 
 DALI_MODES = {"RGB", "RGBA", "L", "LA", "P", "PA"}
 DALI_FORMATS = {"JPEG", "PNG", "BMP", "TIFF"}
+EXIF_ORIENTATION = 0x0112
 
 
 @dataclass
@@ -39,6 +43,7 @@ class DecodedImage:
     decoder: str = ""  # "dali-cpu", "dali-gpu", "pillow" or "" for failures
     width: int = 0
     height: int = 0
+    orientation: int = 1  # EXIF orientation tag of the file (never applied; 1 = none or absent)
 
 
 class Decoder(Protocol):
@@ -52,6 +57,15 @@ class Decoder(Protocol):
     def accepts(self, image_format: str, mode: str) -> bool: ...
 
     def decode(self, blobs: Sequence[bytes]) -> list[torch.Tensor]: ...
+
+
+def _without_addresses(text: str) -> str:
+    """Pillow names the in-memory file as `<_io.BytesIO object at 0x7f...>`: drop the address (it differs
+    on every run and tells the user nothing)."""
+    return _ADDRESS.sub(r"<\1>", text)
+
+
+_ADDRESS = re.compile(r"<([\w.]+) object at 0x[0-9a-fA-F]+>")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -68,14 +82,23 @@ class _Probe:
     format: str = ""
     width: int = 0
     height: int = 0
+    orientation: int = 1
     error: str | None = None
 
     def failed(self, reason: str) -> DecodedImage:
-        return DecodedImage(self.path, None, reason, "", self.width, self.height)
+        return DecodedImage(self.path, None, reason, "", self.width, self.height, self.orientation)
+
+    def decoded(self, image: torch.Tensor, decoder: str) -> DecodedImage:
+        return DecodedImage(self.path, image, None, decoder, image.shape[1], image.shape[0], self.orientation)
 
 
 def _probe(path: Path, config: InputConfig) -> _Probe:
     probe = _Probe(path)
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        probe.error = "file name is not valid UTF-8 (renaming the file lets it be read)"
+        return probe
     try:
         probe.data = path.read_bytes()
     except OSError as exc:
@@ -88,8 +111,15 @@ def _probe(path: Path, config: InputConfig) -> _Probe:
         with Image.open(io.BytesIO(probe.data)) as img:
             probe.mode, probe.format = img.mode, img.format or ""
             probe.width, probe.height = img.size
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-        probe.error = f"not a readable image: {exc}"
+            probe.orientation = _orientation(img)
+    except Image.DecompressionBombError:
+        probe.error = (
+            f"too large: over {2 * config.max_pixels} pixels, twice max_pixels={config.max_pixels} "
+            "(decompression-bomb guard; raise input.max_pixels to accept it)"
+        )
+        return probe
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        probe.error = f"not a readable image: {_without_addresses(str(exc))}"
         return probe
     if probe.width * probe.height > config.max_pixels:
         probe.error = (
@@ -99,6 +129,14 @@ def _probe(path: Path, config: InputConfig) -> _Probe:
     elif min(probe.width, probe.height) < config.min_side:
         probe.error = f"too small: {probe.width}x{probe.height}, the shorter side is below min_side={config.min_side}"
     return probe
+
+
+def _orientation(img: Image.Image) -> int:
+    try:
+        value = int(img.getexif().get(EXIF_ORIENTATION, 1))
+    except Exception:  # a damaged EXIF block is no reason to refuse the pixels
+        return 1
+    return value if 1 <= value <= 8 else 1
 
 
 def _to_rgb8(img: Image.Image) -> np.ndarray:
@@ -119,8 +157,8 @@ def _decode_pillow(probe: _Probe) -> DecodedImage:
             img.load()
             rgb = _to_rgb8(img)
     except Exception as exc:  # Pillow raises many types for damaged files; each becomes a record
-        return probe.failed(f"decode failed: {type(exc).__name__}: {exc}")
-    return DecodedImage(probe.path, torch.from_numpy(rgb), None, "pillow", rgb.shape[1], rgb.shape[0])
+        return probe.failed(f"decode failed: {type(exc).__name__}: {_without_addresses(str(exc))}")
+    return probe.decoded(torch.from_numpy(rgb), "pillow")
 
 
 class DaliDecoder:
@@ -143,7 +181,8 @@ class DaliDecoder:
         )
         def pipe():
             encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
-            return fn.decoders.image(encoded, device="mixed" if on_gpu else "cpu", output_type=types.RGB)
+            device = "mixed" if on_gpu else "cpu"
+            return fn.decoders.image(encoded, device=device, output_type=types.RGB, adjust_orientation=False)
 
         self.name = "dali-gpu" if on_gpu else "dali-cpu"
         self.batch_size = batch_size
@@ -237,7 +276,7 @@ def _decode_batch(decoder: Decoder, probes: list[_Probe]) -> list[DecodedImage]:
                 images.append(None)
     for i, image in zip(accepted, images, strict=True):
         if image is not None:
-            results[i] = DecodedImage(probes[i].path, image, None, decoder.name, image.shape[1], image.shape[0])
+            results[i] = probes[i].decoded(image, decoder.name)
     for i, probe in enumerate(probes):
         if results[i] is None:
             results[i] = _decode_pillow(probe)
@@ -246,22 +285,48 @@ def _decode_batch(decoder: Decoder, probes: list[_Probe]) -> list[DecodedImage]:
     return results
 
 
+def decode_batches(
+    paths: Sequence[Path],
+    config: InputConfig,
+    device: DeviceChoice | str | torch.device = "cpu",
+    decoder: Decoder | None = None,
+) -> Iterator[list[DecodedImage]]:
+    """Decode `paths` in order, one list of `DecodedImage` per decode batch.
+
+    A batch holds at most the decoder's batch size of files and `config.max_batch_pixels` pixels, so the
+    memory of decoded tiles is bounded whatever their size (an image larger than the cap is decoded alone).
+    Pillow's own decompression-bomb limit (a process-wide setting of Pillow's) is raised to
+    `config.max_pixels` when it is lower, since the probe enforces that limit itself, with its own message.
+    """
+    Image.MAX_IMAGE_PIXELS = max(config.max_pixels, Image.MAX_IMAGE_PIXELS or 0)
+    decoder = decoder or make_decoder(config.batch_size, config.threads, device)
+    for probes in _probe_batches(paths, config, decoder.batch_size):
+        good = [p for p in probes if p.error is None]
+        decoded = iter(_decode_batch(decoder, good)) if good else iter(())
+        yield [probe.failed(probe.error) if probe.error is not None else next(decoded) for probe in probes]
+
+
+def _probe_batches(paths: Sequence[Path], config: InputConfig, batch_size: int) -> Iterator[list[_Probe]]:
+    batch: list[_Probe] = []
+    pixels = 0
+    for path in paths:
+        probe = _probe(Path(path), config)
+        size = probe.width * probe.height if probe.error is None else 0
+        if batch and (len(batch) == batch_size or pixels + size > config.max_batch_pixels):
+            yield batch
+            batch, pixels = [], 0
+        batch.append(probe)
+        pixels += size
+    if batch:
+        yield batch
+
+
 def decode_files(
     paths: Sequence[Path],
     config: InputConfig,
     device: DeviceChoice | str | torch.device = "cpu",
     decoder: Decoder | None = None,
 ) -> Iterator[DecodedImage]:
-    """Decode `paths` in order, batch by batch; yields one `DecodedImage` per path.
-
-    Pillow's own decompression-bomb limit is raised to `config.max_pixels` (a process-wide setting
-    of Pillow's), since the probe enforces that limit itself.
-    """
-    Image.MAX_IMAGE_PIXELS = max(config.max_pixels, Image.MAX_IMAGE_PIXELS or 0)
-    decoder = decoder or make_decoder(config.batch_size, config.threads, device)
-    for start in range(0, len(paths), decoder.batch_size):
-        probes = [_probe(Path(p), config) for p in paths[start : start + decoder.batch_size]]
-        good = [p for p in probes if p.error is None]
-        decoded = iter(_decode_batch(decoder, good)) if good else iter(())
-        for probe in probes:
-            yield probe.failed(probe.error) if probe.error is not None else next(decoded)
+    """Decode `paths` in order, batch by batch (`decode_batches`); yields one `DecodedImage` per path."""
+    for batch in decode_batches(paths, config, device, decoder):
+        yield from batch

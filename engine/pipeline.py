@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from activessf_engine.config import EngineConfig, to_dict
+from activessf_engine.config import EngineConfig, output_differences, to_dict
 from activessf_engine.crops import cut_rois
-from activessf_engine.decode import DecodedImage, decode_files, make_decoder
+from activessf_engine.decode import DecodedImage, decode_batches, make_decoder
 from activessf_engine.device import DeviceChoice, as_choice, host_work
 from activessf_engine.progress import Progress, make_progress
 from activessf_engine.regions import StageTimes, TileRegions, find_regions
@@ -97,22 +97,28 @@ def _decode_parts(
     out: queue.Queue,
     stop: threading.Event,
 ) -> None:
-    """Producer: decode the pending parts batch by batch and hand over (part, sources, images, last);
-    None marks the end. Only a few batches of decoded tiles exist at once, whatever the tile size."""
+    """Producer: decode the pending parts batch by batch (`decode_batches`: bounded in files and pixels)
+    and hand over (part, sources, images, last); None marks the end, an exception is handed over too.
+    Stops between batches once `stop` is set, so the decoder is released in this thread, never torn
+    down mid-batch by the interpreter's exit."""
     try:
         decoder = make_decoder(config.input.batch_size, config.input.threads, device)
-        step = config.input.batch_size
         for index, sources in parts:
-            for start in range(0, len(sources), step):
-                batch = sources[start : start + step]
+            done = 0
+            batches = decode_batches([s.path for s in sources], config.input, device, decoder)
+            while True:
                 t0 = time.perf_counter()
-                images = list(decode_files([s.path for s in batch], config.input, device, decoder))
+                images = next(batches, None)
                 times.seconds["decode"] += time.perf_counter() - t0
-                if not _put(out, (index, batch, images, start + step >= len(sources)), stop):
+                if images is None:
+                    break
+                batch = sources[done : done + len(images)]
+                done += len(images)
+                if not _put(out, (index, batch, images, done == len(sources)), stop):
                     return
-        out.put(None)
+        _put(out, None, stop)
     except BaseException as exc:  # handed to the consumer, which re-raises it
-        out.put(exc)
+        _put(out, exc, stop)
 
 
 def _source_record(source: Source, image: DecodedImage, rois: int) -> dict[str, Any]:
@@ -125,6 +131,7 @@ def _source_record(source: Source, image: DecodedImage, rois: int) -> dict[str, 
         "status": "ok" if image.image is not None else "skipped",
         "error": image.error,
         "decoder": image.decoder,
+        "exif_orientation": image.orientation,
         "rois": rois,
     }
 
@@ -178,6 +185,14 @@ def _commit(writer: StoreWriter, index: int, data: PartData, times: StageTimes) 
     times.seconds["write"] += time.perf_counter() - start
 
 
+def _drain(q: queue.Queue) -> None:
+    while True:
+        try:
+            q.get_nowait()
+        except queue.Empty:
+            return
+
+
 def _consume(q: queue.Queue) -> Iterator[tuple[int, list[Source], list[DecodedImage], bool]]:
     while True:
         item = q.get()
@@ -220,19 +235,41 @@ def _run_filter(
     overwrite: bool,
 ) -> FilterSummary:
     started = time.perf_counter()
-    sources = find_sources(input_path, config.input.extensions)
+    input_root, store_root = Path(input_path).resolve(), Path(out).resolve()
+    if store_root == input_root or store_root in input_root.parents:
+        raise ValueError(f"--out {out} holds the input {input_path}: choose an --out outside the input folder")
+    sources = find_sources(input_path, config.input.extensions, exclude=store_root)
     if not sources:
         raise FileNotFoundError(f"no images ({', '.join(config.input.extensions)}) found under {input_path}")
     plan = plan_parts(sources, config.store.sources_per_part)
-    attrs = {"config": to_dict(config), "input_root": str(Path(input_path).resolve())}
+    attrs = {"config": to_dict(config), "input_root": str(input_root)}
+
+    def same_output(meta: dict[str, Any]) -> list[str]:
+        differences = output_differences(meta.get("config", {}), attrs["config"])
+        if meta.get("input_root") not in (None, attrs["input_root"]):
+            differences.append(f"input {meta['input_root']!r} -> {attrs['input_root']!r}")
+        return differences
+
     writer = StoreWriter.create(
-        out,
-        "candidates",
-        attrs,
-        plan,
-        layout=config.store,
-        overwrite=overwrite,
+        out, "candidates", attrs, plan, layout=config.store, overwrite=overwrite, same_output=same_output
     )
+    try:
+        return _filter_into(writer, sources, plan, config, device, progress, started)
+    finally:
+        writer.close()
+
+
+def _filter_into(
+    writer: StoreWriter,
+    sources: list[Source],
+    plan: list[list[str]],
+    config: EngineConfig,
+    device: DeviceChoice,
+    progress: bool | Progress,
+    started: float,
+) -> FilterSummary:
+    """The filter run proper, into a store whose lock `writer` holds."""
+    out = writer.root
     done = writer.committed_parts()
     by_path = {s.relpath: s for s in sources}
     pending = [(i, [by_path[p] for p in paths]) for i, paths in enumerate(plan) if i not in done]
@@ -248,7 +285,9 @@ def _run_filter(
     bar = make_progress(progress, sum(len(s) for _, s in pending), "img", "filter")
     handoff: queue.Queue = queue.Queue(maxsize=2)
     stop = threading.Event()
-    producer = threading.Thread(target=_decode_parts, args=(pending, config, device, times, handoff, stop), daemon=True)
+    producer = threading.Thread(
+        target=_decode_parts, args=(pending, config, device, times, handoff, stop), name="decode", daemon=True
+    )
     producer.start()
     reasons: Counter[str] = Counter()
     decoders: Counter[str] = Counter()
@@ -281,9 +320,10 @@ def _run_filter(
             committing.result()
     finally:
         stop.set()
+        _drain(handoff)  # a producer waiting to hand over a batch sees `stop` and ends
+        producer.join()
         committer.shutdown(wait=True)  # a commit in flight finishes (it is all or nothing anyway)
         bar.close()
-    producer.join()
     summary.skip_reasons = dict(reasons)
     summary.decoders = dict(decoders)
     summary.stage_seconds = {k: round(v, 4) for k, v in times.seconds.items()}

@@ -26,7 +26,9 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Iterator, Mapping
+import weakref
+import zlib
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,8 +39,10 @@ from zarr.codecs import ZstdCodec
 
 from activessf_engine import __version__
 from activessf_engine.config import StoreConfig
+from activessf_engine.lock import LOCK_NAME, StoreLock
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: every part holds a crc32 per ROI (`roi_crc32`) and of each column (attribute `checksums`)
+CHECKSUM_COLUMN = "roi_crc32"
 PART_NAME = re.compile(r"^p(\d{6})$")
 # The per-ROI columns every store has: dtype and shape of one row.
 ROI_COLUMNS: dict[str, tuple[type, tuple[int, ...]]] = {
@@ -103,19 +107,36 @@ def _write_group(path: Path, data: PartData, attrs: dict[str, Any], layout: Stor
     )
     if n:
         rois[:] = data.rois
-    for name, col in data.columns.items():
+    columns = {**data.columns, CHECKSUM_COLUMN: roi_checksums(data.rois)}
+    for name, col in columns.items():
         arr = group.create_array(name, shape=col.shape, chunks=(max(1, len(col)), *col.shape[1:]), dtype=col.dtype)
         if len(col):
             arr[:] = col
-    group.attrs.update({**attrs, "rois": n, "roi_size": size, "sources": data.sources})
+    checksums = {name: column_checksum(col) for name, col in columns.items()}
+    group.attrs.update({**attrs, "rois": n, "roi_size": size, "sources": data.sources, "checksums": checksums})
+
+
+def roi_checksums(rois: np.ndarray) -> np.ndarray:
+    """crc32 of each ROI's pixel bytes, (n,) uint32: what `verify --deep` compares every ROI with."""
+    return np.array([zlib.crc32(np.ascontiguousarray(roi)) for roi in rois], dtype=np.uint32)
+
+
+def column_checksum(values: np.ndarray) -> int:
+    """crc32 of a column's bytes (dtype and shape are checked apart)."""
+    return zlib.crc32(np.ascontiguousarray(values))
 
 
 class StoreWriter:
-    """Creates a store or reopens one to resume it; commits parts; caches feature arrays."""
+    """Creates a store or reopens one to resume it, holding its lock until `close`; commits parts.
+
+    Use as a context manager, or call `close`; a writer that is garbage-collected releases the lock too.
+    """
 
     def __init__(self, root: str | Path, layout: StoreConfig | None = None) -> None:
         self.root = Path(root)
         self.layout = layout or StoreConfig()
+        self._lock: StoreLock | None = None
+        self._finalizer: weakref.finalize | None = None
 
     @classmethod
     def create(
@@ -127,36 +148,81 @@ class StoreWriter:
         *,
         layout: StoreConfig | None = None,
         overwrite: bool = False,
+        same_output: Callable[[dict[str, Any]], list[str]] | None = None,
     ) -> StoreWriter:
-        """Create a store, or reopen an existing one of the same kind and plan to resume it.
+        """Create a store, or reopen an existing one of the same kind and plan to resume it, under its lock.
 
         New sources may be appended to an existing plan as new parts; a plan that lost or moved
-        sources is refused (the parts already written would no longer mean the same thing).
+        sources is refused (the parts already written would no longer mean the same thing), and so is a
+        resume for which `same_output(existing metadata)` lists differences. `overwrite` replaces only
+        an activessf-engine store; a folder with anything else in it is never deleted.
         """
         root = Path(root)
+        if root.exists() and not root.is_dir():
+            raise FileExistsError(f"{root} is a file, not a store; choose another --out")
+        is_store = _is_store(root)
+        if root.exists() and not is_store and any(p.name != LOCK_NAME for p in root.iterdir()):
+            raise FileExistsError(
+                f"{root} exists and is not an activessf-engine store; choose another --out "
+                "(--overwrite replaces only stores, never other folders)"
+            )
         writer = cls(root, layout)
-        if root.exists() and overwrite:
-            shutil.rmtree(root)
-        if (root / "zarr.json").exists():
-            meta = read_attrs(root)
-            if meta.get("kind") != kind:
-                raise ValueError(f"{root} holds a {meta.get('kind')!r} store, not {kind!r}; choose another --out")
-            old = meta.get("plan", [])
-            if plan[: len(old)] != old:
-                raise ValueError(
-                    f"{root} was started with other inputs (its plan of {len(old)} parts differs); "
-                    "use a new --out, or --overwrite to start again"
-                )
-            meta["plan"] = plan
-            writer._write_root(meta)
-            writer.clean_temporary()
-            return writer
-        if root.exists() and any(root.iterdir()):
-            raise FileExistsError(f"{root} exists and is not an activessf-engine store; choose another --out")
-        meta = {"format": FORMAT_VERSION, "engine_version": __version__, "kind": kind, **attrs, "plan": plan}
-        writer._write_root(meta)
-        zarr.open_group(str(root / "parts"), mode="w", zarr_format=3)
+        writer._lock = StoreLock(root)
+        writer._lock.acquire()
+        writer._finalizer = weakref.finalize(writer, writer._lock.release)
+        try:
+            if overwrite and is_store:
+                _clear(root)
+            if (root / "zarr.json").exists():
+                writer._reopen(kind, plan, same_output)
+            else:
+                meta = {"format": FORMAT_VERSION, "engine_version": __version__, "kind": kind, **attrs, "plan": plan}
+                writer._write_root(meta)
+                zarr.open_group(str(root / "parts"), mode="w", zarr_format=3)
+        except BaseException:
+            writer.close()
+            raise
         return writer
+
+    def _reopen(
+        self, kind: str, plan: list[list[str]], same_output: Callable[[dict[str, Any]], list[str]] | None
+    ) -> None:
+        meta = read_attrs(self.root)
+        if meta.get("kind") != kind:
+            raise ValueError(f"{self.root} holds a {meta.get('kind')!r} store, not {kind!r}; choose another --out")
+        old = meta.get("plan", [])
+        if plan[: len(old)] != old:
+            raise ValueError(
+                f"{self.root} was started with other inputs (its plan of {len(old)} parts differs); "
+                "use a new --out, or --overwrite to start again"
+            )
+        differences = same_output(meta) if same_output else []
+        if differences:
+            raise ValueError(
+                f"{self.root} was made with other settings, so its parts would not match new ones: "
+                + "; ".join(differences)
+                + ". Use the same settings to resume, another --out, or --overwrite to start again"
+            )
+        damaged = damaged_parts(self.root)
+        if damaged:
+            raise ValueError(
+                f"{self.root} has {len(damaged)} damaged part folder(s) ({', '.join(damaged[:5])}): run "
+                f"`activessf-engine verify --repair {self.root}` to set them aside, then run again to redo them"
+            )
+        meta["plan"] = plan
+        self._write_root(meta)
+        self.clean_temporary()
+
+    def close(self) -> None:
+        """Release the store's lock (idempotent)."""
+        if self._finalizer is not None:
+            self._finalizer()
+
+    def __enter__(self) -> StoreWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _write_root(self, meta: dict[str, Any]) -> None:
         group = zarr.open_group(str(self.root), mode="a", zarr_format=3)
@@ -186,6 +252,36 @@ class StoreWriter:
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _is_store(root: Path) -> bool:
+    try:
+        read_attrs(root)
+    except (FileNotFoundError, ValueError, OSError):
+        return False
+    return True
+
+
+def _clear(root: Path) -> None:
+    """Remove everything in a store folder but its lock (which the caller holds)."""
+    for entry in root.iterdir():
+        if entry.name == LOCK_NAME:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+def damaged_parts(root: str | Path) -> list[str]:
+    """Part folders without their zarr.json: never made by a commit (which renames whole parts into
+    place), so made by damage; they block a resume until `verify --repair` sets them aside."""
+    parts = Path(root) / "parts"
+    return sorted(
+        e.name
+        for e in (parts.iterdir() if parts.exists() else ())
+        if PART_NAME.match(e.name) and not (e / "zarr.json").exists()
+    )
 
 
 def read_attrs(root: str | Path) -> dict[str, Any]:

@@ -153,7 +153,7 @@ def test_verify_exit_codes(bccd_store, tmp_path, capsys):
     assert main(["verify", str(out)]) == 0
     assert "OK" in capsys.readouterr().out
     assert main(["verify", str(out), "--json", "--deep"]) == 0
-    assert json.loads(capsys.readouterr().out) == {"store": str(out), "ok": True, "problems": []}
+    assert json.loads(capsys.readouterr().out) == {"store": str(out), "ok": True, "problems": [], "repaired": []}
     broken = tmp_path / "broken"
     shutil.copytree(out, broken)
     shutil.rmtree(broken / "parts" / "p000000" / "fill_rate")

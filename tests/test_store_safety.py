@@ -1,0 +1,307 @@
+"""Nothing already written is lost: safe overwrite, the store lock, checksums found by `verify`, repair,
+resume only under the same settings, hostile file names, clean shutdown of the decoder."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from conftest import BCCD, tile_folder
+
+from activessf_engine.cli import main
+from activessf_engine.config import replace_section
+from activessf_engine.lock import LOCK_NAME, StoreLock, StoreLockedError
+from activessf_engine.pipeline import run_filter
+from activessf_engine.store import RoiStore, StoreWriter, committed_parts, part_name
+from activessf_engine.verify import verify_store
+
+FAST = ["--quiet", "--roi-size", "64", "--threads", "1", "--sources-per-part", "2", "--kmeans-sample", "2048"]
+
+
+@pytest.fixture
+def tiles(tmp_path: Path) -> Path:
+    return tile_folder(tmp_path / "tiles", 6)
+
+
+@pytest.fixture
+def store(tiles: Path, tmp_path: Path, small_config) -> Path:
+    run_filter(tiles, tmp_path / "store", small_config)
+    return tmp_path / "store"
+
+
+def pixel_rows(root: Path) -> list[bytes]:
+    rois = RoiStore(root)
+    return [rois.roi(i).tobytes() for i in range(len(rois))]
+
+
+# --- overwrite never deletes what is not a store ------------------------------------------------------
+
+
+def test_overwrite_into_the_input_folder_deletes_nothing(tiles: Path, capsys) -> None:
+    before = sorted(p.name for p in tiles.iterdir())
+    assert main(["filter", "--input", str(tiles), "--out", str(tiles), "--overwrite", *FAST]) == 2
+    assert "holds the input" in capsys.readouterr().err
+    assert sorted(p.name for p in tiles.iterdir()) == before
+
+
+def test_overwrite_of_a_folder_that_is_not_a_store_deletes_nothing(tiles: Path, tmp_path: Path, capsys) -> None:
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("years of work")
+    assert main(["filter", "--input", str(tiles), "--out", str(precious), "--overwrite", *FAST]) == 2
+    assert "not an activessf-engine store" in capsys.readouterr().err
+    assert (precious / "thesis.tex").read_text() == "years of work"
+
+
+def test_out_above_the_input_is_refused_and_out_inside_it_is_not_read_as_input(tiles: Path, tmp_path: Path) -> None:
+    assert main(["filter", "--input", str(tiles), "--out", str(tmp_path), "--overwrite", *FAST]) == 2
+    inside = tiles / "store"
+    assert main(["filter", "--input", str(tiles), "--out", str(inside), *FAST]) == 0
+    (inside / "stray.png").write_bytes((tiles / "tile_00.png").read_bytes())  # would change the plan if read
+    assert main(["filter", "--input", str(tiles), "--out", str(inside), *FAST]) == 0
+    assert all("store" not in s["path"] for s in RoiStore(inside).sources())
+
+
+def test_overwrite_replaces_a_store(store: Path, tiles: Path, small_config) -> None:
+    (store / "parts" / part_name(0) / "marker").write_text("old")
+    run_filter(tiles, store, small_config, overwrite=True)
+    assert not (store / "parts" / part_name(0) / "marker").exists()
+    assert verify_store(store, deep=True) == []
+
+
+# --- one run at a time -------------------------------------------------------------------------------
+
+
+def test_a_second_run_is_refused_while_the_first_holds_the_store(store: Path, tiles: Path, small_config) -> None:
+    half_written = store / "parts" / ".tmp-p000009-inflight"
+    with StoreLock(store):
+        half_written.mkdir()  # the first run's part in progress
+        with pytest.raises(StoreLockedError, match=rf"pid {os.getpid()} on {socket.gethostname()}"):
+            run_filter(tiles, store, small_config)
+        assert half_written.exists()  # the second run cleaned nothing up
+    shutil.rmtree(half_written)
+    assert not (store / LOCK_NAME).exists()
+
+
+def test_the_lock_is_released_after_a_run_and_after_an_interruption(tiles, tmp_path, small_config, monkeypatch):
+    run_filter(tiles, tmp_path / "s", small_config)
+    assert not (tmp_path / "s" / LOCK_NAME).exists()
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("activessf_engine.pipeline._filter_batch", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run_filter(tiles, tmp_path / "t", small_config)
+    assert not (tmp_path / "t" / LOCK_NAME).exists()
+
+
+def test_a_stale_lock_is_taken_over_and_another_hosts_lock_is_not(store: Path, tiles, small_config) -> None:
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(finished.stdout)
+    lock = store / LOCK_NAME
+    lock.write_text(json.dumps({"pid": dead_pid, "host": socket.gethostname(), "started": "earlier"}))
+    assert run_filter(tiles, store, small_config).parts_already_done == 3
+    assert not lock.exists()
+    lock.write_text(json.dumps({"pid": 1, "host": "another-host.example", "started": "earlier"}))
+    with pytest.raises(StoreLockedError, match=f"remove {lock}"):
+        run_filter(tiles, store, small_config)
+    assert lock.exists()  # not ours to remove
+
+
+def test_locked_store_exits_2_through_the_cli(store: Path, tiles: Path, capsys) -> None:
+    with StoreLock(store):
+        assert main(["filter", "--input", str(tiles), "--out", str(store), *FAST]) == 2
+    assert "in use by another run" in capsys.readouterr().err
+
+
+def test_writers_close_and_release(tmp_path: Path) -> None:
+    with StoreWriter.create(tmp_path / "s", "candidates", {}, [["a.png"]]):
+        assert (tmp_path / "s" / LOCK_NAME).exists()
+        with pytest.raises(StoreLockedError):
+            StoreWriter.create(tmp_path / "s", "candidates", {}, [["a.png"]])
+    assert not (tmp_path / "s" / LOCK_NAME).exists()
+
+
+# --- verify finds damage, repair sets it aside, resume redoes it ----------------------------------------
+
+
+def shard_files(root: Path, part: int) -> list[Path]:
+    return sorted(p for p in (root / "parts" / part_name(part) / "rois" / "c").rglob("*") if p.is_file())
+
+
+def test_a_flipped_byte_in_the_pixels_is_found_by_deep_verify(store: Path) -> None:
+    shard = shard_files(store, 0)[0]
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 3] ^= 0x40
+    shard.write_bytes(bytes(data))
+    assert verify_store(store) == []  # columns intact: only the pixels tell
+    problems = verify_store(store, deep=True)
+    assert any(p.startswith("p000000: ") and ("ROI(s) differ" in p or "unreadable" in p) for p in problems), problems
+
+
+def test_a_deleted_shard_is_found_with_its_rows(store: Path) -> None:
+    shard_files(store, 1)[0].unlink()  # reads back as zeros
+    problems = verify_store(store, deep=True)
+    assert any(p.startswith("p000001: ") and "differ from their checksums" in p and "rows 0" in p for p in problems)
+
+
+def test_edited_and_truncated_columns_are_found_without_deep(store: Path) -> None:
+    area = zarr.open_array(str(store / "parts" / part_name(0) / "area"), mode="r+")
+    area[0] = int(area[0]) + 1
+    column = next(p for p in (store / "parts" / part_name(2) / "crop_box" / "c").rglob("*") if p.is_file())
+    column.write_bytes(column.read_bytes()[:5])
+    problems = verify_store(store)
+    assert any("p000000: column 'area' differs from its checksum" in p for p in problems), problems
+    assert any(p.startswith("p000002: column 'crop_box'") for p in problems), problems
+
+
+def test_repair_sets_damaged_parts_aside_and_a_resume_redoes_them(store, tiles, small_config, capsys) -> None:
+    clean = pixel_rows(store)
+    shard_files(store, 1)[0].unlink()
+    (store / "parts" / part_name(2) / "zarr.json").unlink()  # a part folder without its metadata
+    with pytest.raises(ValueError, match="verify --repair"):
+        run_filter(tiles, store, small_config)
+    assert main(["verify", str(store), "--repair"]) == 1
+    out = capsys.readouterr().out
+    assert "repaired: p000001: moved to quarantine/" in out and "repaired: p000002" in out
+    assert committed_parts(store) == [0]
+    assert run_filter(tiles, store, small_config).parts_already_done == 1
+    assert verify_store(store, deep=True) == []
+    assert pixel_rows(store) == clean
+    assert len(list((store / "quarantine").iterdir())) == 2  # nothing deleted
+
+
+# --- resume only under the same settings ---------------------------------------------------------------
+
+
+def test_resume_with_other_output_settings_is_refused_naming_them(store: Path, tiles: Path, small_config) -> None:
+    shutil.rmtree(store / "parts" / part_name(2))  # an incomplete store
+    for section, field, value in (("crop", "size", 32), ("filter", "min_fill", 0.5)):
+        changed = replace_section(small_config, section, **{field: value})
+        with pytest.raises(ValueError, match=rf"{section}\.{field} .* -> {value}"):
+            run_filter(tiles, store, changed)
+    faster = replace_section(small_config, "input", batch_size=1, threads=2)  # changes no output
+    assert run_filter(tiles, store, faster).parts_already_done == 2
+    assert verify_store(store, deep=True) == []
+
+
+def test_a_complete_store_refuses_new_settings_instead_of_ignoring_them(store, tiles, small_config) -> None:
+    with pytest.raises(ValueError, match=r"filter\.min_box 70 -> 50"):
+        run_filter(tiles, store, replace_section(small_config, "filter", min_box=50))
+
+
+def test_resume_from_another_input_folder_is_refused(store: Path, tiles: Path, tmp_path, small_config) -> None:
+    shutil.copytree(tiles, tmp_path / "copy")
+    with pytest.raises(ValueError, match="input"):
+        run_filter(tmp_path / "copy", store, small_config)
+
+
+# --- hostile inputs -----------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(sys.platform == "darwin", reason="macOS refuses file names that are not UTF-8")
+def test_a_file_name_that_is_not_utf8_is_skipped_and_named(tiles: Path, tmp_path: Path, small_config) -> None:
+    bad = os.path.join(os.fsencode(tiles), b"bad\xff name.png")
+    shutil.copyfile(tiles / "tile_00.png", bad)
+    summary = run_filter(tiles, tmp_path / "s", small_config)
+    assert summary.sources_read == 6 and summary.sources_skipped == 1
+    assert summary.skipped[0]["path"] == "bad\\xff name.png"
+    assert summary.skipped[0]["error"].startswith("file name is not valid UTF-8")
+    assert verify_store(tmp_path / "s", deep=True) == []
+
+
+def test_stored_errors_hold_no_memory_addresses(tiles: Path, tmp_path: Path, small_config) -> None:
+    (tiles / "tile_01.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    summary = run_filter(tiles, tmp_path / "s", small_config)
+    assert summary.skipped and "0x" not in summary.skipped[0]["error"]
+
+
+def test_an_interrupted_run_ends_its_decoder_thread(tiles, tmp_path, small_config, monkeypatch) -> None:
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("activessf_engine.pipeline._filter_batch", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run_filter(tiles, tmp_path / "s", replace_section(small_config, "input", batch_size=1))
+    assert not [t for t in threading.enumerate() if t.name == "decode"]
+
+
+def test_a_decoder_failure_reaches_the_caller_instead_of_hanging(tiles, tmp_path, small_config, monkeypatch) -> None:
+    def broken(*args, **kwargs):
+        raise RuntimeError("decoder exploded")
+
+    monkeypatch.setattr("activessf_engine.pipeline.make_decoder", broken)
+    with pytest.raises(RuntimeError, match="decoder exploded"):
+        run_filter(tiles, tmp_path / "s", small_config)
+    assert not (tmp_path / "s" / LOCK_NAME).exists()
+
+
+def test_exif_orientation_is_never_applied_and_is_recorded(tmp_path: Path, small_config) -> None:
+    from PIL import Image
+
+    folder = tmp_path / "exif"
+    folder.mkdir()
+    source = Image.open(BCCD / "BloodImage_00016.jpg").crop((0, 0, 320, 200))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    source.save(folder / "rgb.jpg", exif=exif)  # decoded by DALI
+    source.convert("CMYK").save(folder / "cmyk.jpg", exif=exif)  # decoded by Pillow
+    run_filter(folder, tmp_path / "s", small_config)
+    table = {s["path"]: s for s in RoiStore(tmp_path / "s").sources()}
+    for name, decoder in (("rgb.jpg", "dali-cpu"), ("cmyk.jpg", "pillow")):
+        assert (table[name]["width"], table[name]["height"]) == (320, 200)  # as stored, not rotated
+        assert table[name]["exif_orientation"] == 6 and table[name]["decoder"] == decoder
+
+
+def test_decode_batches_are_bounded_in_pixels(tmp_path: Path) -> None:
+    from activessf_engine.config import InputConfig
+    from activessf_engine.decode import decode_batches
+
+    paths = [tile_folder(tmp_path / "t", 5) / f"tile_{i:02d}.png" for i in range(5)]  # 320x240 each
+    config = InputConfig(batch_size=4, threads=1, max_batch_pixels=2 * 320 * 240)
+    sizes = [len(batch) for batch in decode_batches(paths, config)]
+    assert sizes == [2, 2, 1]
+    alone = InputConfig(batch_size=4, threads=1, max_batch_pixels=1000)  # each tile is over the cap: one by one
+    assert [len(b) for b in decode_batches(paths, alone)] == [1] * 5
+
+
+@pytest.mark.parametrize(
+    ("toml", "named"),
+    [
+        ("[filter]\nblur_sigma = nan\n", "blur_sigma"),
+        ("[crop]\nsize = 0\n", "size"),
+        ("[crop]\nmargin = -1.0\n", "margin"),
+        ("[input]\nbatch_size = 0\n", "batch_size"),
+        ("[input]\nthreads = -1\n", "threads"),
+        ("[filter]\nkmeans_iterations = 0\n", "kmeans_iterations"),
+        ("[input]\nmax_pixels = 0\n", "max_pixels"),
+        ("[store]\ncompression_level = 99\n", "compression_level"),
+        ('[input]\nextensions = ".png"\n', "extensions"),
+        ("[filter]\nmin_box = true\n", "min_box"),
+        ("[selection]\nalpha = inf\n", "alpha"),
+    ],
+)
+def test_bad_values_are_refused_before_any_store_is_made(tiles, tmp_path, capsys, toml: str, named: str) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text(toml)
+    assert main(["filter", "--input", str(tiles), "--out", str(tmp_path / "s"), "--config", str(config)]) == 2
+    assert named in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+
+
+def test_roi_checksums_match_the_pixels(store: Path) -> None:
+    from activessf_engine.store import roi_checksums
+
+    rois = RoiStore(store)
+    for part, _ in rois.iter_parts():
+        assert np.array_equal(roi_checksums(rois.part_rois(part)), rois.part_column(part, "roi_crc32"))
