@@ -42,6 +42,21 @@ def _common(parser: argparse.ArgumentParser, sections: tuple[str, ...]) -> None:
         add_section_flags(parser, section)
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _dask_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--workers", type=_positive, help="filter on a local Dask cluster of N worker processes (a part per task)"
+    )
+    group.add_argument("--scheduler", help="filter on the Dask cluster at this address (tcp://host:8786)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="activessf-engine",
@@ -52,9 +67,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("filter", help="Cell Region Filtering of a folder of tiles into a ROI store")
-    p.add_argument("--input", required=True, type=Path, help="folder of tiles (searched recursively) or one image")
+    p.add_argument(
+        "--input",
+        required=True,
+        type=Path,
+        help="folder of tiles (searched recursively), one image, or a .txt list of image paths",
+    )
     p.add_argument("--out", required=True, type=Path, help="ROI store to create, or to resume if interrupted")
     p.add_argument("--overwrite", action="store_true", help="delete an existing store at --out first")
+    _dask_flags(p)
     _common(p, FILTER_SECTIONS)
 
     p = sub.add_parser("prototypes", help="ResNet50 features of a labeled set and K-means prototypes (Eq. 4-6)")
@@ -74,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labeled", required=True, type=Path, help="labeled set, one folder per class")
     p.add_argument("--out", required=True, type=Path, help="folder for the three outputs")
     p.add_argument("--overwrite", action="store_true", help="start again from nothing")
+    _dask_flags(p)
     _common(p, (*FILTER_SECTIONS, *SELECT_SECTIONS))
 
     p = sub.add_parser("verify", help="check a store and say what is wrong with it")
@@ -118,7 +140,11 @@ def _report(args: argparse.Namespace, summary: dict[str, Any], lines: list[str])
 
 
 def _device_lines(described: dict[str, Any], host_work: list[str]) -> list[str]:
-    return [f"device           {summary_line(described)}", *(f"  on the host    {work}" for work in host_work)]
+    if "kind" not in described:  # a Dask run with nothing left to do
+        return []
+    workers = f" on each of {described['workers']} Dask workers" if described.get("workers") else ""
+    lines = [f"device           {summary_line(described)}{workers}"]
+    return lines + [f"  on the host    {work}" for work in host_work]
 
 
 def _filter_lines(s: dict[str, Any]) -> list[str]:
@@ -160,15 +186,27 @@ def _select_lines(s: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _filter(args: argparse.Namespace, config: EngineConfig, device: DeviceChoice, out: Path) -> dict[str, Any]:
-    from activessf_engine.pipeline import run_filter
+def _filter(args: argparse.Namespace, config: EngineConfig, device: DeviceChoice | None, out: Path) -> dict[str, Any]:
+    """The filter in this process on `device`, or on Dask (`device` None: each worker resolves args.device)."""
+    progress, overwrite = not args.quiet, args.overwrite
+    if device is None:
+        from activessf_engine.distributed import run_filter_on_dask
 
-    summary = run_filter(args.input, out, config, device=device, progress=not args.quiet, overwrite=args.overwrite)
+        dask = {"scheduler": args.scheduler, "workers": args.workers or 0, "device": args.device}
+        summary = run_filter_on_dask(args.input, out, config, progress=progress, overwrite=overwrite, **dask)
+    else:
+        from activessf_engine.pipeline import run_filter
+
+        summary = run_filter(args.input, out, config, device=device, progress=progress, overwrite=overwrite)
     return summary.to_json()
 
 
+def _on_dask(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "scheduler", None) or getattr(args, "workers", None))
+
+
 def cmd_filter(args: argparse.Namespace) -> int:
-    choice = _device(args)
+    choice = None if _on_dask(args) else _device(args)
     summary = _filter(args, _config(args), choice, args.out)
     _report(args, summary, _filter_lines(summary))
     return EXIT_SKIPPED if summary["sources_skipped"] else EXIT_OK
@@ -216,7 +254,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     choice = _device(args)
     config, device, out = _config(args), choice, args.out
-    filtered = _filter(args, config, device, out / "candidates")
+    filtered = _filter(args, config, None if _on_dask(args) else device, out / "candidates")
     protos = run_prototypes(args.labeled, out / "prototypes", config, device=device, progress=not args.quiet)
     selected = run_select(
         out / "candidates",

@@ -22,6 +22,24 @@ class Source:
         return hashlib.sha1(self.relpath.encode("utf-8")).hexdigest()[:16]
 
 
+LIST_SUFFIXES = (".txt", ".lst", ".list")  # an --input with one of these names lists the images
+
+
+def read_list(listing: Path) -> list[Source]:
+    """The images named in `listing`, one path per line (blank lines and lines starting with # are skipped;
+    relative paths are taken from the list's folder), sorted, each once. A path that names no readable image
+    becomes a skipped source when it is decoded, like any other bad file. A source's `relpath` is the path
+    as the list writes it."""
+    found = {}
+    for line in listing.read_text(encoding="utf-8", errors="surrogateescape").splitlines():
+        entry = line.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        path = Path(entry) if Path(entry).is_absolute() else listing.parent / entry
+        found.setdefault(_printable(Path(entry).as_posix()), path)
+    return [Source(relpath=rel, path=found[rel]) for rel in sorted(found)]
+
+
 def _printable(relpath: str) -> str:
     """`relpath` as valid UTF-8: undecodable bytes (kept by Python as surrogates) become backslash escapes."""
     return relpath.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
@@ -31,9 +49,12 @@ def find_sources(root: str | Path, extensions: tuple[str, ...], exclude: Path | 
     """Every image under `root` whose suffix is in `extensions` (case-insensitive), sorted by path.
 
     Symbolic links to files are followed; links to folders are not (no cycles). The folder `exclude` (the
-    run's own output, when it lies inside the input) is not searched.
+    run's own output, when it lies inside the input) is not searched. `root` may also be one image, or a
+    text file (LIST_SUFFIXES) naming one image per line (`read_list`).
     """
     root = Path(root)
+    if root.is_file() and root.suffix.lower() in LIST_SUFFIXES:
+        return read_list(root)
     wanted = tuple(ext.lower() for ext in extensions)
     if root.is_file():
         return [Source(relpath=_printable(root.name), path=root)]

@@ -22,6 +22,7 @@ which part) is fixed when the store is created, so part numbers mean the same th
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -40,6 +41,8 @@ from zarr.codecs import ZstdCodec
 from activessf_engine import __version__
 from activessf_engine.config import StoreConfig
 from activessf_engine.lock import LOCK_NAME, StoreLock
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2  # 2: every part holds a crc32 per ROI (`roi_crc32`) and of each column (attribute `checksums`)
 CHECKSUM_COLUMN = "roi_crc32"
@@ -229,11 +232,23 @@ class StoreWriter:
         group.attrs["activessf_engine"] = meta
 
     def clean_temporary(self) -> list[Path]:
-        """Remove what an interrupted writer left half-written; returns what was removed."""
+        """Remove what an interrupted writer left half-written; returns what was removed.
+
+        Each folder is first renamed away, then deleted: a writer still at work (a Dask task whose worker
+        was given up for lost) can then either rename its finished part into place before, or find its
+        folder gone, but never commit a folder that is half deleted.
+        """
         removed = []
         for folder in (self.root / "parts", self.root / "features"):
-            for tmp in folder.rglob(".tmp-*") if folder.exists() else ():
-                shutil.rmtree(tmp, ignore_errors=True)
+            for trash in list(folder.rglob(".trash-*")) if folder.exists() else ():  # a clean-up cut short
+                shutil.rmtree(trash, ignore_errors=True)
+            for tmp in list(folder.rglob(".tmp-*")) if folder.exists() else ():
+                doomed = tmp.with_name(".trash-" + tmp.name.removeprefix(".tmp-"))
+                try:
+                    os.replace(tmp, doomed)
+                except OSError:  # renamed into place by its writer meanwhile, or gone
+                    continue
+                shutil.rmtree(doomed, ignore_errors=True)
                 removed.append(tmp)
         return removed
 
@@ -241,14 +256,25 @@ class StoreWriter:
         return set(committed_parts(self.root))
 
     def commit_part(self, index: int, data: PartData, attrs: Mapping[str, Any] | None = None) -> None:
-        """Write one part under a temporary name, then rename it into place (all or nothing)."""
+        """Write one part under a temporary name, then rename it into place (all or nothing).
+
+        A part found committed before the write is refused (the caller asked twice). One committed by another
+        writer of the same run while this one wrote it (a Dask task run again after its worker was lost, which
+        had got that far after all) is kept, and this copy dropped: under one lock and one config both copies
+        hold the same ROIs.
+        """
         final = self.root / "parts" / part_name(index)
         if final.exists():
             raise FileExistsError(f"part {part_name(index)} of {self.root} is already committed")
         tmp = self.root / "parts" / f".tmp-{part_name(index)}-{uuid.uuid4().hex[:8]}"
         try:
             _write_group(tmp, data, {"part": index, **(attrs or {})}, self.layout)
-            _atomic_rename(tmp, final)
+            try:
+                _atomic_rename(tmp, final)
+            except OSError:
+                if not (final / "zarr.json").exists():
+                    raise
+                log.info("part %s of %s was committed by another writer meanwhile; keeping it", index, self.root)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)

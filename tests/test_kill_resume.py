@@ -1,7 +1,8 @@
 """A seeded kill-and-resume harness: `filter` runs in a child process that is killed with SIGKILL at chosen
 points (inside a part's write, around its rename, while decoding, right after taking the lock) and at
-seeded random moments; each time the same command is run again to the end, and the store must equal, ROI
-for ROI and byte for byte, one made without interruption, and pass `verify --deep`.
+seeded random moments, or stopped with SIGTERM / SIGINT (it must exit 130); each time the same command is
+run again to the end, and the store must equal, ROI for ROI and byte for byte, one made without
+interruption, and pass `verify --deep`.
 
 The seed is printed; set ACTIVESSF_KILL_SEED to replay a run.
 """
@@ -29,13 +30,13 @@ CHILD = r"""
 import os, signal, sys
 from activessf_engine import cli, decode, lock, store
 
-point, _, nth = os.environ.get("KILL_AT", "").partition(":")
+point, nth, how = (os.environ.get("KILL_AT", "") + "::").split(":")[:3]
 calls = {"n": 0}
 
 def after(n=int(nth or 1)):
     calls["n"] += 1
     if calls["n"] == n:
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), getattr(signal, how or "SIGKILL"))
 
 def wrap(owner, name, before=True):
     real = getattr(owner, name)
@@ -70,12 +71,16 @@ PLANTED = [
     "decoding:2",
     "locked:1",
 ]
+STOPPED = ["decoding:2:SIGTERM", "mid-write:2:SIGINT"]  # a clean stop, from the decoder's thread or a write
 RANDOM_KILLS = 3
+DASK_KILLS = 1  # a filter on two local Dask workers, the whole process group killed at a seeded moment
 
 
 def child(args: list[str], kill_at: str = "") -> subprocess.Popen:
+    """The CLI in a new session (process group), so a kill can take its Dask workers with it."""
     env = {**os.environ, "KILL_AT": kill_at}
-    return subprocess.Popen([sys.executable, "-c", CHILD, *args], env=env, stderr=subprocess.PIPE, text=True)
+    command = [sys.executable, "-c", CHILD, *args]
+    return subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
 def contents(root: Path) -> list[tuple]:
@@ -98,7 +103,8 @@ def test_sigkill_anywhere_then_resume_gives_the_uninterrupted_store(tmp_path: Pa
     expected = contents(reference)
     assert expected
 
-    points = PLANTED + [f"random:{rng.uniform(0.3, 1.0) * duration:.2f}" for _ in range(RANDOM_KILLS)]
+    points = PLANTED + STOPPED + [f"random:{rng.uniform(0.3, 1.0) * duration:.2f}" for _ in range(RANDOM_KILLS)]
+    points += [f"dask:{rng.uniform(1.0, 2.5) * duration:.2f}" for _ in range(DASK_KILLS)]
     with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 1)) as pool:  # scenarios are independent
         outcomes = list(
             pool.map(lambda k: kill_and_resume(points[k], tiles, tmp_path / f"store{k}"), range(len(points)))
@@ -112,14 +118,16 @@ def test_sigkill_anywhere_then_resume_gives_the_uninterrupted_store(tmp_path: Pa
 def kill_and_resume(point: str, tiles: Path, out: Path) -> Path:
     """Kill a filter run at `point` ("step:N" planted, or "random:SECONDS"), then run it again to the end."""
     args = ["filter", "--input", str(tiles), "--out", str(out), *FLAGS]
-    if point.startswith("random:"):
-        process = child(args)
+    if point.startswith(("random:", "dask:")):
+        process = child(args + (["--workers", "2"] if point.startswith("dask:") else []))
         time.sleep(float(point.split(":")[1]))
-        process.send_signal(signal.SIGKILL)
+        os.killpg(process.pid, signal.SIGKILL)  # the run and every worker it started, at once
         process.wait()
     else:
-        code = child(args, kill_at=point).wait()
-        assert code == -signal.SIGKILL, f"{point}: the planted kill did not happen (exit {code})"
+        process = child(args, kill_at=point)
+        _, err = process.communicate()
+        expected = 130 if point.endswith(("SIGTERM", "SIGINT")) else -signal.SIGKILL
+        assert process.returncode == expected, f"{point}: exit {process.returncode}, not {expected}: {err}"
     finish = child(args)
     _, err = finish.communicate()
     assert finish.returncode == 0, f"{point}: the resume failed: {err}"

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from conftest import tile_folder, write_image
 
-from activessf_engine.pipeline import plan_parts, run_filter
+from activessf_engine.parts import plan_parts
+from activessf_engine.pipeline import run_filter
 from activessf_engine.sources import find_sources
 from activessf_engine.store import RoiStore, StoreWriter, committed_parts
 from activessf_engine.verify import verify_store

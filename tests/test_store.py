@@ -243,3 +243,32 @@ def test_verify_not_a_store(tmp_path):
     assert len(problems) == 1 and "not an activessf-engine store" in problems[0]
     (tmp_path / "zarr.json").write_text("{broken")
     assert "not an activessf-engine store" in verify_store(tmp_path)[0]
+
+
+def test_a_part_committed_by_another_writer_meanwhile_is_kept(tmp_path, parts, monkeypatch):
+    """Two writers of one run racing on a part (a Dask task run again while the first still ran): the first
+    rename wins, the second copy is dropped, nothing raises, nothing is left behind."""
+    import activessf_engine.store as store_module
+
+    real_rename = store_module._atomic_rename
+
+    def rival_commits_first(tmp, final):
+        shutil.copytree(tmp, final)  # the rival's identical copy lands first
+        real_rename(tmp, final)  # ours then meets a non-empty folder
+
+    root = tmp_path / "race"
+    with StoreWriter.create(root, "candidates", {}, PLAN) as writer:
+        monkeypatch.setattr(store_module, "_atomic_rename", rival_commits_first)
+        writer.commit_part(0, parts[0])
+    assert np.array_equal(RoiStore(root).part_rois(0), parts[0].rois)
+    assert not list((root / "parts").glob(".tmp-*"))
+
+    def blocked(tmp, final):
+        final.mkdir()  # something that is not a committed part
+        (final / "junk").write_text("x")
+        real_rename(tmp, final)
+
+    with StoreWriter.create(root, "candidates", {}, PLAN) as writer:
+        monkeypatch.setattr(store_module, "_atomic_rename", blocked)
+        with pytest.raises(OSError):
+            writer.commit_part(1, parts[1])

@@ -99,7 +99,7 @@ def test_the_lock_is_released_after_a_run_and_after_an_interruption(tiles, tmp_p
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("activessf_engine.pipeline._filter_batch", interrupt)
+    monkeypatch.setattr("activessf_engine.pipeline.filter_batch", interrupt)
     with pytest.raises(KeyboardInterrupt):
         run_filter(tiles, tmp_path / "t", small_config)
     assert not (tmp_path / "t" / LOCK_NAME).exists()
@@ -230,7 +230,7 @@ def test_an_interrupted_run_ends_its_decoder_thread(tiles, tmp_path, small_confi
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("activessf_engine.pipeline._filter_batch", interrupt)
+    monkeypatch.setattr("activessf_engine.pipeline.filter_batch", interrupt)
     with pytest.raises(KeyboardInterrupt):
         run_filter(tiles, tmp_path / "s", replace_section(small_config, "input", batch_size=1))
     assert not [t for t in threading.enumerate() if t.name == "decode"]
@@ -305,3 +305,14 @@ def test_roi_checksums_match_the_pixels(store: Path) -> None:
     rois = RoiStore(store)
     for part, _ in rois.iter_parts():
         assert np.array_equal(roi_checksums(rois.part_rois(part)), rois.part_column(part, "roi_crc32"))
+
+
+def test_a_list_of_paths_is_an_input(tiles: Path, tmp_path: Path, small_config) -> None:
+    listing = tmp_path / "index.txt"
+    lines = ["# an archive's index", str(tiles / "tile_03.png"), "", "tiles/tile_00.png", "tiles/tile_00.png"]
+    listing.write_text("\n".join([*lines, "tiles/missing.png"]) + "\n")
+    summary = run_filter(listing, tmp_path / "s", small_config)
+    assert summary.sources_total == 3 and summary.sources_read == 2 and summary.sources_skipped == 1
+    assert summary.skipped[0]["path"] == "tiles/missing.png" and summary.skipped[0]["error"].startswith("unreadable")
+    paths = {s["path"] for s in RoiStore(tmp_path / "s").sources()}
+    assert paths == {str(tiles / "tile_03.png"), "tiles/tile_00.png", "tiles/missing.png"}

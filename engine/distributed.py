@@ -1,0 +1,138 @@
+"""Cell Region Filtering and feature extraction on a Dask cluster: one task per part.
+
+The unit of work is a part, as the store's design has it: the worker that filters a part commits it
+(one writer per part, atomic rename), so no two processes ever write into one shard. The process that
+starts the run holds the store's lock from start to end; workers write under it. A task whose worker
+dies is run again by Dask on another worker; a part its first run already committed is left as it is, so
+nothing is duplicated. Each part is decoded in the same batches as in a single-process run, so the store
+is the same, ROI for ROI.
+
+`--workers N` starts a local cluster of N worker processes (one thread each); `--scheduler ADDRESS` uses a
+running cluster (`dask scheduler` + `dask worker` on each machine, or dask-cuda's `LocalCUDACluster`, one
+worker per GPU). Every worker must see the input and the store at the same paths (a shared file system).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from activessf_engine.config import EngineConfig, from_dict, to_dict
+from activessf_engine.decode import Decoder, make_decoder
+from activessf_engine.device import DeviceChoice, resolve_device
+from activessf_engine.parts import FilterSummary, filter_part, prepare_filter
+from activessf_engine.progress import Progress, make_progress
+from activessf_engine.sources import Source
+from activessf_engine.store import StoreWriter
+
+try:
+    from distributed import Client, LocalCluster, as_completed
+except ImportError:  # the [dask] extra is not installed: dask_client says so when a run asks for Dask
+    Client = LocalCluster = as_completed = None
+
+RETRIES = 2  # extra runs of a task that raised (a worker that dies is handled by Dask's own rescheduling)
+
+
+@contextlib.contextmanager
+def dask_client(scheduler: str | None, workers: int) -> Iterator[Any]:
+    """A client of the cluster at `scheduler`, or of a local cluster of `workers` processes on 127.0.0.1."""
+    if Client is None:
+        raise ValueError("Dask is not installed: pip install 'activessf-engine[dask]'")
+    if scheduler:
+        with Client(scheduler) as client:
+            yield client
+        return
+    cluster = LocalCluster(
+        n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=":0"
+    )
+    with cluster, Client(cluster) as client:
+        yield client
+
+
+def run_filter_on_dask(
+    input_path: str | Path,
+    out: str | Path,
+    config: EngineConfig,
+    *,
+    scheduler: str | None = None,
+    workers: int = 2,
+    device: str = "cpu",
+    progress: bool | Progress = False,
+    overwrite: bool = False,
+) -> FilterSummary:
+    """`pipeline.run_filter` with one Dask task per pending part; resumes like it. `device` is resolved by
+    each worker for itself (its GPU, under dask-cuda)."""
+    started = time.perf_counter()
+    prepared = prepare_filter(input_path, out, config)
+    with prepared.open_store(out, config, overwrite) as writer:
+        pending = prepared.pending(writer.root)
+        summary = FilterSummary(
+            store=str(out),
+            device=device,
+            sources_total=len(prepared.sources),
+            parts_total=len(prepared.plan),
+            parts_already_done=len(prepared.plan) - len(pending),
+        )
+        bar = make_progress(progress, sum(len(s) for _, s in pending), "img", "filter")
+        with dask_client(scheduler, workers) as client:
+            workers_seen = len(client.scheduler_info()["workers"])
+            run = uuid.uuid4().hex[:8]
+            futures = [
+                client.submit(
+                    _filter_part_task,
+                    str(writer.root),
+                    index,
+                    [(s.relpath, str(s.path)) for s in sources],
+                    to_dict(config),
+                    device,
+                    key=f"activessf-filter-{run}-p{index:06d}",
+                    retries=RETRIES,
+                    pure=False,
+                )
+                for index, sources in pending
+            ]
+            for future in as_completed(futures):
+                part, choice = future.result()
+                summary.absorb(part)
+                summary.device_choice = summary.device_choice or {**choice, "workers": workers_seen, "host_work": []}
+                bar.update(part.sources_read + part.sources_skipped)
+        writer.clean_temporary()  # what tasks of lost workers left half-written
+        bar.close()
+    summary.device_choice = summary.device_choice or {"workers": 0, "host_work": []}  # nothing was pending
+    summary.wall_seconds = time.perf_counter() - started
+    return summary
+
+
+_worker = threading.local()  # per worker thread: its device choice and decoder, made on its first task
+
+
+def _worker_tools(device: str, config: EngineConfig) -> tuple[DeviceChoice, Decoder]:
+    key = (device, config.input.batch_size, config.input.threads)
+    if getattr(_worker, "key", None) != key:
+        _worker.choice = resolve_device(device)
+        _worker.decoder = make_decoder(config.input.batch_size, config.input.threads, _worker.choice)
+        _worker.key = key
+    return _worker.choice, _worker.decoder
+
+
+def _filter_part_task(
+    root: str, index: int, sources: list[tuple[str, str]], config_values: dict[str, Any], device: str
+) -> tuple[FilterSummary, dict[str, object]]:
+    """One part, in a worker: decode, filter, crop, commit (skipped when already committed)."""
+    config = from_dict(EngineConfig, config_values)
+    choice, decoder = _worker_tools(device, config)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, config.input.torch_threads))
+    try:
+        writer = StoreWriter(root, config.store)  # no lock of its own: the run's client holds the store's
+        part = filter_part(writer, index, [Source(rel, Path(p)) for rel, p in sources], config, choice, decoder)
+    finally:
+        torch.set_num_threads(threads)
+    return part, choice.describe()

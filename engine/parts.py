@@ -1,0 +1,239 @@
+"""Cell Region Filtering by parts: the plan, one part's decode-filter-crop-commit, and the run's summary.
+
+Shared by the threaded single-process run (`pipeline`) and the Dask run (`distributed`): both cut the
+sources into the same parts and decode each part in the same batches, so they make the same store.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from activessf_engine.config import EngineConfig, output_differences, to_dict
+from activessf_engine.crops import cut_rois
+from activessf_engine.decode import DecodedImage, Decoder, decode_batches
+from activessf_engine.device import DeviceChoice
+from activessf_engine.regions import StageTimes, TileRegions, find_regions
+from activessf_engine.sources import Source, find_sources
+from activessf_engine.store import ROI_COLUMNS, PartData, RoiStore, StoreWriter, committed_parts
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FilterSummary:
+    """What a filter run did; `to_json()` is the machine-readable summary."""
+
+    store: str
+    device: str
+    device_choice: dict[str, Any] = field(default_factory=dict)
+    sources_total: int = 0
+    parts_total: int = 0
+    parts_already_done: int = 0
+    sources_read: int = 0
+    sources_skipped: int = 0
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    skip_reasons: dict[str, int] = field(default_factory=dict)
+    rois: int = 0
+    megapixels: float = 0.0
+    wall_seconds: float = 0.0
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    decoders: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def images_per_second(self) -> float:
+        return self.sources_read / self.wall_seconds if self.wall_seconds else 0.0
+
+    @property
+    def megapixels_per_second(self) -> float:
+        return self.megapixels / self.wall_seconds if self.wall_seconds else 0.0
+
+    def record(self, sources: list[Source], images: list[DecodedImage]) -> None:
+        """Count a decoded batch: sources read (with their pixels and decoder) and skipped (with why)."""
+        for source, image in zip(sources, images, strict=True):
+            if image.image is None:
+                self.sources_skipped += 1
+                self.skipped.append({"path": source.relpath, "error": image.error})
+                kind = image.error.split(":", 1)[0]
+                self.skip_reasons[kind] = self.skip_reasons.get(kind, 0) + 1
+                log.warning("skipped %s: %s", source.relpath, image.error)
+            else:
+                self.sources_read += 1
+                self.megapixels += image.width * image.height / 1e6
+                self.decoders[image.decoder] = self.decoders.get(image.decoder, 0) + 1
+
+    def record_committed(self, part_attrs: dict[str, Any]) -> None:
+        """Count a part already committed, from its attributes (the sources table written with it)."""
+        for row in part_attrs["sources"]:
+            if row["status"] == "ok":
+                self.sources_read += 1
+                self.megapixels += row["width"] * row["height"] / 1e6
+                self.decoders[row["decoder"]] = self.decoders.get(row["decoder"], 0) + 1
+            else:
+                self.sources_skipped += 1
+                self.skipped.append({"path": row["path"], "error": row["error"]})
+                kind = row["error"].split(":", 1)[0]
+                self.skip_reasons[kind] = self.skip_reasons.get(kind, 0) + 1
+        self.rois += int(part_attrs["rois"])
+
+    def absorb(self, part: FilterSummary) -> None:
+        """Add the counts of one part's summary (a Dask task's) to this run's."""
+        for name in ("sources_read", "sources_skipped", "rois", "megapixels"):
+            setattr(self, name, getattr(self, name) + getattr(part, name))
+        self.skipped += part.skipped
+        for mine, theirs in ((self.skip_reasons, part.skip_reasons), (self.decoders, part.decoders)):
+            for key, count in theirs.items():
+                mine[key] = mine.get(key, 0) + count
+        for stage, seconds in part.stage_seconds.items():
+            self.stage_seconds[stage] = round(self.stage_seconds.get(stage, 0.0) + seconds, 4)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **self.__dict__,
+            "images_per_second": round(self.images_per_second, 2),
+            "megapixels_per_second": round(self.megapixels_per_second, 3),
+        }
+
+
+def plan_parts(sources: list[Source], sources_per_part: int) -> list[list[str]]:
+    """Sources, sorted by path, cut into consecutive parts."""
+    paths = [s.relpath for s in sources]
+    return [paths[i : i + sources_per_part] for i in range(0, len(paths), sources_per_part)]
+
+
+@dataclass
+class FilterPlan:
+    """What a filter run will do, settled before any store is touched."""
+
+    sources: list[Source]
+    plan: list[list[str]]  # relative paths of the sources of each part
+    attrs: dict[str, Any]  # the store's attributes: config and input root
+
+    def same_output(self, meta: dict[str, Any]) -> list[str]:
+        """Why an existing store's parts would differ from this run's (a resume is refused if any)."""
+        differences = output_differences(meta.get("config", {}), self.attrs["config"])
+        if meta.get("input_root") not in (None, self.attrs["input_root"]):
+            differences.append(f"input {meta['input_root']!r} -> {self.attrs['input_root']!r}")
+        return differences
+
+    def open_store(self, out: str | Path, config: EngineConfig, overwrite: bool) -> StoreWriter:
+        """Create or reopen the candidates store at `out`, holding its lock."""
+        return StoreWriter.create(
+            out,
+            "candidates",
+            self.attrs,
+            self.plan,
+            layout=config.store,
+            overwrite=overwrite,
+            same_output=self.same_output,
+        )
+
+    def pending(self, root: str | Path) -> list[tuple[int, list[Source]]]:
+        """(part index, sources) of every part of the plan not committed in the store at `root`."""
+        done = set(committed_parts(root))
+        by_path = {s.relpath: s for s in self.sources}
+        return [(i, [by_path[p] for p in paths]) for i, paths in enumerate(self.plan) if i not in done]
+
+
+def prepare_filter(input_path: str | Path, out: str | Path, config: EngineConfig) -> FilterPlan:
+    """The sources under `input_path` and their plan of parts; refuses an `out` that holds the input."""
+    input_root, store_root = Path(input_path).resolve(), Path(out).resolve()
+    if store_root == input_root or store_root in input_root.parents:
+        raise ValueError(f"--out {out} holds the input {input_path}: choose an --out outside the input folder")
+    sources = find_sources(input_path, config.input.extensions, exclude=store_root)
+    if not sources:
+        raise FileNotFoundError(f"no images ({', '.join(config.input.extensions)}) found under {input_path}")
+    plan = plan_parts(sources, config.store.sources_per_part)
+    return FilterPlan(sources, plan, {"config": to_dict(config), "input_root": str(input_root)})
+
+
+def filter_part(
+    writer: StoreWriter, index: int, sources: list[Source], config: EngineConfig, device: DeviceChoice, decoder: Decoder
+) -> FilterSummary:
+    """Decode, filter, crop and commit one part in this process (a Dask task's work); its summary.
+
+    A part already committed (a task run again after its worker died past the commit) is left as it is, and
+    its summary is read back from the part's sources table.
+    """
+    summary = FilterSummary(store=str(writer.root), device=str(device.torch_device))
+    if index in set(committed_parts(writer.root)):
+        summary.record_committed(RoiStore(writer.root).part_attrs(index))
+        return summary
+    times = StageTimes()
+    part = PartBuilder(config.crop.size)
+    done = 0
+    for images in decode_batches([s.path for s in sources], config.input, device, decoder):
+        batch = sources[done : done + len(images)]
+        done += len(images)
+        filter_batch(batch, images, config, times, part)
+        summary.record(batch, images)
+    data = part.finish()
+    start = time.perf_counter()
+    writer.commit_part(index, data)
+    times.seconds["write"] += time.perf_counter() - start
+    summary.rois = len(data.rois)
+    summary.stage_seconds = {k: round(v, 4) for k, v in times.seconds.items()}
+    return summary
+
+
+def source_record(source: Source, image: DecodedImage, rois: int) -> dict[str, Any]:
+    """One row of a part's sources table."""
+    return {
+        "path": source.relpath,
+        "id": source.id,
+        "width": image.width,
+        "height": image.height,
+        "status": "ok" if image.image is not None else "skipped",
+        "error": image.error,
+        "decoder": image.decoder,
+        "exif_orientation": image.orientation,
+        "rois": rois,
+    }
+
+
+class PartBuilder:
+    """Collects the ROIs, columns and sources table of one part, batch by batch."""
+
+    def __init__(self, size: int) -> None:
+        self.rois = [np.zeros((0, size, size, 3), np.uint8)]
+        self.columns = {name: [np.zeros((0, *shape), dtype)] for name, (dtype, shape) in ROI_COLUMNS.items()}
+        self.table: list[dict[str, Any]] = []
+
+    def add(self, source: Source, image: DecodedImage, regions: TileRegions | None, config: EngineConfig) -> None:
+        count = 0 if regions is None else len(regions.boxes)
+        if count:
+            cut, crop_boxes = cut_rois(image.image, regions.boxes, config.crop)
+            self.rois.append(cut)
+            for name, values in (
+                ("box", regions.boxes),
+                ("crop_box", crop_boxes),
+                ("area", regions.areas),
+                ("fill_rate", regions.fill_rates),
+                ("source", np.full(count, len(self.table))),
+            ):
+                self.columns[name].append(values)
+        self.table.append(source_record(source, image, count))
+
+    def finish(self) -> PartData:
+        return PartData(
+            rois=np.concatenate(self.rois),
+            columns={name: np.concatenate(v).astype(ROI_COLUMNS[name][0]) for name, v in self.columns.items()},
+            sources=self.table,
+        )
+
+
+def filter_batch(
+    sources: list[Source], images: list[DecodedImage], config: EngineConfig, times: StageTimes, part: PartBuilder
+) -> None:
+    """Regions of every decoded tile of a batch, cut into ROIs and added to its part."""
+    ok = [i for i, img in enumerate(images) if img.image is not None]
+    found = dict(zip(ok, find_regions([images[i].image for i in ok], config.filter, times), strict=True))
+    t0 = time.perf_counter()
+    for i, (source, image) in enumerate(zip(sources, images, strict=True)):
+        part.add(source, image, found.get(i), config)
+    times.lap("crops", t0)
