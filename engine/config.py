@@ -135,8 +135,8 @@ class InputConfig:
 
     extensions: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
     max_pixels: int = 20_000 * 20_000  # refuse larger images (decompression bombs)
-    # Pixels of tiles decoded at once (a larger tile is decoded alone): bounds the memory of decoded tiles,
-    # about 3 bytes a pixel for each batch decoded, queued or being filtered (four at most).
+    # Pixels of tiles decoded at once, and decoded ahead of the filter: bounds the memory of decoded tiles.
+    # A tile larger than this is decoded alone, once the tile before it is filtered.
     max_batch_pixels: int = 128_000_000
     min_side: int = 8  # smaller images are skipped with a reason
     batch_size: int = 16  # images per decode batch

@@ -30,6 +30,34 @@ from activessf_engine.store import PartData, StoreWriter
 log = logging.getLogger(__name__)
 
 
+class _PixelsInFlight:
+    """Pixels decoded and not yet filtered. The producer waits while they exceed the batch cap, so tiles
+    larger than it are decoded one at a time, never ahead of the filter (memory of one such tile, not three)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.pixels = 0
+        self.changed = threading.Condition()
+
+    def add(self, pixels: int) -> None:
+        with self.changed:
+            self.pixels += pixels
+
+    def done(self, pixels: int) -> None:
+        with self.changed:
+            self.pixels -= pixels
+            self.changed.notify_all()
+
+    def wait_below_limit(self, stop: threading.Event) -> None:
+        with self.changed:
+            while self.pixels > self.limit and not stop.is_set():
+                self.changed.wait(timeout=0.2)
+
+
+def _pixels(images: list[DecodedImage]) -> int:
+    return sum(image.width * image.height for image in images if image.image is not None)
+
+
 def _put(out: queue.Queue, item: Any, stop: threading.Event) -> bool:
     """Hand `item` over unless the consumer has stopped; False when it has."""
     while not stop.is_set():
@@ -48,6 +76,7 @@ def _decode_parts(
     times: StageTimes,
     out: queue.Queue,
     stop: threading.Event,
+    in_flight: _PixelsInFlight,
 ) -> None:
     """Producer: decode the pending parts batch by batch (`decode_batches`: bounded in files and pixels)
     and hand over (part, sources, images, last); None marks the end, an exception is handed over too.
@@ -59,6 +88,7 @@ def _decode_parts(
             done = 0
             batches = decode_batches([s.path for s in sources], config.input, device, decoder)
             while True:
+                in_flight.wait_below_limit(stop)
                 t0 = time.perf_counter()
                 images = next(batches, None)
                 times.seconds["decode"] += time.perf_counter() - t0
@@ -66,6 +96,7 @@ def _decode_parts(
                     break
                 batch = sources[done : done + len(images)]
                 done += len(images)
+                in_flight.add(_pixels(images))
                 if not _put(out, (index, batch, images, done == len(sources)), stop):
                     return
         _put(out, None, stop)
@@ -159,8 +190,12 @@ def _filter_into(
     bar = make_progress(progress, sum(len(s) for _, s in pending), "img", "filter")
     handoff: queue.Queue = queue.Queue(maxsize=2)
     stop = threading.Event()
+    in_flight = _PixelsInFlight(config.input.max_batch_pixels)
     producer = threading.Thread(
-        target=_decode_parts, args=(pending, config, device, times, handoff, stop), name="decode", daemon=True
+        target=_decode_parts,
+        args=(pending, config, device, times, handoff, stop, in_flight),
+        name="decode",
+        daemon=True,
     )
     producer.start()
     part = PartBuilder(config.crop.size)
@@ -169,6 +204,7 @@ def _filter_into(
     try:
         for index, batch, images, last in _consume(handoff):
             filter_batch(batch, images, config, times, part)
+            in_flight.done(_pixels(images))
             summary.record(batch, images)
             bar.update(len(batch))
             if last:

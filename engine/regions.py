@@ -145,7 +145,10 @@ def find_regions(
     for i, tile in enumerate(tiles):
         by_shape[tuple(tile.shape)].append(i)
     for indices in by_shape.values():
-        masks, palettes = cell_masks(torch.stack([tiles[i] for i in indices]), config, times)
+        group = (
+            tiles[indices[0]][None] if len(indices) == 1 else torch.stack([tiles[i] for i in indices])
+        )  # a lone tile: no copy
+        masks, palettes = cell_masks(group, config, times)
         start = time.perf_counter()
         for j, (i, found) in enumerate(zip(indices, regions_of_masks(masks, config), strict=True)):
             found.palette = palettes[j]
