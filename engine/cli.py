@@ -18,7 +18,7 @@ from typing import Any
 
 from activessf_engine import __version__
 from activessf_engine.cli_flags import add_section_flags, apply_flags
-from activessf_engine.config import EngineConfig, load_config
+from activessf_engine.config import EngineConfig, load_config, replace_section
 from activessf_engine.device import DeviceChoice, DeviceUnavailableError, resolve_device, summary_line
 from activessf_engine.lock import StoreLockedError
 from activessf_engine.store import configure_zarr
@@ -49,12 +49,12 @@ def _positive(text: str) -> int:
     return value
 
 
-def _dask_flags(parser: argparse.ArgumentParser) -> None:
+def _dask_flags(parser: argparse.ArgumentParser, what: str = "filter") -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument(
-        "--workers", type=_positive, help="filter on a local Dask cluster of N worker processes (a part per task)"
+        "--workers", type=_positive, help=f"{what} on a local Dask cluster of N worker processes (a part per task)"
     )
-    group.add_argument("--scheduler", help="filter on the Dask cluster at this address (tcp://host:8786)")
+    group.add_argument("--scheduler", help=f"{what} on the Dask cluster at this address (tcp://host:8786)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,10 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prototypes", required=True, type=Path, help="folder made by `prototypes`")
     p.add_argument("--out", required=True, type=Path, help="store of the selected ROIs")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store at --out")
+    _dask_flags(p, "compute the features")
     _common(p, ("store", *SELECT_SECTIONS))
 
     p = sub.add_parser("run", help="filter + prototypes + select: OUT/candidates, OUT/prototypes, OUT/selected")
-    p.add_argument("--input", required=True, type=Path, help="folder of tiles")
+    p.add_argument("--input", required=True, type=Path, help="folder of tiles, one image, or a .txt list of paths")
     p.add_argument("--labeled", required=True, type=Path, help="labeled set, one folder per class")
     p.add_argument("--out", required=True, type=Path, help="folder for the three outputs")
     p.add_argument("--overwrite", action="store_true", help="start again from nothing")
@@ -158,6 +159,11 @@ def _filter_lines(s: dict[str, Any]) -> list[str]:
     ]
     for reason, count in sorted(s["skip_reasons"].items()):
         lines.append(f"  skipped        {count} x {reason}")
+    if s["tiles_below_min_box"]:
+        lines.append(
+            f"WARNING          {s['tiles_below_min_box']} tile(s) are smaller than --min-box on a side: "
+            "no region can pass there"
+        )
     lines += [
         f"ROIs found       {s['rois']}",
         f"wall time        {s['wall_seconds']:.2f} s",
@@ -231,40 +237,53 @@ def cmd_prototypes(args: argparse.Namespace) -> int:
     return EXIT_SKIPPED if summary["labeled_skipped"] else EXIT_OK
 
 
-def cmd_select(args: argparse.Namespace) -> int:
-    from activessf_engine.curate import run_select
+def _select(
+    args: argparse.Namespace,
+    config: EngineConfig,
+    choice: DeviceChoice,
+    paths: tuple[Path, Path, Path],
+    overwrite: bool,
+) -> dict[str, Any]:
+    """`run_select` in this process on `choice`; on Dask, the features first on the workers (on --device),
+    then the rest here from their cache, on this machine's own device (auto)."""
+    from activessf_engine.curate import check_select_out, run_select
 
-    choice = _device(args)
+    candidates, prototypes, out = paths
+    dask_features = None
+    if _on_dask(args):
+        from activessf_engine.distributed import features_on_dask
+
+        check_select_out(out, overwrite)
+        dask = {"scheduler": args.scheduler, "workers": args.workers or 0, "device": args.device}
+        dask_features = features_on_dask(candidates, prototypes, config, **dask)
+        config = replace_section(config, "features", dtype=dask_features["dtype"])
+        choice = resolve_device("auto")
     summary = run_select(
-        args.candidates,
-        args.prototypes,
-        args.out,
-        _config(args),
-        device=choice,
-        progress=not args.quiet,
-        overwrite=args.overwrite,
+        candidates, prototypes, out, config, device=choice, progress=not args.quiet, overwrite=overwrite
     )
     summary["device_choice"] = choice.describe()
-    _report(args, summary, [*_device_lines(choice.describe(), []), *_select_lines(summary)])
+    if dask_features is not None:
+        summary["dask_features"] = dask_features
+    return summary
+
+
+def cmd_select(args: argparse.Namespace) -> int:
+    choice = None if _on_dask(args) else _device(args)
+    paths = (args.candidates, args.prototypes, args.out)
+    summary = _select(args, _config(args), choice, paths, args.overwrite)
+    _report(args, summary, [*_device_lines(summary["device_choice"], []), *_select_lines(summary)])
     return EXIT_OK
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from activessf_engine.curate import run_prototypes, run_select
+    from activessf_engine.curate import run_prototypes
 
-    choice = _device(args)
-    config, device, out = _config(args), choice, args.out
-    filtered = _filter(args, config, None if _on_dask(args) else device, out / "candidates")
-    protos = run_prototypes(args.labeled, out / "prototypes", config, device=device, progress=not args.quiet)
-    selected = run_select(
-        out / "candidates",
-        out / "prototypes",
-        out / "selected",
-        config,
-        device=device,
-        progress=not args.quiet,
-        overwrite=True,
-    )
+    choice = resolve_device("auto") if _on_dask(args) else _device(args)  # on Dask: prototypes here, on auto
+    config, out = _config(args), args.out
+    filtered = _filter(args, config, None if _on_dask(args) else choice, out / "candidates")
+    protos = run_prototypes(args.labeled, out / "prototypes", config, device=choice, progress=not args.quiet)
+    paths = (out / "candidates", out / "prototypes", out / "selected")
+    selected = _select(args, config, choice, paths, overwrite=True)
     summary = {"device_choice": choice.describe(), "filter": filtered, "prototypes": protos, "select": selected}
     _report(args, summary, _filter_lines(filtered) + _select_lines(selected))
     return EXIT_SKIPPED if filtered["sources_skipped"] or protos["labeled_skipped"] else EXIT_OK

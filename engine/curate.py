@@ -6,6 +6,7 @@ Orchestration only (I/O, caching, progress, summaries); the equations live in `p
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections import Counter, deque
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 import zarr
 
-from activessf_engine.config import EngineConfig, to_dict
+from activessf_engine.config import EngineConfig, FeatureConfig, to_dict
 from activessf_engine.crops import cut_rois, fit_to_square
 from activessf_engine.decode import decode_files
 from activessf_engine.device import DeviceChoice, as_choice
@@ -58,6 +59,21 @@ def _read_ahead(store: RoiStore, parts: list[int], depth: int) -> Iterator[tuple
             yield (part, *future.result())
 
 
+def feature_cache(store: RoiStore, backbone: Backbone) -> FeatureCache:
+    """The cache of `backbone`'s features of the ROIs of `store` (keyed by model, weights, ROI size, dtype)."""
+    roi_size = int(store.meta["config"]["crop"]["size"])
+    dtype = str(backbone.dtype).removeprefix("torch.")
+    return FeatureCache(store.root, features_key(backbone.name, backbone.fingerprint, roi_size, dtype))
+
+
+def selection_features_config(config: EngineConfig, prototypes: Prototypes) -> FeatureConfig:
+    """The feature settings of a selection: the run's, with the model the prototypes were made with."""
+    if config.features.model == prototypes.model:
+        return config.features
+    log.info("using the prototypes' model %s (not %s)", prototypes.model, config.features.model)
+    return dataclasses.replace(config.features, model=prototypes.model)
+
+
 def store_features(
     store: RoiStore, backbone: Backbone, batch_size: int, progress: bool | Progress = False
 ) -> tuple[np.ndarray, dict[str, Any]]:
@@ -66,9 +82,7 @@ def store_features(
     Returns (N, D) float32 and counts of ROIs computed and read from cache, with the wall seconds spent
     computing them (reading included) and the seconds the reader threads spent reading.
     """
-    roi_size = int(store.meta["config"]["crop"]["size"])
-    dtype = str(backbone.dtype).removeprefix("torch.")
-    cache = FeatureCache(store.root, features_key(backbone.name, backbone.fingerprint, roi_size, dtype))
+    cache = feature_cache(store, backbone)
     bar = make_progress(progress, len(store), "roi", "features")
     stats = {"computed": 0, "cached": 0, "seconds": 0.0, "read_seconds": 0.0}
     features = {part: cache.load(part) for part in store.parts if cache.has(part)}
@@ -207,6 +221,12 @@ def _write_decisions(root: Path, decisions: Decisions) -> None:
     group.attrs["strategy"] = decisions.strategy
 
 
+def check_select_out(out: str | Path, overwrite: bool) -> None:
+    """Refuse an existing --out without --overwrite, before any feature is computed."""
+    if Path(out).exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; choose another --out or pass --overwrite")
+
+
 def run_select(
     candidates: str | Path,
     prototypes_dir: str | Path,
@@ -223,8 +243,7 @@ def run_select(
     alpha, threshold or strategy computes no features.
     """
     started = time.perf_counter()
-    if Path(out).exists() and not overwrite:  # before any feature is computed
-        raise FileExistsError(f"{out} exists; choose another --out or pass --overwrite")
+    check_select_out(out, overwrite)
     store = RoiStore(candidates)
     if not store.complete:
         log.warning(
@@ -234,10 +253,7 @@ def run_select(
             len(store.meta.get("plan", [])),
         )
     prototypes = load_prototypes(Path(prototypes_dir))
-    feature_config = config.features
-    if feature_config.model != prototypes.model:
-        log.info("using the prototypes' model %s (not %s)", prototypes.model, feature_config.model)
-        feature_config = type(feature_config)(**{**to_dict(feature_config), "model": prototypes.model})
+    feature_config = selection_features_config(config, prototypes)
     backbone = load_backbone(feature_config, device)
     prototypes.check_compatible(backbone.name, backbone.fingerprint)
     features, feature_stats = store_features(store, backbone, feature_config.batch_size, progress)

@@ -1,4 +1,4 @@
-"""Cell Region Filtering and feature extraction on a Dask cluster: one task per part.
+"""Cell Region Filtering and the features of selection on a Dask cluster: one task per part.
 
 The unit of work is a part, as the store's design has it: the worker that filters a part commits it
 (one writer per part, atomic rename), so no two processes ever write into one shard. The process that
@@ -24,13 +24,13 @@ from typing import Any
 
 import torch
 
-from activessf_engine.config import EngineConfig, from_dict, to_dict
+from activessf_engine.config import EngineConfig, FeatureConfig, from_dict, to_dict
 from activessf_engine.decode import Decoder, make_decoder
 from activessf_engine.device import DeviceChoice, resolve_device
 from activessf_engine.parts import FilterSummary, filter_part, prepare_filter
 from activessf_engine.progress import Progress, make_progress
 from activessf_engine.sources import Source
-from activessf_engine.store import StoreWriter
+from activessf_engine.store import RoiStore, StoreWriter
 
 try:
     from distributed import Client, LocalCluster, as_completed
@@ -110,6 +110,47 @@ def run_filter_on_dask(
     return summary
 
 
+def features_on_dask(
+    candidates: str | Path,
+    prototypes_dir: str | Path,
+    config: EngineConfig,
+    *,
+    scheduler: str | None = None,
+    workers: int = 2,
+    device: str = "cpu",
+) -> dict[str, int]:
+    """The costly half of `select`: the features of every part of a candidates store not yet in its feature
+    cache, one Dask task per part, each cached by its worker (atomically, as `curate.store_features` does).
+    `curate.run_select` then finds them all cached, when it computes in the same dtype (returned: "dtype").
+    Returns how many ROIs were computed and were found cached."""
+    from activessf_engine.curate import selection_features_config
+    from activessf_engine.prototypes import load_prototypes
+
+    store = RoiStore(candidates)
+    feature_config = selection_features_config(config, load_prototypes(Path(prototypes_dir)))
+    with dask_client(scheduler, workers) as client:
+        run = uuid.uuid4().hex[:8]
+        futures = [
+            client.submit(
+                _features_task,
+                str(store.root),
+                part,
+                to_dict(feature_config),
+                device,
+                key=f"activessf-features-{run}-p{part:06d}",
+                retries=RETRIES,
+                pure=False,
+            )
+            for part in store.parts
+        ]
+        results = [future.result() for future in as_completed(futures)]
+    dtypes = {dtype for _, dtype in results}
+    if len(dtypes) > 1:
+        raise RuntimeError(f"workers computed features in several dtypes {sorted(dtypes)}; set --dtype explicitly")
+    computed = sum(n for n, _ in results)
+    return {"computed": computed, "cached": len(store) - computed, "dtype": dtypes.pop() if dtypes else "float32"}
+
+
 _worker = threading.local()  # per worker thread: its device choice and decoder, made on its first task
 
 
@@ -120,6 +161,27 @@ def _worker_tools(device: str, config: EngineConfig) -> tuple[DeviceChoice, Deco
         _worker.decoder = make_decoder(config.input.batch_size, config.input.threads, _worker.choice)
         _worker.key = key
     return _worker.choice, _worker.decoder
+
+
+def _features_task(root: str, part: int, feature_values: dict[str, Any], device: str) -> tuple[int, str]:
+    """Features of one part, in a worker, into the store's feature cache: how many were computed (0 if they
+    were cached already) and in which dtype."""
+    from activessf_engine.curate import feature_cache
+    from activessf_engine.features import extract, load_backbone
+
+    feature_config = from_dict(FeatureConfig, feature_values)
+    key = (device, tuple(sorted(feature_values.items())))
+    if getattr(_worker, "backbone_key", None) != key:  # one backbone per worker thread, kept between tasks
+        _worker.backbone = load_backbone(feature_config, resolve_device(device))
+        _worker.backbone_key = key
+    store = RoiStore(root)
+    cache = feature_cache(store, _worker.backbone)
+    dtype = str(_worker.backbone.dtype).removeprefix("torch.")
+    if cache.has(part):
+        return 0, dtype
+    features = extract(_worker.backbone, store.part_rois(part), feature_config.batch_size)
+    cache.save(part, features)
+    return len(features), dtype
 
 
 def _filter_part_task(

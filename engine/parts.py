@@ -44,6 +44,7 @@ class FilterSummary:
     wall_seconds: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=dict)
     decoders: dict[str, int] = field(default_factory=dict)
+    tiles_below_min_box: int = 0  # tiles whose shorter side is under filter.min_box: no region can pass there
 
     @property
     def images_per_second(self) -> float:
@@ -53,9 +54,10 @@ class FilterSummary:
     def megapixels_per_second(self) -> float:
         return self.megapixels / self.wall_seconds if self.wall_seconds else 0.0
 
-    def record(self, sources: list[Source], images: list[DecodedImage]) -> None:
+    def record(self, sources: list[Source], images: list[DecodedImage], min_box: int) -> None:
         """Count a decoded batch: sources read (with their pixels and decoder) and skipped (with why)."""
         for source, image in zip(sources, images, strict=True):
+            self.tiles_below_min_box += image.image is not None and min(image.width, image.height) < min_box
             if image.image is None:
                 self.sources_skipped += 1
                 self.skipped.append({"path": source.relpath, "error": image.error})
@@ -67,10 +69,11 @@ class FilterSummary:
                 self.megapixels += image.width * image.height / 1e6
                 self.decoders[image.decoder] = self.decoders.get(image.decoder, 0) + 1
 
-    def record_committed(self, part_attrs: dict[str, Any]) -> None:
+    def record_committed(self, part_attrs: dict[str, Any], min_box: int) -> None:
         """Count a part already committed, from its attributes (the sources table written with it)."""
         for row in part_attrs["sources"]:
             if row["status"] == "ok":
+                self.tiles_below_min_box += min(row["width"], row["height"]) < min_box
                 self.sources_read += 1
                 self.megapixels += row["width"] * row["height"] / 1e6
                 self.decoders[row["decoder"]] = self.decoders.get(row["decoder"], 0) + 1
@@ -83,7 +86,7 @@ class FilterSummary:
 
     def absorb(self, part: FilterSummary) -> None:
         """Add the counts of one part's summary (a Dask task's) to this run's."""
-        for name in ("sources_read", "sources_skipped", "rois", "megapixels"):
+        for name in ("sources_read", "sources_skipped", "rois", "megapixels", "tiles_below_min_box"):
             setattr(self, name, getattr(self, name) + getattr(part, name))
         self.skipped += part.skipped
         for mine, theirs in ((self.skip_reasons, part.skip_reasons), (self.decoders, part.decoders)):
@@ -162,7 +165,7 @@ def filter_part(
     """
     summary = FilterSummary(store=str(writer.root), device=str(device.torch_device))
     if index in set(committed_parts(writer.root)):
-        summary.record_committed(RoiStore(writer.root).part_attrs(index))
+        summary.record_committed(RoiStore(writer.root).part_attrs(index), config.filter.min_box)
         return summary
     times = StageTimes()
     part = PartBuilder(config.crop.size)
@@ -171,7 +174,7 @@ def filter_part(
         batch = sources[done : done + len(images)]
         done += len(images)
         filter_batch(batch, images, config, times, part)
-        summary.record(batch, images)
+        summary.record(batch, images, config.filter.min_box)
     data = part.finish()
     start = time.perf_counter()
     writer.commit_part(index, data)

@@ -205,7 +205,7 @@ def _filter_into(
         for index, batch, images, last in _consume(handoff):
             filter_batch(batch, images, config, times, part)
             in_flight.done(_pixels(images))
-            summary.record(batch, images)
+            summary.record(batch, images, config.filter.min_box)
             bar.update(len(batch))
             if last:
                 data = part.finish()

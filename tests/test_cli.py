@@ -228,3 +228,11 @@ def test_sigterm_ends_a_run_cleanly_with_exit_130(tmp_path, monkeypatch):
         assert main(["filter", "--input", str(BCCD), "--out", str(tmp_path / "s"), "--quiet"]) == 130
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_tiles_smaller_than_min_box_are_warned_about(tmp_path, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(BCCD / "BloodImage_00171.jpg", folder)  # 640x480
+    assert main(["filter", "--input", str(folder), "--out", str(tmp_path / "s"), "--min-box", "500", *FAST]) == 0
+    assert "1 tile(s) are smaller than --min-box" in capsys.readouterr().err

@@ -180,3 +180,21 @@ def test_labeled_images_are_framed_like_candidates(tmp_path: Path) -> None:
     assert np.array_equal(rois[0], expected)
     whole = curate.labeled_rois(root, replace_section(_config(), "prototypes", labeled_crop="whole"))[3]
     assert whole == {"skipped": [], "filter_crops": 0, "whole_images": 2}
+
+
+def test_cli_run_does_filter_prototypes_and_select(tmp_path: Path, labeled: Path, capsys) -> None:
+    import json
+
+    from conftest import tile_folder
+
+    tiles = tile_folder(tmp_path / "tiles", 4)
+    flags = ["--model", "test_resnet", "--weights", "random", "--clusters", "3", "--roi-size", str(SIZE)]
+    args = ["run", "--input", str(tiles), "--labeled", str(labeled), "--out", str(tmp_path / "run"), "--json"]
+    assert main([*args, *flags, "--quiet", "--kmeans-sample", "2048"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert set(summary) == {"device_choice", "filter", "prototypes", "select"}
+    assert summary["filter"]["sources_read"] == 4 and summary["prototypes"]["labeled"] == 14
+    assert summary["select"]["candidates"] == len(RoiStore(tmp_path / "run" / "candidates"))
+    assert summary["select"]["selected"] == len(RoiStore(tmp_path / "run" / "selected"))
+    for store in ("candidates", "selected"):
+        assert main(["verify", str(tmp_path / "run" / store), "--deep"]) == 0

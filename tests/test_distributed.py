@@ -119,3 +119,25 @@ def test_cli_filter_on_two_local_workers(tiles, reference, tmp_path, capsys) -> 
     assert code == 0
     assert "on each of 2 Dask workers" in capsys.readouterr().err
     assert contents(tmp_path / "s") == contents(reference)
+
+
+def test_select_features_on_dask_give_the_local_selection(tiles, reference, cluster, tmp_path, capsys) -> None:
+    import json
+
+    from activessf_engine.cli import main
+
+    labeled = tmp_path / "labeled"
+    for name, count in (("a", 3), ("b", 3)):
+        tile_folder(labeled / name, count)
+    candidates = tmp_path / "candidates"
+    shutil.copytree(reference, candidates)
+    model = ["--model", "test_resnet", "--weights", "random", "--roi-size", "64", "--quiet"]
+    assert main(["prototypes", "--labeled", str(labeled), "--out", str(tmp_path / "p"), "--clusters", "2", *model]) == 0
+    select = ["select", "--candidates", str(candidates), "--prototypes", str(tmp_path / "p"), *model[:4], "--quiet"]
+    capsys.readouterr()
+    assert main([*select, "--out", str(tmp_path / "dask"), "--scheduler", cluster.scheduler_address, "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["dask_features"]["computed"] == len(RoiStore(candidates)) and summary["features_computed"] == 0
+    shutil.rmtree(candidates / "features")
+    assert main([*select, "--out", str(tmp_path / "local")]) == 0
+    assert contents(tmp_path / "dask") == contents(tmp_path / "local")
