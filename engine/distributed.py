@@ -56,6 +56,18 @@ def dask_client(scheduler: str | None, workers: int) -> Iterator[Any]:
         yield client
 
 
+def _per_part(client: Any, name: str, function: Any, tasks: list[tuple[int, tuple]]) -> Iterator[Any]:
+    """Submit `function(*arguments)` for each (part, arguments) and yield the results as they complete. Tasks
+    are named after their part, never cached (pure=False), and run again up to RETRIES times if they raise."""
+    run = uuid.uuid4().hex[:8]
+    futures = [
+        client.submit(function, *arguments, key=f"activessf-{name}-{run}-p{part:06d}", retries=RETRIES, pure=False)
+        for part, arguments in tasks
+    ]
+    for future in as_completed(futures):
+        yield future.result()
+
+
 def run_filter_on_dask(
     input_path: str | Path,
     out: str | Path,
@@ -73,33 +85,15 @@ def run_filter_on_dask(
     prepared = prepare_filter(input_path, out, config)
     with prepared.open_store(out, config, overwrite) as writer:
         pending = prepared.pending(writer.root)
-        summary = FilterSummary(
-            store=str(out),
-            device=device,
-            sources_total=len(prepared.sources),
-            parts_total=len(prepared.plan),
-            parts_already_done=len(prepared.plan) - len(pending),
-        )
+        summary = prepared.start_summary(out, device, pending)
         bar = make_progress(progress, sum(len(s) for _, s in pending), "img", "filter")
         with dask_client(scheduler, workers) as client:
             workers_seen = len(client.scheduler_info()["workers"])
-            run = uuid.uuid4().hex[:8]
-            futures = [
-                client.submit(
-                    _filter_part_task,
-                    str(writer.root),
-                    index,
-                    [(s.relpath, str(s.path)) for s in sources],
-                    to_dict(config),
-                    device,
-                    key=f"activessf-filter-{run}-p{index:06d}",
-                    retries=RETRIES,
-                    pure=False,
-                )
+            tasks = [
+                (index, (str(writer.root), index, [(s.relpath, str(s.path)) for s in sources], to_dict(config), device))
                 for index, sources in pending
             ]
-            for future in as_completed(futures):
-                part, choice = future.result()
+            for part, choice in _per_part(client, "filter", _filter_part_task, tasks):
                 summary.absorb(part)
                 summary.device_choice = summary.device_choice or {**choice, "workers": workers_seen, "host_work": []}
                 bar.update(part.sources_read + part.sources_skipped)
@@ -129,21 +123,8 @@ def features_on_dask(
     store = RoiStore(candidates)
     feature_config = selection_features_config(config, load_prototypes(Path(prototypes_dir)))
     with dask_client(scheduler, workers) as client:
-        run = uuid.uuid4().hex[:8]
-        futures = [
-            client.submit(
-                _features_task,
-                str(store.root),
-                part,
-                to_dict(feature_config),
-                device,
-                key=f"activessf-features-{run}-p{part:06d}",
-                retries=RETRIES,
-                pure=False,
-            )
-            for part in store.parts
-        ]
-        results = [future.result() for future in as_completed(futures)]
+        tasks = [(part, (str(store.root), part, to_dict(feature_config), device)) for part in store.parts]
+        results = list(_per_part(client, "features", _features_task, tasks))
     dtypes = {dtype for _, dtype in results}
     if len(dtypes) > 1:
         raise RuntimeError(f"workers computed features in several dtypes {sorted(dtypes)}; set --dtype explicitly")

@@ -136,6 +136,16 @@ class FilterPlan:
             same_output=self.same_output,
         )
 
+    def start_summary(self, out: str | Path, device: str, pending: list[tuple[int, list[Source]]]) -> FilterSummary:
+        """The run's summary before any part is done."""
+        return FilterSummary(
+            store=str(out),
+            device=device,
+            sources_total=len(self.sources),
+            parts_total=len(self.plan),
+            parts_already_done=len(self.plan) - len(pending),
+        )
+
     def pending(self, root: str | Path) -> list[tuple[int, list[Source]]]:
         """(part index, sources) of every part of the plan not committed in the store at `root`."""
         done = set(committed_parts(root))

@@ -163,14 +163,8 @@ def _run_filter(
     prepared = prepare_filter(input_path, out, config)
     with prepared.open_store(out, config, overwrite) as writer:
         pending = prepared.pending(writer.root)
-        summary = FilterSummary(
-            store=str(out),
-            device=str(device.torch_device),
-            device_choice={**device.describe(), "host_work": host_work(config, device)},
-            sources_total=len(prepared.sources),
-            parts_total=len(prepared.plan),
-            parts_already_done=len(prepared.plan) - len(pending),
-        )
+        summary = prepared.start_summary(out, str(device.torch_device), pending)
+        summary.device_choice = {**device.describe(), "host_work": host_work(config, device)}
         _filter_into(writer, pending, config, device, progress, summary)
     summary.wall_seconds = time.perf_counter() - started
     return summary
