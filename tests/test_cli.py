@@ -236,3 +236,12 @@ def test_tiles_smaller_than_min_box_are_warned_about(tmp_path, capsys):
     shutil.copy(BCCD / "BloodImage_00171.jpg", folder)  # 640x480
     assert main(["filter", "--input", str(folder), "--out", str(tmp_path / "s"), "--min-box", "500", *FAST]) == 0
     assert "1 tile(s) are smaller than --min-box" in capsys.readouterr().err
+
+
+def test_a_failure_inside_the_run_exits_1(tmp_path, capsys, monkeypatch):
+    def broken_decoder(*args, **kwargs):
+        raise RuntimeError("the decoder's library is broken")
+
+    monkeypatch.setattr("activessf_engine.pipeline.make_decoder", broken_decoder)
+    assert main(["filter", "--input", str(BCCD), "--out", str(tmp_path / "s"), *FAST]) == 1
+    assert "failed: RuntimeError: the decoder's library is broken" in capsys.readouterr().err

@@ -146,6 +146,52 @@ def test_cli_prototypes_and_select(tmp_path: Path, labeled: Path, candidates: Pa
     assert main(["verify", str(tmp_path / "s")]) == 0
 
 
+def test_cli_json_toml_sections_and_manifest_of_a_selected_store(
+    tmp_path: Path, labeled: Path, candidates: Path, capsys
+) -> None:
+    import csv
+    import io
+    import json
+
+    toml = tmp_path / "engine.toml"
+    toml.write_text(
+        '[features]\nmodel = "test_resnet"\nweights = "random"\n\n[prototypes]\nclusters = 3\n\n'
+        '[selection]\nalpha = 0.75\nstrategy = "activessf"\n\n[crop]\nsize = 64\n'
+    )
+    common = ["--config", str(toml), "--quiet", "--json"]
+    assert main(["prototypes", "--labeled", str(labeled), "--out", str(tmp_path / "p"), *common]) == 0
+    protos = json.loads(capsys.readouterr().out)
+    assert protos["model"] == "test_resnet" and len(protos["clusters"]) == 3 and protos["labeled"] == 14
+    assert protos["kmeans_backend"] == "sklearn" and protos["device_choice"]["kind"] == "cpu"
+    select = ["select", "--candidates", str(candidates), "--prototypes", str(tmp_path / "p")]
+    assert main([*select, "--out", str(tmp_path / "s"), *common]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["alpha"] == 0.75 and summary["candidates"] == 21 and summary["selected"] > 0
+    assert summary["selected"] == sum(c["selected"] for c in summary["clusters"]) == len(RoiStore(tmp_path / "s"))
+    assert RoiStore(tmp_path / "s").meta["config"]["selection"]["alpha"] == 0.75
+    assert main(["manifest", str(tmp_path / "s")]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert len(rows) == summary["selected"]
+    assert {"cluster", "distance", "threshold", "candidate"} <= set(rows[0])
+    assert all(float(r["distance"]) <= float(r["threshold"]) + 1e-6 for r in rows)  # Eq. 9 held for every row
+
+
+def test_hsv_range_flags_reach_the_config(tmp_path: Path) -> None:
+    from conftest import tile_folder
+
+    from activessf_engine.store import read_attrs
+
+    tiles = tile_folder(tmp_path / "tiles", 1)
+    flags = ["--purple", "100-120,50-255,0-255", "--deep-blue", "0-10,0-20,30-40", "--roi-size", "64", "--quiet"]
+    assert main(["filter", "--input", str(tiles), "--out", str(tmp_path / "s"), *flags]) == 0
+    config = read_attrs(tmp_path / "s")["config"]["filter"]
+    assert config["purple"] == {"h": [100, 120], "s": [50, 255], "v": [0, 255]}
+    assert config["deep_blue"] == {"h": [0, 10], "s": [0, 20], "v": [30, 40]}
+    with pytest.raises(SystemExit) as bad:
+        main(["filter", "--input", str(tiles), "--out", str(tmp_path / "t"), "--purple", "1-2"])
+    assert bad.value.code == 2
+
+
 def test_roi_dataset_reads_store(candidates: Path) -> None:
     dataset = RoiDataset(candidates, with_meta=True)
     assert len(dataset) == 21
@@ -155,6 +201,31 @@ def test_roi_dataset_reads_store(candidates: Path) -> None:
     assert torch.equal(dataset[-1][0], dataset[20][0])
     loader = torch.utils.data.DataLoader(RoiDataset(candidates), batch_size=8, num_workers=2)
     assert sum(len(batch) for batch in loader) == 21
+
+
+def test_roi_dataset_in_spawned_workers_with_a_transform_in_order(candidates: Path) -> None:
+    from torchvision.transforms import v2
+
+    store = RoiStore(candidates)
+    expected = torch.stack([torch.from_numpy(store.roi(i)).permute(2, 0, 1).flip(-1) for i in range(len(store))])
+    dataset = RoiDataset(candidates, transform=v2.RandomHorizontalFlip(p=1.0))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=5, num_workers=2, multiprocessing_context="spawn")
+    assert torch.equal(torch.cat(list(loader)), expected)
+    import pickle
+
+    assert pickle.loads(pickle.dumps(dataset))._store is None  # each worker opens the store itself
+
+
+def test_roi_dataset_of_a_selected_store_carries_its_decisions(tmp_path: Path, labeled: Path, candidates: Path) -> None:
+    curate.run_prototypes(labeled, tmp_path / "protos", _config())
+    curate.run_select(candidates, tmp_path / "protos", tmp_path / "selected", _config())
+    columns = RoiStore(tmp_path / "selected").columns()
+    dataset = RoiDataset(tmp_path / "selected", with_meta=True)
+    assert len(dataset) == len(columns["cluster"]) > 0
+    for i in range(len(dataset)):
+        _, meta = dataset[i]
+        assert meta["cluster"] == columns["cluster"][i] and meta["distance"] == pytest.approx(columns["distance"][i])
+        assert meta["source"] == columns["source_path"][i] and meta["box"] == columns["box"][i].tolist()
 
 
 def test_labeled_images_are_framed_like_candidates(tmp_path: Path) -> None:
@@ -198,3 +269,14 @@ def test_cli_run_does_filter_prototypes_and_select(tmp_path: Path, labeled: Path
     assert summary["select"]["selected"] == len(RoiStore(tmp_path / "run" / "selected"))
     for store in ("candidates", "selected"):
         assert main(["verify", str(tmp_path / "run" / store), "--deep"]) == 0
+
+
+def test_prototypes_with_a_broken_labeled_image_exits_3_and_names_it(tmp_path: Path, labeled: Path, capsys) -> None:
+    import json
+
+    (labeled / "red" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    flags = ["--model", "test_resnet", "--weights", "random", "--clusters", "3", "--roi-size", str(SIZE)]
+    code = main(["prototypes", "--labeled", str(labeled), "--out", str(tmp_path / "p"), *flags, "--quiet", "--json"])
+    assert code == 3
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["labeled"] == 14 and [Path(s["path"]).name for s in summary["labeled_skipped"]] == ["broken.png"]

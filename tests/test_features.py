@@ -113,15 +113,26 @@ def test_loaded_weights_differ_from_random(
     assert load_backbone(FeatureConfig(model=MODEL, weights=str(path))).fingerprint != backbone.fingerprint
 
 
-class _NotATensor:
-    pass
+class _Payload:
+    """Unpickling this creates the file `trace` (a stand-in for running any code)."""
+
+    def __init__(self, trace: Path) -> None:
+        self.trace = trace
+
+    def __reduce__(self):
+        return (open, (str(self.trace), "w"))
 
 
-def test_pickled_objects_are_refused(tmp_path: Path, trained_state: dict[str, torch.Tensor]) -> None:
+def test_pickled_code_is_refused_and_never_runs(tmp_path: Path, trained_state: dict[str, torch.Tensor]) -> None:
+    trace = tmp_path / "payload-ran"
     path = tmp_path / "evil.pth"
-    torch.save({"state_dict": trained_state, "extra": _NotATensor()}, path)
+    torch.save({"state_dict": trained_state, "extra": _Payload(trace)}, path)
     with pytest.raises(ValueError, match="refusing to load"):
         read_weights_file(path)
+    assert not trace.exists()
+    with pytest.raises(ValueError, match="refusing to load"):
+        load_backbone(FeatureConfig(model=MODEL, weights=str(path)))
+    assert not trace.exists()
 
 
 def test_missing_keys_are_reported(tmp_path: Path, trained_state: dict[str, torch.Tensor]) -> None:
@@ -195,3 +206,23 @@ def test_damaged_safetensors_file(tmp_path: Path) -> None:
     path.write_bytes(b"\x00" * 16)
     with pytest.raises(ValueError, match="not a readable"):
         read_weights_file(path)
+
+
+def test_the_bf16_bound_tells_right_features_from_wrong_ones() -> None:
+    """The bound the GPU tests use: bf16 features of real crops stay under it, ROI by ROI, and features that
+    are wrong in the ways a broken pipeline would make them are far over it."""
+    from conftest import BF16_FEATURE_BOUND, bccd_crops, per_roi_error
+
+    crops = bccd_crops()
+    fp32 = extract(load_backbone(FeatureConfig(model="resnet18", weights="random", dtype="float32")), crops)
+    bf16 = extract(load_backbone(FeatureConfig(model="resnet18", weights="random", dtype="bfloat16")), crops)
+    assert per_roi_error(bf16, fp32).max() < BF16_FEATURE_BOUND
+    wrong = {
+        "channels swapped": extract(
+            load_backbone(FeatureConfig(model="resnet18", weights="random")), crops[..., ::-1].copy()
+        ),
+        "rows shuffled": fp32[np.roll(np.arange(len(fp32)), 1)],
+        "batch mean": np.broadcast_to(fp32.mean(0), fp32.shape),
+    }
+    for name, features in wrong.items():
+        assert np.median(per_roi_error(features, fp32)) > 3 * BF16_FEATURE_BOUND, name

@@ -1,8 +1,8 @@
 """Whole stages on CUDA against the CPU path on the same inputs (marked ``gpu``; skipped without one).
 
-Blur, masks and boxes must be identical (every step is exact integer arithmetic or a lookup).
-Features run in bf16 autocast on CUDA, so they are compared by relative error: bf16 keeps 8 bits of
-mantissa, and a ResNet's error grows over its layers to about 1e-2 relative; 3e-2 is the bound.
+Blur, masks and boxes must be identical (every step is exact integer arithmetic or a lookup). Features
+run in bf16 autocast on CUDA, so they are compared ROI by ROI with a relative bound that wrong features
+are shown to exceed (tests/test_features.py); the assignment is compared where its margin allows.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import BCCD
+from conftest import BCCD, BF16_FEATURE_BOUND, bccd_crops, per_roi_error
 
 from activessf_engine import kernels
 from activessf_engine.config import FeatureConfig, FilterConfig, InputConfig
@@ -58,13 +58,17 @@ def test_find_regions_identical(hsv_source: str) -> None:
 
 def test_gpu_decoder_matches_cpu_within_jpeg_tolerance() -> None:
     """nvJPEG and libjpeg-turbo upsample 4:2:0 chroma differently; torchvision's own GPU-vs-CPU test allows a
-    mean absolute difference below 2, and so does this one."""
+    mean absolute difference below 2, and so does this one; 99% of values within 8 levels, none beyond 64.
+    The GPU decoder must have run: a silent fallback to Pillow followed by a copy to the GPU fails."""
     paths = [s.path for s in find_sources(BCCD, (".jpg",))]
     cpu = [d.image for d in decode_files(paths, InputConfig())]
-    gpu = [d for d in decode_files(paths, InputConfig(), device="cuda")]
+    gpu = list(decode_files(paths, InputConfig(), device="cuda"))
     for a, b in zip(cpu, gpu, strict=True):
         assert b.image.is_cuda and b.image.shape == a.shape
-        assert (b.image.cpu().int() - a.int()).abs().float().mean() < 2.0
+        assert b.decoder in ("dali-gpu", "torchvision-gpu"), b.decoder
+        difference = (b.image.cpu().int() - a.int()).abs().float()
+        assert difference.mean() < 2.0
+        assert torch.quantile(difference.flatten()[::7], 0.99) <= 8 and difference.max() <= 64
 
 
 def test_decoder_routes_a_mixed_batch_on_the_gpu(tmp_path) -> None:
@@ -79,25 +83,56 @@ def test_decoder_routes_a_mixed_batch_on_the_gpu(tmp_path) -> None:
     assert torch.equal(records[0].image, records[2].image)
 
 
-def test_features_fp32_on_cuda_close_to_cpu() -> None:
-    config = FeatureConfig(model="resnet18", weights="random", batch_size=32, dtype="float32")
-    rois = torch.randint(0, 256, (32, 224, 224, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
-    cpu = extract(load_backbone(config, "cpu"), rois)
-    gpu_backbone = load_backbone(config, "cuda")
-    assert gpu_backbone.dtype == torch.float32
-    gpu = extract(gpu_backbone, rois)
-    assert np.linalg.norm(gpu - cpu) / np.linalg.norm(cpu) < 1e-2  # TF32 convolutions allowed, nothing worse
+def _features(dtype: str, device: str) -> np.ndarray:
+    return extract(load_backbone(FeatureConfig(model="resnet18", weights="random", dtype=dtype), device), bccd_crops())
 
 
-def test_features_bf16_close_to_cpu_and_assignment_identical() -> None:
-    config = FeatureConfig(model="resnet18", weights="random", batch_size=32)
-    rois = torch.randint(0, 256, (64, 224, 224, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    cpu = extract(load_backbone(config, "cpu"), rois)
-    gpu = extract(load_backbone(config, "cuda"), rois)
-    rel = np.linalg.norm(gpu - cpu) / np.linalg.norm(cpu)
-    assert rel < 3e-2
-    centres = cpu[:11]
-    c_cpu, d_cpu = nearest_prototype(cpu, centres)
-    c_gpu, d_gpu = nearest_prototype(torch.from_numpy(cpu).cuda(), centres)
-    np.testing.assert_array_equal(c_cpu, c_gpu)
-    np.testing.assert_allclose(d_cpu, d_gpu, rtol=1e-6, atol=1e-6)
+def test_features_on_cuda_match_the_cpu_roi_by_roi() -> None:
+    """Real BCCD crops; every ROI's features within the bound, in bf16 (the default on CUDA) and in float32
+    (TF32 convolutions allowed). tests/test_features.py shows the bound rejects wrong features."""
+    reference = _features("float32", "cpu")
+    assert per_roi_error(_features("bfloat16", "cuda"), reference).max() < BF16_FEATURE_BOUND
+    assert per_roi_error(_features("float32", "cuda"), reference).max() < 1e-2
+
+
+def test_nearest_prototype_of_gpu_features_is_the_cpus_where_the_margin_allows() -> None:
+    """The GPU's own bf16 features assigned on the GPU against centres made on the CPU: the same prototype for
+    every ROI whose two nearest centres are further apart than its feature error can reorder them (twice the
+    distance it moved), and distances that moved no more than the features did."""
+    reference = _features("float32", "cpu")
+    gpu = _features("bfloat16", "cuda")
+    centres = reference[::5]  # 11 real crops as prototypes
+    cpu_cluster, cpu_distance = nearest_prototype(reference, centres)
+    gpu_cluster, gpu_distance = nearest_prototype(torch.from_numpy(gpu).cuda(), centres)
+    distances = np.linalg.norm(reference[:, None] - centres[None], axis=2)
+    margin = np.sort(distances, axis=1)[:, 1] - np.sort(distances, axis=1)[:, 0]
+    moved = 2 * np.linalg.norm(gpu - reference, axis=1)
+    clear = margin > moved
+    assert clear.sum() >= len(reference) // 2  # the comparison is not vacuous
+    np.testing.assert_array_equal(gpu_cluster[clear], cpu_cluster[clear])
+    shift = moved / 2  # |d(x', c) - d(x, c)| <= |x' - x| for every centre c (triangle inequality)
+    assert np.all(np.abs(gpu_distance[clear] - cpu_distance[clear]) <= shift[clear] * 1.001 + 1e-5)
+
+
+def test_filter_on_cuda_makes_the_cpu_store(tmp_path) -> None:
+    """`run_filter` end to end on both devices, from lossless copies of the BCCD tiles (so both decode the
+    same pixels): the same ROIs with the same columns; pixels of the resized crops within one level."""
+    from PIL import Image
+
+    from activessf_engine.config import EngineConfig, replace_section
+    from activessf_engine.pipeline import run_filter
+    from activessf_engine.store import RoiStore
+
+    tiles = tmp_path / "tiles"
+    tiles.mkdir()
+    for path in sorted(BCCD.glob("*.jpg")):
+        Image.open(path).save(tiles / f"{path.stem}.png")
+    config = replace_section(EngineConfig(), "filter", min_fill=0.4)
+    run_filter(tiles, tmp_path / "cpu", config, device="cpu")
+    run_filter(tiles, tmp_path / "cuda", config, device="cuda")
+    cpu, gpu = RoiStore(tmp_path / "cpu"), RoiStore(tmp_path / "cuda")
+    assert len(cpu) == len(gpu) > 0
+    for name in ("box", "crop_box", "area", "fill_rate", "source"):
+        np.testing.assert_array_equal(gpu.columns()[name], cpu.columns()[name], err_msg=name)
+    for i in range(len(cpu)):
+        assert np.abs(gpu.roi(i).astype(int) - cpu.roi(i).astype(int)).max() <= 1

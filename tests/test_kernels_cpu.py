@@ -119,8 +119,6 @@ def test_assign_ties_go_to_the_lower_index():
 
 
 def test_assign_lookup_equals_gather_of_assign():
-    if not hasattr(pixel_kmeans, "assign_lookup"):
-        pytest.skip("assign_lookup not in this version")
     gen = torch.Generator().manual_seed(4)
     pixels = torch.randint(0, 256, (2, 5000, 3), dtype=torch.uint8, generator=gen)
     centres = torch.randint(0, 256 * FIXED_POINT, (2, 10, 3), generator=gen).to(torch.float32)

@@ -155,7 +155,8 @@ def test_backend_registry() -> None:
     assert list_kmeans_backends() == ["cuml", "sklearn"]
     with pytest.raises(ValueError, match=r"valid: \['auto', 'cuml', 'sklearn'\]"):
         resolve_kmeans_backend("faiss")
-    assert resolve_kmeans_backend("auto") == ("cuml" if cuml_usable()[0] else "sklearn")
+    assert resolve_kmeans_backend("auto", "cpu") == "sklearn"  # a CPU run never picks cuML (a GPU run: test_device)
+    assert resolve_kmeans_backend("cuml", "cpu") == "cuml"  # an explicit choice stands; fitting then says why not
 
 
 @pytest.mark.parametrize("backend", list_kmeans_backends())

@@ -157,11 +157,10 @@ def test_kmeans_sample_matches_fitting_on_every_pixel(bccd_tiles):
     """The issue's justification of sampling: fitting the 20 colours on 8192 sampled pixels (the default)
     instead of on all 307,200 pixels of a 640x480 tile keeps the same regions.
 
-    On the six bundled BCCD tiles, at least 90% of the boxes of either run must have a partner of
-    IoU >= 0.9 in the other. (Measured on all 364 BCCD tiles when this test was written, 10 Lloyd steps:
-    112 boxes sampled, 108 on every pixel, 95 matched at IoU >= 0.5, 30 tiles with some difference - the
-    agreement is tile-dependent, about 85-88% over the whole set, and these six tiles are among those
-    where the two agree.)
+    The statistic and bound are the ones the whole data set supports: on all 364 BCCD tiles (10 Lloyd steps)
+    112 boxes sampled, 108 on every pixel, 95 matched at IoU >= 0.5, i.e. 85-88% of either side. Here, on
+    every bundled tile (no tile chosen for agreeing), at least 80% of the boxes of either run must have a
+    partner of IoU >= 0.5 in the other.
     """
     _, tiles = bccd_tiles
     sampled = find_regions(tiles, DEFAULT)
@@ -170,20 +169,27 @@ def test_kmeans_sample_matches_fitting_on_every_pixel(bccd_tiles):
     b = [b.tolist() for r in full for b in r.boxes]
     assert len(a) >= 4 and len(b) >= 4
     for ours, theirs in ((a, b), (b, a)):
-        matched = sum(any(_iou(x, y) >= 0.9 for y in theirs) for x in ours)
-        assert matched >= 0.9 * len(ours), (a, b)
+        matched = sum(any(_iou(x, y) >= 0.5 for y in theirs) for x in ours)
+        assert matched >= 0.8 * len(ours), (a, b)
 
 
-def test_bccd_regions_overlap_annotated_white_cells(bccd_tiles):
+def test_bccd_regions_find_the_annotated_white_cells_and_little_else(bccd_tiles):
+    """With the paper's defaults each of the four annotated white cells is found at IoU >= 0.5 (measured 0.57 to
+    0.70: the mask holds the nucleus, the annotation the whole cell), and at most one region of the five is
+    not on an annotated white cell (BloodImage_00135: a cell cut by the tile's edge, not annotated)."""
     paths, tiles = bccd_tiles
     found = find_regions(tiles, DEFAULT)
-    hits = 0
+    annotated, matched, boxes, on_a_cell = 0, 0, 0, 0
     for path, result in zip(paths, found, strict=True):
         wbc = _wbc_boxes(path.parent / "Annotations" / (path.stem + ".xml"))
+        annotated += len(wbc)
+        matched += sum(any(_iou(box, w) >= 0.5 for box in result.boxes.tolist()) for w in wbc)
         for box in result.boxes.tolist():
             assert 0 <= box[0] < box[2] <= 640 and 0 <= box[1] < box[3] <= 480
-            hits += any(_iou(box, w) >= 0.3 for w in wbc)
-    assert hits >= 3  # at least three of the four annotated white cells are found
+            boxes += 1
+            on_a_cell += any(_iou(box, w) >= 0.3 for w in wbc)
+    assert annotated == 4 and matched == 4
+    assert boxes - on_a_cell <= 1
 
 
 def test_empty_cluster_does_not_flood_the_background():

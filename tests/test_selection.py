@@ -141,12 +141,15 @@ def test_activessf_selects_by_eq9() -> None:
     assert decisions.strategy == "activessf" and len(decisions) == len(features)
 
 
-def test_reselect_without_features_equals_select() -> None:
+def test_reselect_without_features_applies_eq8_and_eq9() -> None:
     features, prototypes = _candidates()
     first = select(features, prototypes, SelectionConfig(alpha=1.0))
-    for config in (SelectionConfig(alpha=0.5), SelectionConfig(alpha=2.0, bounds="global")):
-        again = reselect(first.cluster, first.distance, prototypes, config)
-        np.testing.assert_array_equal(again.selected, select(features, prototypes, config).selected)
+    n, lower, upper = prototypes.sizes.astype(float), prototypes.lower.astype(float), prototypes.upper.astype(float)
+    for alpha, bounds in ((0.5, "cluster"), (2.0, "global")):
+        low, high = (lower, upper) if bounds == "cluster" else (lower.min(), upper.max())
+        threshold = low + (high - low) * (1 - n / n.max()) ** alpha  # Eq. 8, written out
+        again = reselect(first.cluster, first.distance, prototypes, SelectionConfig(alpha=alpha, bounds=bounds))
+        np.testing.assert_array_equal(again.selected, first.distance <= threshold[first.cluster])  # Eq. 9
     np.testing.assert_array_equal(
         apply_thresholds(first.cluster, first.distance, prototypes, SelectionConfig(alpha=1.0)),
         first.selected,
@@ -193,8 +196,9 @@ def test_balanced_evens_out_the_clusters() -> None:
     decisions = select(features, prototypes, config)
     per_blob = [int(decisions.selected[s].sum()) for s in (slice(0, 600), slice(600, 660), slice(660, 680))]
     assert sum(per_blob) == total
-    assert per_blob == water_fill(total, np.array([600, 60, 20])).tolist()
-    np.testing.assert_array_equal(decisions.selected, select(features, prototypes, config).selected)
+    small = min(20, total // 3)  # an equal share each, the smallest blob's surplus to the others
+    middle = min(60, (total - small) // 2)
+    assert per_blob == [total - small - middle, middle, small]
     with pytest.raises(ValueError, match="pass them"):
         reselect(activessf.cluster, activessf.distance, prototypes, config)
 
