@@ -198,8 +198,7 @@ def _filter(args: argparse.Namespace, config: EngineConfig, device: DeviceChoice
     if device is None:
         from activessf_engine.distributed import run_filter_on_dask
 
-        dask = {"scheduler": args.scheduler, "workers": args.workers or 0, "device": args.device}
-        summary = run_filter_on_dask(args.input, out, config, progress=progress, overwrite=overwrite, **dask)
+        summary = run_filter_on_dask(args.input, out, config, progress=progress, overwrite=overwrite, **_dask(args))
     else:
         from activessf_engine.pipeline import run_filter
 
@@ -209,6 +208,11 @@ def _filter(args: argparse.Namespace, config: EngineConfig, device: DeviceChoice
 
 def _on_dask(args: argparse.Namespace) -> bool:
     return bool(getattr(args, "scheduler", None) or getattr(args, "workers", None))
+
+
+def _dask(args: argparse.Namespace) -> dict[str, Any]:
+    """The Dask options of a run: its cluster, and the device each worker resolves for itself."""
+    return {"scheduler": args.scheduler, "workers": args.workers or 0, "device": args.device}
 
 
 def cmd_filter(args: argparse.Namespace) -> int:
@@ -240,7 +244,7 @@ def cmd_prototypes(args: argparse.Namespace) -> int:
 def _select(
     args: argparse.Namespace,
     config: EngineConfig,
-    choice: DeviceChoice,
+    choice: DeviceChoice | None,
     paths: tuple[Path, Path, Path],
     overwrite: bool,
 ) -> dict[str, Any]:
@@ -254,8 +258,7 @@ def _select(
         from activessf_engine.distributed import features_on_dask
 
         check_select_out(out, overwrite)
-        dask = {"scheduler": args.scheduler, "workers": args.workers or 0, "device": args.device}
-        dask_features = features_on_dask(candidates, prototypes, config, **dask)
+        dask_features = features_on_dask(candidates, prototypes, config, **_dask(args))
         config = replace_section(config, "features", dtype=dask_features["dtype"])
         choice = resolve_device("auto")
     summary = run_select(
@@ -292,8 +295,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from activessf_engine.verify import repair_store, verify_store
 
-    problems = verify_store(args.store, deep=args.deep or args.repair)
-    repaired = repair_store(args.store) if args.repair and problems else []
+    if args.repair:
+        problems, repaired = repair_store(args.store)
+    else:
+        problems, repaired = verify_store(args.store, deep=args.deep), []
     if args.json:
         summary = {"store": str(args.store), "ok": not problems, "problems": problems, "repaired": repaired}
         json.dump(summary, sys.stdout, indent=2)

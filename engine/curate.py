@@ -62,8 +62,7 @@ def _read_ahead(store: RoiStore, parts: list[int], depth: int) -> Iterator[tuple
 def feature_cache(store: RoiStore, backbone: Backbone) -> FeatureCache:
     """The cache of `backbone`'s features of the ROIs of `store` (keyed by model, weights, ROI size, dtype)."""
     roi_size = int(store.meta["config"]["crop"]["size"])
-    dtype = str(backbone.dtype).removeprefix("torch.")
-    return FeatureCache(store.root, features_key(backbone.name, backbone.fingerprint, roi_size, dtype))
+    return FeatureCache(store.root, features_key(backbone.name, backbone.fingerprint, roi_size, backbone.dtype_name))
 
 
 def selection_features_config(config: EngineConfig, prototypes: Prototypes) -> FeatureConfig:
@@ -184,7 +183,7 @@ def run_prototypes(
         "clusters": _cluster_table(prototypes),
         "model": backbone.name,
         "kmeans_backend": prototypes.backend,
-        "feature_dtype": str(backbone.dtype).removeprefix("torch."),
+        "feature_dtype": backbone.dtype_name,
         "weights": backbone.weights,
         "untrained_weights": backbone.untrained,
         "fingerprint": backbone.fingerprint,
@@ -316,7 +315,7 @@ def run_select(
             "writing": round(write_seconds, 3),  # the selected store: reading the kept ROIs and committing them
         },
         "model": backbone.name,
-        "feature_dtype": str(backbone.dtype).removeprefix("torch."),
+        "feature_dtype": backbone.dtype_name,
         "untrained_weights": backbone.untrained,
         "wall_seconds": round(time.perf_counter() - started, 3),
     }

@@ -18,7 +18,7 @@ import contextlib
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -132,16 +132,23 @@ def features_on_dask(
     return {"computed": computed, "cached": len(store) - computed, "dtype": dtypes.pop() if dtypes else "float32"}
 
 
-_worker = threading.local()  # per worker thread: its device choice and decoder, made on its first task
+_worker = threading.local()  # per worker thread: what its tasks share (device choice, decoder, backbone)
+
+
+def _kept(name: str, key: object, make: Callable[[], Any]) -> Any:
+    """What `make()` returns, made once per worker thread and kept while `key` stays the same."""
+    kept = getattr(_worker, name, None)
+    if kept is None or kept[0] != key:
+        kept = (key, make())
+        setattr(_worker, name, kept)
+    return kept[1]
 
 
 def _worker_tools(device: str, config: EngineConfig) -> tuple[DeviceChoice, Decoder]:
-    key = (device, config.input.batch_size, config.input.threads)
-    if getattr(_worker, "key", None) != key:
-        _worker.choice = resolve_device(device)
-        _worker.decoder = make_decoder(config.input.batch_size, config.input.threads, _worker.choice)
-        _worker.key = key
-    return _worker.choice, _worker.decoder
+    choice = _kept("choice", device, lambda: resolve_device(device))
+    decoder_key = (device, config.input.batch_size, config.input.threads)
+    decoder = _kept("decoder", decoder_key, lambda: make_decoder(config.input.batch_size, config.input.threads, choice))
+    return choice, decoder
 
 
 def _features_task(root: str, part: int, feature_values: dict[str, Any], device: str) -> tuple[int, str]:
@@ -151,18 +158,16 @@ def _features_task(root: str, part: int, feature_values: dict[str, Any], device:
     from activessf_engine.features import extract, load_backbone
 
     feature_config = from_dict(FeatureConfig, feature_values)
+    choice = _kept("choice", device, lambda: resolve_device(device))
     key = (device, tuple(sorted(feature_values.items())))
-    if getattr(_worker, "backbone_key", None) != key:  # one backbone per worker thread, kept between tasks
-        _worker.backbone = load_backbone(feature_config, resolve_device(device))
-        _worker.backbone_key = key
+    backbone = _kept("backbone", key, lambda: load_backbone(feature_config, choice))
     store = RoiStore(root)
-    cache = feature_cache(store, _worker.backbone)
-    dtype = str(_worker.backbone.dtype).removeprefix("torch.")
+    cache = feature_cache(store, backbone)
     if cache.has(part):
-        return 0, dtype
-    features = extract(_worker.backbone, store.part_rois(part), feature_config.batch_size)
+        return 0, backbone.dtype_name
+    features = extract(backbone, store.part_rois(part), feature_config.batch_size)
     cache.save(part, features)
-    return len(features), dtype
+    return len(features), backbone.dtype_name
 
 
 def _filter_part_task(

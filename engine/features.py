@@ -50,6 +50,11 @@ class Backbone:
     device: torch.device
     dtype: torch.dtype = torch.float32  # compute dtype: bfloat16 runs the model under autocast
 
+    @property
+    def dtype_name(self) -> str:
+        """The compute dtype as configs and cache keys spell it: "float32" or "bfloat16"."""
+        return str(self.dtype).removeprefix("torch.")
+
 
 def state_dict_fingerprint(state_dict: dict[str, torch.Tensor]) -> str:
     """sha256 hex over the sorted names, dtypes, shapes and raw bytes of every tensor."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,32 +58,29 @@ class FilterSummary:
     def record(self, sources: list[Source], images: list[DecodedImage], min_box: int) -> None:
         """Count a decoded batch: sources read (with their pixels and decoder) and skipped (with why)."""
         for source, image in zip(sources, images, strict=True):
-            self.tiles_below_min_box += image.image is not None and min(image.width, image.height) < min_box
-            if image.image is None:
-                self.sources_skipped += 1
-                self.skipped.append({"path": source.relpath, "error": image.error})
-                kind = image.error.split(":", 1)[0]
-                self.skip_reasons[kind] = self.skip_reasons.get(kind, 0) + 1
+            row = source_record(source, image, 0)
+            self._count(row, min_box)
+            if row["status"] != "ok":
                 log.warning("skipped %s: %s", source.relpath, image.error)
-            else:
-                self.sources_read += 1
-                self.megapixels += image.width * image.height / 1e6
-                self.decoders[image.decoder] = self.decoders.get(image.decoder, 0) + 1
 
     def record_committed(self, part_attrs: dict[str, Any], min_box: int) -> None:
         """Count a part already committed, from its attributes (the sources table written with it)."""
         for row in part_attrs["sources"]:
-            if row["status"] == "ok":
-                self.tiles_below_min_box += min(row["width"], row["height"]) < min_box
-                self.sources_read += 1
-                self.megapixels += row["width"] * row["height"] / 1e6
-                self.decoders[row["decoder"]] = self.decoders.get(row["decoder"], 0) + 1
-            else:
-                self.sources_skipped += 1
-                self.skipped.append({"path": row["path"], "error": row["error"]})
-                kind = row["error"].split(":", 1)[0]
-                self.skip_reasons[kind] = self.skip_reasons.get(kind, 0) + 1
+            self._count(row, min_box)
         self.rois += int(part_attrs["rois"])
+
+    def _count(self, row: dict[str, Any], min_box: int) -> None:
+        """Count one row of a sources table (`source_record`)."""
+        if row["status"] == "ok":
+            self.tiles_below_min_box += min(row["width"], row["height"]) < min_box
+            self.sources_read += 1
+            self.megapixels += row["width"] * row["height"] / 1e6
+            self.decoders[row["decoder"]] = self.decoders.get(row["decoder"], 0) + 1
+        else:
+            self.sources_skipped += 1
+            self.skipped.append({"path": row["path"], "error": row["error"]})
+            kind = row["error"].split(":", 1)[0]
+            self.skip_reasons[kind] = self.skip_reasons.get(kind, 0) + 1
 
     def absorb(self, part: FilterSummary) -> None:
         """Add the counts of one part's summary (a Dask task's) to this run's."""
@@ -179,10 +177,7 @@ def filter_part(
         return summary
     times = StageTimes()
     part = PartBuilder(config.crop.size)
-    done = 0
-    for images in decode_batches([s.path for s in sources], config.input, device, decoder):
-        batch = sources[done : done + len(images)]
-        done += len(images)
+    for batch, images in decode_part(sources, config, device, decoder):
         filter_batch(batch, images, config, times, part)
         summary.record(batch, images, config.filter.min_box)
     data = part.finish()
@@ -192,6 +187,17 @@ def filter_part(
     summary.rois = len(data.rois)
     summary.stage_seconds = {k: round(v, 4) for k, v in times.seconds.items()}
     return summary
+
+
+def decode_part(
+    sources: list[Source], config: EngineConfig, device: DeviceChoice, decoder: Decoder
+) -> Iterator[tuple[list[Source], list[DecodedImage]]]:
+    """The sources of one part decoded batch by batch (`decode_batches`), each batch with its sources: the
+    same batches in every kind of run, so the same regions."""
+    done = 0
+    for images in decode_batches([s.path for s in sources], config.input, device, decoder):
+        yield sources[done : done + len(images)], images
+        done += len(images)
 
 
 def source_record(source: Source, image: DecodedImage, rois: int) -> dict[str, Any]:

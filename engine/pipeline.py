@@ -19,9 +19,9 @@ from typing import Any
 import torch
 
 from activessf_engine.config import EngineConfig
-from activessf_engine.decode import DecodedImage, decode_batches, make_decoder
+from activessf_engine.decode import DecodedImage, make_decoder
 from activessf_engine.device import DeviceChoice, as_choice, host_work
-from activessf_engine.parts import FilterSummary, PartBuilder, filter_batch, prepare_filter
+from activessf_engine.parts import FilterSummary, PartBuilder, decode_part, filter_batch, prepare_filter
 from activessf_engine.progress import Progress, make_progress
 from activessf_engine.regions import StageTimes
 from activessf_engine.sources import Source
@@ -85,16 +85,15 @@ def _decode_parts(
     try:
         decoder = make_decoder(config.input.batch_size, config.input.threads, device)
         for index, sources in parts:
+            batches = decode_part(sources, config, device, decoder)
             done = 0
-            batches = decode_batches([s.path for s in sources], config.input, device, decoder)
             while True:
                 in_flight.wait_below_limit(stop)
                 t0 = time.perf_counter()
-                images = next(batches, None)
+                batch, images = next(batches, (None, None))
                 times.seconds["decode"] += time.perf_counter() - t0
                 if images is None:
                     break
-                batch = sources[done : done + len(images)]
                 done += len(images)
                 in_flight.add(_pixels(images))
                 if not _put(out, (index, batch, images, done == len(sources)), stop):

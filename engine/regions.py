@@ -145,9 +145,8 @@ def find_regions(
     for i, tile in enumerate(tiles):
         by_shape[tuple(tile.shape)].append(i)
     for indices in by_shape.values():
-        group = (
-            tiles[indices[0]][None] if len(indices) == 1 else torch.stack([tiles[i] for i in indices])
-        )  # a lone tile: no copy
+        # a lone tile is viewed as a batch of one, not copied (for a huge tile, a copy is a gigabyte)
+        group = tiles[indices[0]][None] if len(indices) == 1 else torch.stack([tiles[i] for i in indices])
         masks, palettes = cell_masks(group, config, times)
         start = time.perf_counter()
         for j, (i, found) in enumerate(zip(indices, regions_of_masks(masks, config), strict=True)):

@@ -23,6 +23,7 @@ from activessf_engine.store import (
     column_checksum,
     damaged_parts,
     part_name,
+    read_attrs,
     roi_checksums,
 )
 
@@ -41,18 +42,19 @@ def verify_store(root: str | Path, deep: bool = False) -> list[str]:
     return [problem for _, problem in _findings(root, deep)]
 
 
-def repair_store(root: str | Path) -> list[str]:
-    """Move every part with a finding of `verify --deep` (and every damaged part folder) to
-    ``<store>/quarantine/``, with its cached features dropped, so that resuming the filter redoes them.
-    Only candidate stores: a selected store is made again with `select --overwrite`. Returns what was done.
+def repair_store(root: str | Path) -> tuple[list[str], list[str]]:
+    """`verify --deep`, then every part with a finding (and every damaged part folder) moved to
+    ``<store>/quarantine/``, with its cached features dropped, so that resuming the filter redoes them; all
+    under the store's lock. Only candidate stores: a selected store is made again with `select --overwrite`.
+    Returns the problems found and what was done.
     """
     root = Path(root)
     with StoreLock(root):
-        store_kind = RoiStore(root).kind
+        findings = list(_findings(root, deep=True))
+        names = sorted({part_name(part) for part, _ in findings if part is not None} | set(damaged_parts(root)))
+        store_kind = read_attrs(root).get("kind") if findings or names else "candidates"
         if store_kind != "candidates":
             raise ValueError(f"{root} is a {store_kind!r} store: make it again with `select --overwrite`")
-        bad = sorted({part for part, _ in _findings(root, deep=True) if part is not None})
-        names = sorted({part_name(p) for p in bad} | set(damaged_parts(root)))
         stamp = time.strftime("%Y%m%dT%H%M%S")
         done = []
         for name in names:
@@ -62,7 +64,7 @@ def repair_store(root: str | Path) -> list[str]:
             for cached in (root / "features").glob(f"*/{name}"):
                 shutil.rmtree(cached, ignore_errors=True)
             done.append(f"{name}: moved to {target.relative_to(root)}; run the filter again to redo it")
-    return done
+    return [problem for _, problem in findings], done
 
 
 def _findings(root: str | Path, deep: bool) -> Iterator[tuple[int | None, str]]:

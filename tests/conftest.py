@@ -128,6 +128,16 @@ def needs_gpu() -> None:
         pytest.skip(f"no usable GPU + CuPy: {reason}")
 
 
+def store_contents(root: Path) -> list[tuple]:
+    """Every ROI of a store in store order: all its columns (but the part number) and its pixel bytes."""
+    from activessf_engine.store import RoiStore
+
+    store = RoiStore(root)
+    cols = store.columns()
+    keys = sorted(k for k in cols if k != "part")
+    return [(tuple(str(cols[k][i]) for k in keys), store.roi(i).tobytes()) for i in range(len(store))]
+
+
 def bccd_crops() -> np.ndarray:
     """54 real 224x224 crops of the six bundled BCCD tiles (a 3x3 grid on each 640x480 tile)."""
     tiles = [np.asarray(Image.open(path).convert("RGB")) for path in sorted(BCCD.glob("*.jpg"))]

@@ -19,10 +19,15 @@ def no_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def broken_cupy(monkeypatch: pytest.MonkeyPatch) -> None:
+def one_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch sees one GPU (simulated); what runs on it is up to the fixtures below."""
     monkeypatch.setattr(device, "cuda_available", lambda: (True, "torch sees 1 CUDA GPU(s) (simulated)"))
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+
+
+@pytest.fixture
+def broken_cupy(one_gpu: None, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(device, "cupy_usable", lambda index=0: (False, "cupy cannot run a kernel (simulated)"))
 
 
@@ -79,11 +84,8 @@ def test_explicit_cuda_with_unusable_cupy_raises(broken_cupy: None) -> None:
 
 
 @pytest.fixture
-def working_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+def working_gpu(one_gpu: None, monkeypatch: pytest.MonkeyPatch) -> None:
     """A GPU on which CuPy runs; DALI's GPU decoder and cuML are not usable (the lent GPU machines' case)."""
-    monkeypatch.setattr(device, "cuda_available", lambda: (True, "torch sees 1 CUDA GPU(s) (simulated)"))
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(device, "cupy_usable", lambda index=0: (True, "cupy runs kernels (simulated)"))
     monkeypatch.setattr(device, "dali_installed", lambda: (False, "DALI is not installed (simulated)"))
     monkeypatch.setattr(device, "cuml_usable", lambda: (False, "cuml is not installed (simulated)"))

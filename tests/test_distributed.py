@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import tile_folder
+from conftest import store_contents, tile_folder
 
 from activessf_engine.config import replace_section
 from activessf_engine.distributed import run_filter_on_dask
@@ -20,13 +20,6 @@ from activessf_engine.store import RoiStore, committed_parts, part_name
 from activessf_engine.verify import verify_store
 
 distributed = pytest.importorskip("distributed")
-
-
-def contents(root: Path) -> list[tuple]:
-    store = RoiStore(root)
-    cols = store.columns()
-    keys = sorted(k for k in cols if k != "part")
-    return [(tuple(str(cols[k][i]) for k in keys), store.roi(i).tobytes()) for i in range(len(store))]
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +56,7 @@ def test_two_workers_make_the_single_process_store(tiles, config, reference, clu
     summary = run_filter_on_dask(tiles, tmp_path / "s", config, scheduler=cluster.scheduler_address)
     assert summary.device_choice["workers"] == 2 and summary.device_choice["kind"] == "cpu"
     assert summary.sources_read == 12 and summary.rois == len(RoiStore(reference))
-    assert contents(tmp_path / "s") == contents(reference)
+    assert store_contents(tmp_path / "s") == store_contents(reference)
     assert verify_store(tmp_path / "s", deep=True) == []
 
 
@@ -90,7 +83,7 @@ def test_a_worker_killed_mid_run_changes_nothing(tiles, config, reference, clust
     assert committed_at_kill and committed_at_kill[0] < 6  # the kill came in the middle of the run
     with Client(cluster.scheduler_address) as client:
         assert pids[0] not in client.run(os.getpid).values()  # that worker died and was replaced
-    assert contents(out) == contents(reference)
+    assert store_contents(out) == store_contents(reference)
     assert verify_store(out, deep=True) == []
     assert summary.sources_read == 12  # parts committed before the kill are counted from their tables
 
@@ -102,13 +95,13 @@ def test_a_dask_run_resumes_a_single_process_store(tiles, config, reference, clu
         shutil.rmtree(out / "parts" / part_name(part))
     summary = run_filter_on_dask(tiles, out, config, scheduler=cluster.scheduler_address)
     assert summary.parts_already_done == 4 and summary.sources_read == 4
-    assert contents(out) == contents(reference)
+    assert store_contents(out) == store_contents(reference)
 
 
 def test_workers_option_starts_a_local_cluster(tiles, config, reference, tmp_path) -> None:
     summary = run_filter_on_dask(tiles, tmp_path / "s", config, workers=2)
     assert summary.device_choice["workers"] == 2
-    assert contents(tmp_path / "s") == contents(reference)
+    assert store_contents(tmp_path / "s") == store_contents(reference)
 
 
 def test_cli_filter_on_two_local_workers(tiles, reference, tmp_path, capsys) -> None:
@@ -118,7 +111,7 @@ def test_cli_filter_on_two_local_workers(tiles, reference, tmp_path, capsys) -> 
     code = main(["filter", "--input", str(tiles), "--out", str(tmp_path / "s"), "--workers", "2", "--quiet", *flags])
     assert code == 0
     assert "on each of 2 Dask workers" in capsys.readouterr().err
-    assert contents(tmp_path / "s") == contents(reference)
+    assert store_contents(tmp_path / "s") == store_contents(reference)
 
 
 def test_select_features_on_dask_give_the_local_selection(tiles, reference, cluster, tmp_path, capsys) -> None:
@@ -140,4 +133,4 @@ def test_select_features_on_dask_give_the_local_selection(tiles, reference, clus
     assert summary["dask_features"]["computed"] == len(RoiStore(candidates)) and summary["features_computed"] == 0
     shutil.rmtree(candidates / "features")
     assert main([*select, "--out", str(tmp_path / "local")]) == 0
-    assert contents(tmp_path / "dask") == contents(tmp_path / "local")
+    assert store_contents(tmp_path / "dask") == store_contents(tmp_path / "local")

@@ -18,9 +18,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from conftest import tile_folder
+from conftest import store_contents, tile_folder
 
-from activessf_engine.store import RoiStore
 from activessf_engine.verify import verify_store
 
 FLAGS = ["--quiet", "--roi-size", "64", "--threads", "1", "--sources-per-part", "2", "--kmeans-sample", "2048"]
@@ -83,13 +82,6 @@ def child(args: list[str], kill_at: str = "") -> subprocess.Popen:
     return subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
-def contents(root: Path) -> list[tuple]:
-    store = RoiStore(root)
-    cols = store.columns()
-    keys = [k for k in sorted(cols) if k not in ("part",)]
-    return [(tuple(str(cols[k][i]) for k in keys), store.roi(i).tobytes()) for i in range(len(store))]
-
-
 def test_sigkill_anywhere_then_resume_gives_the_uninterrupted_store(tmp_path: Path, capsys) -> None:
     seed = int(os.environ.get("ACTIVESSF_KILL_SEED", random.SystemRandom().randrange(1 << 30)))
     with capsys.disabled():
@@ -100,7 +92,7 @@ def test_sigkill_anywhere_then_resume_gives_the_uninterrupted_store(tmp_path: Pa
     started = time.perf_counter()
     assert child(["filter", "--input", str(tiles), "--out", str(reference), *FLAGS]).wait() == 0
     duration = time.perf_counter() - started
-    expected = contents(reference)
+    expected = store_contents(reference)
     assert expected
 
     points = PLANTED + STOPPED + [f"random:{rng.uniform(0.3, 1.0) * duration:.2f}" for _ in range(RANDOM_KILLS)]
@@ -110,7 +102,7 @@ def test_sigkill_anywhere_then_resume_gives_the_uninterrupted_store(tmp_path: Pa
             pool.map(lambda k: kill_and_resume(points[k], tiles, tmp_path / f"store{k}"), range(len(points)))
         )
     for point, out in zip(points, outcomes, strict=True):
-        assert contents(out) == expected, f"{point}: the resumed store differs (seed {seed})"
+        assert store_contents(out) == expected, f"{point}: the resumed store differs (seed {seed})"
         assert verify_store(out, deep=True) == [], point
     assert len(points) >= 10
 
