@@ -190,7 +190,8 @@ def _select_lines(s: dict[str, Any]) -> list[str]:
         f"selected store   {s['selected_store']}",
         f"strategy         {s['strategy']} (alpha {s['alpha']}, {s['threshold_mode']} thresholds, "
         f"{s['bounds']} bounds)",
-        f"candidates       {s['candidates']}, selected {s['selected']}",
+        f"candidates       {s['candidates']}, {s['within_threshold']} within their threshold, selected {s['selected']}"
+        + (f" (budget {s['budget']:g}, balanced by {s['balance_by']})" if s["strategy"] == "gated-balanced" else ""),
         f"features         {s['features_computed']} computed, {s['features_cached']} from cache",
         "cluster  n_i   threshold  candidates  selected  dominant class",
     ]

@@ -19,7 +19,8 @@ NormalizeMode = Literal["minmax", "channel_minmax", "none"]
 MergeMethod = Literal["ward", "centroid"]
 HsvSource = Literal["quantized", "blurred"]
 PadMode = Literal["constant", "edge"]
-StrategyName = Literal["activessf", "all", "random", "balanced"]
+StrategyName = Literal["activessf", "all", "random", "balanced", "gated-balanced"]
+BalanceBy = Literal["kmeans", "prototypes", "both"]
 ThresholdMode = Literal["density", "fixed"]
 BoundsMode = Literal["cluster", "global"]
 
@@ -217,8 +218,8 @@ class PrototypeConfig:
 class SelectionConfig:
     """Active Sample Selection (Eq. 7-9) and the baselines it is compared with."""
 
-    # `activessf` (Eq. 7-9); baselines: `all`, `random` (as many as activessf keeps, seeded), `balanced`
-    # (hierarchical k-means balanced sampling, as many as activessf keeps).
+    # `activessf` (Eq. 7-9); baselines: `all`, `random` (seeded), `balanced` (hierarchical k-means balanced
+    # sampling); `gated-balanced`: the activessf thresholds as a gate, then balanced sampling of what passed.
     strategy: StrategyName = "activessf"
     # Algorithm 1 lists alpha = 0.5 as an input; section III-B reports alpha = 1. 0.5 is the default:
     # the square root keeps thresholds of mid-sized clusters near UB, so rare subtypes are kept
@@ -230,9 +231,19 @@ class SelectionConfig:
     bounds: BoundsMode = "cluster"
     seed: int = 0  # for the `random` and `balanced` strategies
     balanced_subclusters: int = 4  # second level of the hierarchical k-means of `balanced`
+    # How many candidates `random`, `balanced` and `gated-balanced` keep: a count (> 1), a fraction of the
+    # candidates (0 < budget <= 1), or 0: as many as activessf keeps (`gated-balanced` needs a budget).
+    budget: float = 0.0
+    # How `gated-balanced` spreads its budget: `kmeans` (hierarchical k-means of the gated candidates, as
+    # `balanced`), `prototypes` (equal quotas per prototype cluster), `both` (quotas per prototype cluster,
+    # then k-means sub-clusters within each).
+    balance_by: BalanceBy = "kmeans"
 
     def __post_init__(self) -> None:
         _require("selection", "alpha", self.alpha, above=0)
+        _require("selection", "budget", self.budget, low=0)
+        if self.budget > 1 and self.budget != int(self.budget):
+            raise ValueError(f"selection.budget above 1 is a count and must be whole, got {self.budget}")
         _require("selection", "fixed_threshold", self.fixed_threshold, low=0)
         _require("selection", "balanced_subclusters", self.balanced_subclusters, low=1)
 

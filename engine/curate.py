@@ -225,7 +225,7 @@ def _cluster_table(prototypes: Prototypes, thresholds: np.ndarray | None = None)
 
 def _write_decisions(root: Path, decisions: Decisions) -> None:
     group = zarr.open_group(str(root / "decisions"), mode="w", zarr_format=3)
-    for name in ("cluster", "distance", "threshold", "selected"):
+    for name in ("cluster", "distance", "threshold", "within_threshold", "selected"):
         values = getattr(decisions, name)
         arr = group.create_array(name, shape=values.shape, chunks=(max(1, len(values)),), dtype=values.dtype)
         if len(values):
@@ -328,7 +328,10 @@ def run_select(
         "alpha": config.selection.alpha,
         "threshold_mode": config.selection.threshold_mode,
         "bounds": config.selection.bounds,
+        "budget": config.selection.budget,
+        "balance_by": config.selection.balance_by,
         "candidates": len(decisions),
+        "within_threshold": int(decisions.within_threshold.sum()),
         "selected": int(decisions.selected.sum()),
         "clusters": clusters,
         "features_computed": feature_stats["computed"],
