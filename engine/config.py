@@ -289,6 +289,8 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:
     if dataclasses.is_dataclass(hint):
+        if isinstance(value, hint):  # already built (replace_section with an HsvRange, say)
+            return value
         if not isinstance(value, dict):
             raise ValueError(f"{where} must be a table, got {value!r}")
         return from_dict(hint, value, where)
