@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import dataclasses
 import hashlib
 import json
 import logging
@@ -48,7 +47,7 @@ import numpy as np
 import torch
 import zarr
 from realistic_pool import BCCD_CELL, JUNK, bccd_tiles, concat_stores, filter_junk, junk_truth, pool_key
-from ssl_probe import ProbeSplit, SslSchedule, downsample, encode, make_encoder, pretrain, probe
+from ssl_probe import DownstreamInputs, SslSchedule, downsample, print_table, run_table
 
 from activessf_engine.config import EngineConfig, load_config, replace_section, to_dict
 from activessf_engine.curate import labeled_rois, run_prototypes, run_select
@@ -302,63 +301,27 @@ def run_strategies(
     return chosen, budget, summaries
 
 
-def downstream(
+def downstream_inputs(
     args: argparse.Namespace,
     config: EngineConfig,
     pool: Path,
     labeled: Path,
     chosen: dict[str, np.ndarray],
     rare: list[str],
-) -> dict[str, Any]:
-    """SimCLR on each strategy's set, the same schedule for all, probed on the labeled cells; `rare`
-    are the classes whose mean F1 is reported apart."""
-    schedule = SslSchedule(steps=args.ssl_steps, batch=args.ssl_batch, resolution=args.ssl_resolution)
+) -> DownstreamInputs:
+    """What the SSL table needs, at its resolution: the pool, each strategy's rows, the labeled cells."""
     rois, labels, class_names, _ = labeled_rois(labeled, config, args.device)
-    split = ProbeSplit.make(downsample(rois, schedule.resolution), labels, class_names)
     store = RoiStore(pool)
-    pool_images = downsample(np.concatenate([store.part_rois(p) for p in store.parts]), schedule.resolution)
-    results: dict[str, Any] = {"rare": rare, "schedule": dataclasses.asdict(schedule)}
-    sets = {"untrained encoder": None, **chosen}
-    for name, rows in sets.items():
-        runs = []
-        for seed in range(args.seeds):
-            if rows is None:
-                torch.manual_seed(seed)
-                encoder, curve = make_encoder().to(args.device).eval(), {}
-            else:
-                encoder, curve = pretrain(pool_images[torch.from_numpy(rows)], schedule, seed, args.device)
-            scores = probe(encode(encoder, split.images, args.device), split)
-            runs.append({"seed": seed, **curve, **scores})
-            print(
-                f"  {name:<32} seed {seed}: linear macro-F1 {scores['linear']['macro_f1']:.3f}, "
-                f"kNN {scores['knn']['macro_f1']:.3f}"
-                + (
-                    f", loss {curve['loss_first']:.2f} -> {curve['loss_last']:.2f} in {curve['seconds']:.0f} s"
-                    if curve
-                    else ""
-                ),
-                flush=True,
-            )
-        results[name] = {"rois": None if rows is None else len(rows), "runs": runs, **aggregate(runs, rare)}
-    return results
-
-
-def aggregate(runs: list[dict], rare: list[str]) -> dict[str, Any]:
-    """Mean and standard deviation over seeds of macro-F1 and of the rare classes' mean F1, per probe."""
-    out = {}
-    for probe_name in ("linear", "knn"):
-        macro = [r[probe_name]["macro_f1"] for r in runs]
-        rare_f1 = [np.mean([r[probe_name]["per_class_f1"][c] for c in rare]) for r in runs]
-        per_class = {
-            c: round(float(np.mean([r[probe_name]["per_class_f1"][c] for r in runs])), 4)
-            for c in runs[0][probe_name]["per_class_f1"]
-        }
-        out[probe_name] = {
-            "macro_f1": [round(float(np.mean(macro)), 4), round(float(np.std(macro)), 4)],
-            "rare_f1": [round(float(np.mean(rare_f1)), 4), round(float(np.std(rare_f1)), 4)],
-            "per_class_f1": per_class,
-        }
-    return out
+    small = [downsample(store.part_rois(p), args.ssl_resolution) for p in store.parts]
+    as_uint8 = lambda t: t.mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()  # noqa: E731
+    return DownstreamInputs(
+        pool=as_uint8(torch.cat(small)),
+        sets=chosen,
+        labeled=as_uint8(downsample(rois, args.ssl_resolution)),
+        labels=labels,
+        class_names=class_names,
+        rare=rare,
+    )
 
 
 # ---------------------------------------------------------------- report
@@ -401,23 +364,6 @@ def print_clusters(rows: list[dict]) -> None:
         )
 
 
-def print_downstream(results: dict[str, Any]) -> None:
-    rare = results["rare"]
-    print(
-        f"{'pretraining set':<32}{'ROIs':>6}{'linear macro-F1':>18}{'linear rare-F1':>17}"
-        f"{'kNN macro-F1':>15}{'kNN rare-F1':>14}"
-    )
-    for name, row in results.items():
-        if name in ("rare", "schedule"):
-            continue
-        cells = [row[p][m] for p in ("linear", "knn") for m in ("macro_f1", "rare_f1")]
-        print(
-            f"{name:<32}{(row['rois'] if row['rois'] is not None else '-'):>6}"
-            + "".join(f"{f'{m:.3f} ± {s:.3f}':>{w}}" for (m, s), w in zip(cells, (18, 17, 15, 14), strict=True))
-        )
-    print(f"rare classes: {', '.join(rare)}; mean ± std over seeds")
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, default=DATA / "pbc-longtail", help="the PBC long-tailed subset")
@@ -439,6 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit-unlabeled", type=int, help="only the first N unlabeled images by name")
     p.add_argument("--limit-labeled-per-class", type=int, help="only the first N labeled images per class")
     p.add_argument("--downstream", action="store_true", help="SimCLR on each set, then probes (first filter only)")
+    p.add_argument("--downstream-inputs", type=Path, help="save what the SSL table needs (.npz, for ssl_probe.py)")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--ssl-steps", type=int, default=300)
     p.add_argument("--ssl-batch", type=int, default=128)
@@ -522,15 +469,21 @@ def main(argv: list[str] | None = None) -> int:
             "select_summaries": summaries,
             "config": to_dict(config),
         }
+        if (args.downstream or args.downstream_inputs) and index == 0:
+            inputs = downstream_inputs(args, config, pool, labeled, chosen, rare)
+            if args.downstream_inputs:
+                inputs.save(args.downstream_inputs)
+                print(f"wrote the downstream inputs to {args.downstream_inputs}")
         if args.downstream and index == 0:
             start = time.perf_counter()
+            schedule = SslSchedule(steps=args.ssl_steps, batch=args.ssl_batch, resolution=args.ssl_resolution)
             print(
-                f"\nDownstream: SimCLR {args.ssl_steps} steps x {args.ssl_batch} at {args.ssl_resolution}px, "
+                f"\nDownstream: SimCLR {schedule.steps} steps x {schedule.batch} at {schedule.resolution}px, "
                 f"{args.seeds} seeds, on {args.device}"
             )
-            entry["downstream"] = downstream(args, config, pool, labeled, chosen, rare)
+            entry["downstream"] = run_table(inputs, schedule, args.seeds, args.device)
             entry["downstream_seconds"] = round(time.perf_counter() - start, 1)
-            print_downstream(entry["downstream"])
+            print_table(entry["downstream"])
             print(f"downstream wall time {entry['downstream_seconds']:.0f} s")
         result["presets"][preset] = entry
     result["wall_seconds"] = round(time.perf_counter() - started, 1)

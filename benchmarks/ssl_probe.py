@@ -1,5 +1,11 @@
 """Downstream value of a pretraining set: SimCLR pretraining on it, then linear and kNN probes on labeled cells.
 
+`selection_quality.py --downstream` runs this on each strategy's set; ``--downstream-inputs FILE.npz``
+saves what it needs (the pool at the SSL resolution, each set's rows, the labeled cells), and this script
+runs the table from such a file anywhere, a GPU machine without the data included::
+
+    python benchmarks/ssl_probe.py /tmp/downstream.npz --device cuda --seeds 3 --steps 1000 --json /tmp/ssl.json
+
 The paper measures selection by what a self-supervised model pretrained on the selected set learns. This
 is the same measurement at a size that runs on two CPU cores: a small CNN (four stride-2 stages, 256-d
 features) trained with SimCLR's NT-Xent loss (Chen et al. 2020) on 64x64 versions of the ROIs, every set
@@ -13,9 +19,14 @@ macro-F1 and per-class F1.
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import json
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import kornia.augmentation as K
 import numpy as np
@@ -179,3 +190,131 @@ def probe(features: np.ndarray, split: ProbeSplit) -> dict[str, dict]:
             "per_class_f1": {c: round(float(v), 4) for c, v in zip(split.class_names, per_class, strict=True)},
         }
     return results
+
+
+UNTRAINED = "untrained encoder"
+
+
+@dataclass(frozen=True)
+class DownstreamInputs:
+    """Everything the downstream table needs, at the SSL resolution: no store, no model, no raw data."""
+
+    pool: np.ndarray  # (n, r, r, 3) uint8, the candidate pool
+    sets: dict[str, np.ndarray]  # strategy -> pool rows it selected
+    labeled: np.ndarray  # (m, r, r, 3) uint8, the labeled cells, framed like the candidates
+    labels: np.ndarray  # (m,) int64
+    class_names: list[str]
+    rare: list[str]  # classes whose mean F1 is reported apart
+
+    def save(self, path: Path) -> None:
+        arrays = {f"set_{i}": rows for i, rows in enumerate(self.sets.values())}
+        meta = {"sets": list(self.sets), "class_names": self.class_names, "rare": self.rare}
+        np.savez_compressed(
+            path,
+            pool=self.pool,
+            labeled=self.labeled,
+            labels=self.labels,
+            **arrays,
+            meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
+        )
+
+    @classmethod
+    def load(cls, path: Path) -> DownstreamInputs:
+        with np.load(path) as data:
+            meta = json.loads(data["meta"].tobytes().decode())
+            sets = {name: data[f"set_{i}"] for i, name in enumerate(meta["sets"])}
+            return cls(data["pool"], sets, data["labeled"], data["labels"], meta["class_names"], meta["rare"])
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """(n, r, r, 3) uint8 -> (n, 3, r, r) float32 in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255)
+
+
+def run_table(inputs: DownstreamInputs, schedule: SslSchedule, seeds: int, device: str = "cpu") -> dict[str, Any]:
+    """SimCLR on each set (and an untrained encoder, the floor), probed over `seeds` seeds."""
+    split = ProbeSplit.make(to_tensor(inputs.labeled), inputs.labels, inputs.class_names)
+    pool = to_tensor(inputs.pool)
+    results: dict[str, Any] = {"rare": inputs.rare, "schedule": dataclasses.asdict(schedule), "device": device}
+    for name, rows in {UNTRAINED: None, **inputs.sets}.items():
+        runs = []
+        for seed in range(seeds):
+            if rows is None:
+                torch.manual_seed(seed)
+                encoder, curve = make_encoder().to(device).eval(), {}
+            else:
+                encoder, curve = pretrain(pool[torch.from_numpy(rows)], schedule, seed, device)
+            scores = probe(encode(encoder, split.images, device), split)
+            runs.append({"seed": seed, **curve, **scores})
+            trained = (
+                f", loss {curve['loss_first']:.2f} -> {curve['loss_last']:.2f} in {curve['seconds']:.0f} s"
+                if curve
+                else ""
+            )
+            print(
+                f"  {name:<32} seed {seed}: linear macro-F1 {scores['linear']['macro_f1']:.3f}, "
+                f"kNN {scores['knn']['macro_f1']:.3f}{trained}",
+                flush=True,
+            )
+        results[name] = {"rois": None if rows is None else len(rows), "runs": runs, **aggregate(runs, inputs.rare)}
+    return results
+
+
+def aggregate(runs: list[dict], rare: list[str]) -> dict[str, Any]:
+    """Mean and standard deviation over seeds of macro-F1 and of the rare classes' mean F1, per probe."""
+    out = {}
+    for name in ("linear", "knn"):
+        macro = [r[name]["macro_f1"] for r in runs]
+        rare_f1 = [np.mean([r[name]["per_class_f1"][c] for c in rare]) for r in runs]
+        classes = runs[0][name]["per_class_f1"]
+        out[name] = {
+            "macro_f1": [round(float(np.mean(macro)), 4), round(float(np.std(macro)), 4)],
+            "rare_f1": [round(float(np.mean(rare_f1)), 4), round(float(np.std(rare_f1)), 4)],
+            "per_class_f1": {c: round(float(np.mean([r[name]["per_class_f1"][c] for r in runs])), 4) for c in classes},
+        }
+    return out
+
+
+def print_table(results: dict[str, Any]) -> None:
+    print(
+        f"{'pretraining set':<32}{'ROIs':>6}{'linear macro-F1':>18}{'linear rare-F1':>17}"
+        f"{'kNN macro-F1':>15}{'kNN rare-F1':>14}"
+    )
+    for name, row in results.items():
+        if not isinstance(row, dict) or "runs" not in row:
+            continue
+        cells = [row[p][m] for p in ("linear", "knn") for m in ("macro_f1", "rare_f1")]
+        print(
+            f"{name:<32}{(row['rois'] if row['rois'] is not None else '-'):>6}"
+            + "".join(f"{f'{m:.3f} ± {s:.3f}':>{w}}" for (m, s), w in zip(cells, (18, 17, 15, 14), strict=True))
+        )
+    print(f"rare classes: {', '.join(results['rare'])}; mean ± std over seeds")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("inputs", type=Path, help="an .npz written by selection_quality.py --downstream-inputs")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=SslSchedule.steps)
+    parser.add_argument("--batch", type=int, default=SslSchedule.batch)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    inputs = DownstreamInputs.load(args.inputs)
+    schedule = SslSchedule(steps=args.steps, batch=args.batch, resolution=inputs.pool.shape[1])
+    started = time.perf_counter()
+    print(
+        f"SimCLR {schedule.steps} steps x {schedule.batch} at {schedule.resolution}px, {args.seeds} seeds, "
+        f"on {args.device}; pool {len(inputs.pool)}, labeled {len(inputs.labeled)}"
+    )
+    results = run_table(inputs, schedule, args.seeds, args.device)
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    print_table(results)
+    print(f"wall time {results['seconds']:.0f} s")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
