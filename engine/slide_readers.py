@@ -168,10 +168,10 @@ def _as_rgb(pixels: np.ndarray) -> np.ndarray:
     are transparent black)."""
     if pixels.ndim == 2 or pixels.shape[-1] == 1:
         return np.repeat(pixels.reshape(*pixels.shape[:2], 1), 3, axis=-1)
-    if pixels.shape[-1] == 4:
+    if pixels.shape[-1] == 4 and pixels[..., 3].min() < 255:
         alpha = pixels[..., 3:].astype(np.uint16)
         return (pixels[..., :3] * alpha // 255 + (255 - alpha)).astype(np.uint8)
-    return np.ascontiguousarray(pixels)
+    return np.ascontiguousarray(pixels[..., :3])
 
 
 SLIDE_READERS: dict[str, tuple[str, Callable[[str | Path], SlideReader]]] = {
