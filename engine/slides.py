@@ -96,7 +96,7 @@ def thumbnail(reader: SlideReader, side: int) -> tuple[np.ndarray, float]:
     strips = []
     for top in range(0, height, step * STRIP_ROWS):
         rows = min(step * STRIP_ROWS, height - top)
-        strips.append(reader.read(level, 0, top, width, rows)[::step, ::step])
+        strips.append(reader.read(level, 0, top, width, rows)[::step, ::step].copy())  # not a view of the strip
     return np.concatenate(strips), reader.downsamples[level] * step
 
 

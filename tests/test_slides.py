@@ -7,9 +7,11 @@ import csv
 import io
 import json
 import shutil
+import tracemalloc
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from slide_data import GLASS, MOSAIC_SIZE, mosaic, pyramid, write_slide
 
@@ -18,7 +20,15 @@ from activessf_engine.config import EngineConfig, InputConfig, replace_section
 from activessf_engine.data import RoiDataset
 from activessf_engine.pipeline import run_filter
 from activessf_engine.slide_readers import list_slide_readers, open_slide, slide_reader_for
-from activessf_engine.slides import choose_level, otsu_threshold, saturation, tile_spans
+from activessf_engine.slides import (
+    choose_level,
+    expand_slides,
+    otsu_threshold,
+    read_tile_batches,
+    saturation,
+    thumbnail,
+    tile_spans,
+)
 from activessf_engine.sources import Source
 from activessf_engine.store import RoiStore
 from activessf_engine.verify import verify_store
@@ -26,6 +36,7 @@ from activessf_engine.verify import verify_store
 HAS_OPENSLIDE = "openslide" in list_slide_readers()
 # Level 1 of the mosaic (0.5 um/px) read with the filter's sizes stated at 0.25 um/px: min_box 70 -> 35 and
 # overlap 256 -> 128 at level 1; tiles of 384, so the tile cores meet where slide_data.MOSAIC_LAYOUT says.
+CPU = torch.device("cpu")
 SLIDE_INPUT = {"mpp": 0.5, "reference_mpp": 0.25, "slide_tile": 384, "slide_overlap": 256}
 
 
@@ -297,3 +308,46 @@ def test_slide_on_dask_equals_the_threaded_run(slide_dir, slide_store, tmp_path)
 
 def test_mosaic_is_the_documented_size(level0):
     assert level0.shape[:2] == MOSAIC_SIZE[::-1]
+
+
+@pytest.mark.parametrize("compression", ["zlib", "jpeg"])
+def test_cucim_reads_what_tifffile_reads(tmp_path, level0, compression):
+    pytest.importorskip("cucim", reason="cuCIM is optional and not installed")
+    path = tmp_path / "smear.tif"
+    write_slide(path, level0[:900, :1500], mpp=0.25, compression=compression)
+    cucim, tiff = open_slide(path, "cucim"), open_slide(path, "tifffile")
+    try:
+        assert cucim.sizes == tiff.sizes and cucim.downsamples == tiff.downsamples and cucim.mpp == pytest.approx(0.25)
+        for level, (x, y, w, h) in [(0, (250, 100, 600, 300)), (2, (300, 200, 75, 25))]:
+            assert np.array_equal(cucim.read(level, x, y, w, h), tiff.read(level, x, y, w, h))
+    finally:
+        cucim.close()
+        tiff.close()
+
+
+def test_thumbnail_reads_strips_never_a_whole_level(tmp_path, level0):
+    write_slide(tmp_path / "flat.tif", level0, levels=1)  # one level: the thumbnail must come from level 0
+    slide = open_slide(tmp_path / "flat.tif", "tifffile")
+    try:
+        tracemalloc.start()
+        thumb, downsample = thumbnail(slide, 256)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    finally:
+        slide.close()
+    assert max(thumb.shape[:2]) <= 256 and downsample == 16
+    assert np.array_equal(thumb, level0[::16, ::16])
+    assert peak < level0.nbytes / 4  # one strip of 16 x 16 rows (3 MB) at a time, not the 22 MB level
+
+
+def test_tiles_read_in_parallel_are_the_tiles_read_one_by_one(slide_dir, level0):
+    config = slide_config(batch_size=5)
+    tiles, _ = expand_slides([Source("smear.tif", slide_dir / "smear.tif")], config.input)
+    level1 = pyramid(level0, 2)[1]
+    serial = [i for b in read_tile_batches(tiles, replace_section(config, "input", threads=1).input, CPU) for i in b]
+    parallel = read_tile_batches(tiles, replace_section(config, "input", threads=4).input, CPU)
+    batches = list(parallel)
+    assert [len(b) for b in batches] == [5] * (len(tiles) // 5) + ([len(tiles) % 5] if len(tiles) % 5 else [])
+    for tile, one, image in zip(tiles, serial, [i for b in batches for i in b], strict=True):
+        x0, y0, x1, y1 = tile.tile.window
+        assert torch.equal(one.image, image.image) and np.array_equal(image.image.numpy(), level1[y0:y1, x0:x1])
