@@ -351,3 +351,16 @@ def test_tiles_read_in_parallel_are_the_tiles_read_one_by_one(slide_dir, level0)
     for tile, one, image in zip(tiles, serial, [i for b in batches for i in b], strict=True):
         x0, y0, x1, y1 = tile.tile.window
         assert torch.equal(one.image, image.image) and np.array_equal(image.image.numpy(), level1[y0:y1, x0:x1])
+
+
+@pytest.mark.gpu
+def test_slide_on_cuda_makes_the_cpu_store(needs_gpu, slide_dir, slide_store, tmp_path):
+    out, _ = slide_store
+    summary = run_filter(slide_dir, tmp_path / "cuda", slide_config(), device="cuda")
+    assert summary.background_tiles > 0 and summary.decoders == {"tifffile": summary.sources_read}
+    cpu, gpu = RoiStore(out), RoiStore(tmp_path / "cuda")
+    assert len(cpu) == len(gpu) > 0
+    for name in ("box", "level0_box", "area", "fill_rate", "source_path"):
+        np.testing.assert_array_equal(gpu.columns()[name], cpu.columns()[name], err_msg=name)
+    for i in range(len(cpu)):
+        assert np.abs(gpu.roi(i).astype(int) - cpu.roi(i).astype(int)).max() <= 1  # resized on another device
