@@ -1,11 +1,10 @@
 """Whole-slide readers: the levels, microns per pixel and regions of a slide, from a well-kept library.
 
 One interface (`SlideReader`), one implementation per library, picked by name from `SLIDE_READERS`:
-`tifffile` reads pyramidal and OME TIFF (and Aperio .svs, Hamamatsu .ndpi) by decoding only the TIFF tiles
-a region covers; `openslide` reads every vendor format OpenSlide knows (`pip install
-'activessf-engine[slides]'`); `cucim` reads what cuCIM reads, where it is installed (never required).
-Regions are (H, W, 3) uint8 RGB in the pixels of the level read. A reader is not shared between threads:
-each thread opens its own (`pipeline`'s readers are per worker thread).
+`tifffile` reads pyramidal and OME TIFF and Aperio .svs by decoding only the TIFF tiles a region covers;
+`openslide` reads every format OpenSlide knows (`pip install 'activessf-engine[slides]'`); `cucim` reads what
+cuCIM reads, where it is installed (never required), on the host. Regions are (H, W, 3) uint8 RGB in the
+pixels of the level read. A reader is not shared between threads: `slides` opens one per reading thread.
 """
 
 from __future__ import annotations
@@ -21,7 +20,9 @@ import numpy as np
 # Microns per pixel outside this range are not a microscope's (72 dpi written by an image editor is 353 um).
 MPP_RANGE = (0.01, 50.0)
 PLAIN_TIFF = (".tif", ".tiff")  # a slide when pyramidal, OME, Aperio or Hamamatsu; else a tile file
-TIFF_VENDOR = (".svs", ".ndpi")  # vendor formats that tifffile reads too
+# Read with tifffile under `auto`: tiled TIFFs, where it measured 6x OpenSlide's tiles/s (benchmarks/README.md).
+# Hamamatsu .ndpi stores a level as one JPEG, which tifffile would decode whole: OpenSlide reads it by tiles.
+TIFFFILE_FIRST = (*PLAIN_TIFF, ".svs")
 
 
 class SlideReader(Protocol):
@@ -196,9 +197,9 @@ def open_slide(path: str | Path, reader: str) -> SlideReader:
 def slide_reader_for(path: Path, preference: str, slide_suffixes: tuple[str, ...]) -> str | None:
     """Which reader reads `path` as a slide, or None when it is a tile file (a JPEG, a TIFF of one level ...).
 
-    A TIFF is a slide when it is pyramidal, OME, Aperio or Hamamatsu. `auto` reads .tif/.tiff with tifffile and
-    the vendor formats with OpenSlide, else with tifffile (.svs, .ndpi) or cuCIM. A format whose library is
-    not installed is an error here, at the start of a run, naming what to install.
+    A TIFF is a slide when it is pyramidal, OME, Aperio or Hamamatsu. `auto` reads .tif, .tiff and .svs with
+    tifffile and the other formats with OpenSlide, else with cuCIM. A format whose library is not installed is
+    an error here, at the start of a run, naming what to install.
     """
     suffix = path.suffix.lower()
     plain_tiff = suffix in PLAIN_TIFF
@@ -206,8 +207,8 @@ def slide_reader_for(path: Path, preference: str, slide_suffixes: tuple[str, ...
         return None
     installed = list_slide_readers()
     if preference == "auto":
-        ranked = ["tifffile"] if plain_tiff else ["openslide", *(["tifffile"] if suffix in TIFF_VENDOR else [])]
-        preference = next((r for r in [*ranked, "cucim"] if r in installed), "openslide")
+        ranked = ["tifffile"] if suffix in TIFFFILE_FIRST else ["openslide", "cucim"]
+        preference = next((r for r in ranked if r in installed), ranked[0])
     if preference not in installed:
         raise ValueError(f"{path} is a slide read by {preference}, which is not installed: {INSTALL[preference]}")
     return preference

@@ -30,6 +30,11 @@ from activessf_engine.sources import SlideTile, Source
 
 log = logging.getLogger(__name__)
 
+
+class SlideSettingsError(ValueError):
+    """A slide and the settings do not fit together (no mpp to scale by, no such level): the run stops."""
+
+
 LEVEL_TOLERANCE = 1.1  # a level up to 10% coarser than the target mpp still counts as "at least as fine"
 STRIP_ROWS = 16  # thumbnail rows read at once (times the subsampling step), so the thumbnail never loads a level
 
@@ -38,7 +43,7 @@ def choose_level(slide: Source, reader: SlideReader, config: InputConfig) -> tup
     """(level, its microns per pixel or None, the scale of the filter's pixel sizes there) for `config`."""
     base = reader.mpp or config.base_mpp or None
     if base is None and (config.mpp or config.reference_mpp):
-        raise ValueError(
+        raise SlideSettingsError(
             f"slide {slide.relpath} states no microns per pixel in its metadata, so --mpp/--reference-mpp cannot "
             "be applied: give its level-0 microns per pixel with --base-mpp, or read a level by number "
             "(--mpp 0 --reference-mpp 0 --slide-level N)"
@@ -50,7 +55,7 @@ def choose_level(slide: Source, reader: SlideReader, config: InputConfig) -> tup
     else:
         level = config.slide_level
         if level >= len(reader.sizes):
-            raise ValueError(
+            raise SlideSettingsError(
                 f"slide {slide.relpath} has {len(reader.sizes)} level(s), so --slide-level {level} does not exist"
             )
     reference = config.reference_mpp or config.mpp
@@ -121,7 +126,7 @@ def slide_tiles(slide: Source, reader: SlideReader, config: InputConfig) -> tupl
     level, mpp, scale = choose_level(slide, reader, config)
     overlap = round(config.slide_overlap * scale)
     if overlap >= config.slide_tile:
-        raise ValueError(
+        raise SlideSettingsError(
             f"slide {slide.relpath}: slide_overlap {config.slide_overlap} is {overlap} pixels at level {level}, "
             f"not below slide_tile {config.slide_tile}: raise --slide-tile or lower --slide-overlap"
         )
@@ -165,7 +170,8 @@ def slide_tiles(slide: Source, reader: SlideReader, config: InputConfig) -> tupl
 
 def expand_slides(sources: list[Source], config: InputConfig) -> tuple[list[Source], list[dict[str, Any]]]:
     """`sources` with every slide replaced by its tiles (in place, so the order by path holds), and the slides
-    table. A slide that cannot be opened stays one source, which its reading then records as skipped."""
+    table. A slide that cannot be opened or whose thumbnail cannot be read stays one source, recorded as skipped
+    with the reason; settings that do not fit a slide (`SlideSettingsError`) stop the run."""
     expanded, table = [], []
     for source in sources:
         reader_name = slide_reader_for(source.path, config.slide_reader, config.slide_extensions)
@@ -174,16 +180,17 @@ def expand_slides(sources: list[Source], config: InputConfig) -> tuple[list[Sour
             continue
         try:
             reader = open_slide(source.path, reader_name)
-        except Exception as exc:  # a damaged slide: skipped with its reason when read, like a damaged tile file
-            log.debug("slide %s cannot be opened: %s", source.relpath, exc)
-            unread = SlideTile(source.relpath, reader_name, 0, (0, 0, 0, 0), (0, 0, 0, 0), 1.0, 1.0, None)
-            expanded.append(dataclasses.replace(source, tile=unread))
-            table.append({"path": source.relpath, "reader": reader_name, "tiles": 0, "background_tiles": 0})
-            continue
-        try:
-            tiles, row = slide_tiles(source, reader, config)
-        finally:
-            reader.close()
+            try:
+                tiles, row = slide_tiles(source, reader, config)
+            finally:
+                reader.close()
+        except SlideSettingsError:
+            raise
+        except Exception as exc:  # a damaged slide: one source, skipped with the reason, like a damaged tile file
+            reason = f"{type(exc).__name__}: {exc}"
+            unread = SlideTile(source.relpath, reader_name, 0, (0, 0, 0, 0), (0, 0, 0, 0), 1.0, 1.0, None, reason)
+            tiles = [dataclasses.replace(source, tile=unread)]
+            row = {"path": source.relpath, "reader": reader_name, "tiles": 0, "background_tiles": 0, "error": reason}
         expanded += tiles
         table.append(row)
     return expanded, table
@@ -220,12 +227,11 @@ class _Readers:
 def _read_tile(readers: _Readers, source: Source) -> DecodedImage:
     tile = source.tile
     x0, y0, x1, y1 = tile.window
+    if tile.error is not None:
+        return DecodedImage(source.path, None, f"slide unreadable: {tile.error}", "", 0, 0)
     try:
-        reader = readers.get(source.path, tile.reader)
-        if x1 <= x0 or y1 <= y0:
-            raise ValueError("it could not be opened when the run was planned")
-        pixels = reader.read(tile.level, x0, y0, x1 - x0, y1 - y0)
-    except Exception as exc:  # a damaged slide or tile becomes a record, as a damaged file does
+        pixels = readers.get(source.path, tile.reader).read(tile.level, x0, y0, x1 - x0, y1 - y0)
+    except Exception as exc:  # a damaged tile becomes a record, as a damaged file does
         return DecodedImage(source.path, None, f"slide unreadable: {type(exc).__name__}: {exc}", "", x1 - x0, y1 - y0)
     return DecodedImage(source.path, torch.from_numpy(pixels), None, tile.reader, x1 - x0, y1 - y0)
 

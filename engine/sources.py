@@ -30,6 +30,7 @@ class SlideTile:
     downsample: float  # level-0 pixels per pixel of `level`
     scale: float  # the filter's pixel sizes are multiplied by this at this level (reference mpp / level mpp)
     mpp: float | None  # microns per pixel of `level`; None where the slide states none
+    error: str | None = None  # why the slide could not be planned (it then stands as one source, skipped)
 
     def owns(self, boxes: np.ndarray) -> np.ndarray:
         """Which region boxes (n, 4, in window pixels) have their centre in the core: (n,) bool."""

@@ -148,6 +148,10 @@ def test_only_pyramidal_tiffs_are_slides_and_a_missing_reader_is_named(tmp_path,
     assert slide_reader_for(tmp_path / "tile.tif", "auto", suffixes) is None
     assert slide_reader_for(tmp_path / "tile.jpg", "auto", suffixes) is None
     assert slide_reader_for(tmp_path / "slide.tif", "auto", suffixes) == "tifffile"
+    assert slide_reader_for(tmp_path / "scan.svs", "auto", suffixes) == "tifffile"  # whatever is installed
+    if HAS_OPENSLIDE:
+        assert slide_reader_for(tmp_path / "scan.ndpi", "auto", suffixes) == "openslide"
+        assert slide_reader_for(tmp_path / "slide.tif", "openslide", suffixes) == "openslide"
     monkeypatch.setattr("activessf_engine.slide_readers.list_slide_readers", lambda: ["tifffile"])
     with pytest.raises(ValueError, match=r"scan.mrxs.*openslide.*activessf-engine\[slides\]"):
         slide_reader_for(tmp_path / "scan.mrxs", "auto", suffixes)
