@@ -104,9 +104,12 @@ class TiffSlideReader:
                 index = row * across + col
                 handle.seek(page.dataoffsets[index])
                 raw = handle.read(page.databytecounts[index])
-                segment = page.decode(raw, index, jpegtables=page.jpegtables)[0]
-                segment = segment.reshape(segment.shape[-3:])
                 top, left = row * seg_h, col * seg_w
+                if not raw:  # a tile the scanner left out (sparse TIFF): bare glass, as OpenSlide shows it
+                    segment = np.full((seg_h, seg_w, page.samplesperpixel), 255, np.uint8)
+                else:
+                    segment = page.decode(raw, index, jpegtables=page.jpegtables)[0]
+                    segment = segment.reshape(segment.shape[-3:])
                 y0, y1 = max(y, top), min(y + height, top + segment.shape[0])
                 x0, x1 = max(x, left), min(x + width, left + segment.shape[1])
                 out[y0 - y : y1 - y, x0 - x : x1 - x] = segment[y0 - top : y1 - top, x0 - left : x1 - left]

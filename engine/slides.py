@@ -36,7 +36,7 @@ class SlideSettingsError(ValueError):
 
 
 LEVEL_TOLERANCE = 1.1  # a level up to 10% coarser than the target mpp still counts as "at least as fine"
-STRIP_ROWS = 16  # thumbnail rows read at once (times the subsampling step), so the thumbnail never loads a level
+STRIP_PIXELS = 1 << 24  # pixels of a level read at once for the thumbnail (48 MB), so no level is loaded whole
 
 
 def choose_level(slide: Source, reader: SlideReader, config: InputConfig) -> tuple[int, float | None, float]:
@@ -93,14 +93,16 @@ def otsu_threshold(values: np.ndarray) -> int:
 
 def thumbnail(reader: SlideReader, side: int) -> tuple[np.ndarray, float]:
     """A thumbnail of at most `side` pixels on its longer side, and its level-0 pixels per pixel. Read from the
-    finest level that small, else from the coarsest level strip by strip, one pixel in `step` kept."""
+    finest level that small, else from the coarsest level in strips of at most STRIP_PIXELS (or `step` rows), one
+    pixel in `step` kept."""
     small = [k for k, (w, h) in enumerate(reader.sizes) if max(w, h) <= side]
     level = small[0] if small else len(reader.sizes) - 1
     width, height = reader.sizes[level]
     step = max(1, math.ceil(max(width, height) / side))
+    strip_rows = max(1, STRIP_PIXELS // (width * step)) * step
     strips = []
-    for top in range(0, height, step * STRIP_ROWS):
-        rows = min(step * STRIP_ROWS, height - top)
+    for top in range(0, height, strip_rows):
+        rows = min(strip_rows, height - top)
         strips.append(reader.read(level, 0, top, width, rows)[::step, ::step].copy())  # not a view of the strip
     return np.concatenate(strips), reader.downsamples[level] * step
 
@@ -117,7 +119,7 @@ def tissue_fractions(
     for i, (x0, y0, x1, y1) in enumerate(windows):
         tx0, ty0 = math.floor(x0 * ratio), math.floor(y0 * ratio)
         tx1, ty1 = max(tx0 + 1, math.ceil(x1 * ratio)), max(ty0 + 1, math.ceil(y1 * ratio))
-        fractions[i] = tissue[ty0:ty1, tx0:tx1].mean() if tissue[ty0:ty1, tx0:tx1].size else 0.0
+        fractions[i] = tissue[ty0:ty1, tx0:tx1].mean()  # never empty: the window lies on the slide
     return fractions
 
 
@@ -212,7 +214,9 @@ class _Readers:
         self._lock = threading.Lock()
 
     def get(self, path: Path, name: str) -> SlideReader:
-        mine = self._local.__dict__.setdefault("readers", {})
+        if not hasattr(self._local, "readers"):
+            self._local.readers = {}
+        mine = self._local.readers
         if (path, name) not in mine:
             mine[(path, name)] = open_slide(path, name)
             with self._lock:

@@ -11,6 +11,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
+import tifffile
 import torch
 from PIL import Image
 from slide_data import GLASS, MOSAIC_SIZE, mosaic, pyramid, write_slide
@@ -329,7 +330,8 @@ def test_cucim_reads_what_tifffile_reads(tmp_path, level0, compression):
         tiff.close()
 
 
-def test_thumbnail_reads_strips_never_a_whole_level(tmp_path, level0):
+def test_thumbnail_reads_strips_never_a_whole_level(tmp_path, level0, monkeypatch):
+    monkeypatch.setattr("activessf_engine.slides.STRIP_PIXELS", 1 << 20)  # strips of 256 rows of this slide
     write_slide(tmp_path / "flat.tif", level0, levels=1)  # one level: the thumbnail must come from level 0
     slide = open_slide(tmp_path / "flat.tif", "tifffile")
     try:
@@ -341,7 +343,7 @@ def test_thumbnail_reads_strips_never_a_whole_level(tmp_path, level0):
         slide.close()
     assert max(thumb.shape[:2]) <= 256 and downsample == 16
     assert np.array_equal(thumb, level0[::16, ::16])
-    assert peak < level0.nbytes / 4  # one strip of 16 x 16 rows (3 MB) at a time, not the 22 MB level
+    assert peak < level0.nbytes / 4  # strips, not the 22 MB level
 
 
 def test_tiles_read_in_parallel_are_the_tiles_read_one_by_one(slide_dir, level0):
@@ -368,3 +370,21 @@ def test_slide_on_cuda_makes_the_cpu_store(needs_gpu, slide_dir, slide_store, tm
         np.testing.assert_array_equal(gpu.columns()[name], cpu.columns()[name], err_msg=name)
     for i in range(len(cpu)):
         assert np.abs(gpu.roi(i).astype(int) - cpu.roi(i).astype(int)).max() <= 1  # resized on another device
+
+
+def test_a_tile_left_out_of_a_sparse_tiff_reads_as_bare_glass(tmp_path, level0):
+    path = tmp_path / "sparse.tif"
+    planes = write_slide(path, level0[:512, :512], levels=2)
+    with tifffile.TiffFile(path) as tf:  # empty the first tile of level 0, as scanners do where they saw nothing
+        tag = tf.pages[0].tags["TileByteCounts"]
+        offset, width = tag.valueoffset, tag.valuebytecount // tag.count
+    with open(path, "r+b") as fh:
+        fh.seek(offset)
+        fh.write(bytes(width))
+    slide = open_slide(path, "tifffile")
+    try:
+        region = slide.read(0, 128, 128, 256, 256)
+    finally:
+        slide.close()
+    assert (region[:128, :128] == 255).all()
+    assert np.array_equal(region[128:, 128:], planes[0][256:384, 256:384])
