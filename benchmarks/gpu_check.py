@@ -31,7 +31,7 @@ PREFLIGHT = """
 import importlib, json, subprocess, sys
 versions = {}
 for name in ("torch", "torchvision", "cupy", "numba", "scipy", "sklearn", "kornia", "zarr", "numcodecs", "timm",
-             "nvidia.dali", "cuml", "cv2"):
+             "nvidia.dali", "cuml", "cv2", "tifffile", "imagecodecs", "openslide"):
     try:
         versions[name] = getattr(importlib.import_module(name), "__version__", "?")
     except Exception as error:
@@ -92,6 +92,18 @@ STEPS = [
         "selection",
         "benchmarks/select_throughput.py --device cuda --rois 100000 --distinct 10000 --writers 16 --json {json}",
         220,
+    ),
+    Step(
+        "slides-gpu-tests",
+        "slides",
+        "-m pytest -p no:cacheprovider -m gpu -q --junitxml {xml} tests/test_slides.py",
+        150,
+    ),
+    Step(
+        "slide-read",
+        "slides",
+        "benchmarks/slide_read.py --size 16384x12288 --tile 2048 --rounds 3 --json {json}",
+        240,
     ),
     Step(
         "features-compile",

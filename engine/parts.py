@@ -20,6 +20,7 @@ from activessf_engine.crops import cut_rois
 from activessf_engine.decode import DecodedImage, Decoder, decode_batches
 from activessf_engine.device import DeviceChoice
 from activessf_engine.regions import StageTimes, TileRegions, find_regions
+from activessf_engine.slides import expand_slides, plan_groups, read_tile_batches, scaled_filter
 from activessf_engine.sources import Source, find_sources
 from activessf_engine.store import ROI_COLUMNS, PartData, RoiStore, StoreWriter, committed_parts
 
@@ -46,6 +47,8 @@ class FilterSummary:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     decoders: dict[str, int] = field(default_factory=dict)
     tiles_below_min_box: int = 0  # tiles whose shorter side is under filter.min_box: no region can pass there
+    slides: int = 0  # whole slides among the inputs (each read as tiles, which count as sources)
+    background_tiles: int = 0  # slide tiles not read: no smear on them on the slide's thumbnail
 
     @property
     def images_per_second(self) -> float:
@@ -102,9 +105,12 @@ class FilterSummary:
 
 
 def plan_parts(sources: list[Source], sources_per_part: int) -> list[list[str]]:
-    """Sources, sorted by path, cut into consecutive parts."""
-    paths = [s.relpath for s in sources]
-    return [paths[i : i + sources_per_part] for i in range(0, len(paths), sources_per_part)]
+    """Sources, sorted by path, cut into consecutive parts; a part holds tile files or tiles of one slide."""
+    return [
+        [s.relpath for s in group[i : i + sources_per_part]]
+        for group in plan_groups(sources)
+        for i in range(0, len(group), sources_per_part)
+    ]
 
 
 @dataclass
@@ -113,7 +119,7 @@ class FilterPlan:
 
     sources: list[Source]
     plan: list[list[str]]  # relative paths of the sources of each part
-    attrs: dict[str, Any]  # the store's attributes: config and input root
+    attrs: dict[str, Any]  # the store's attributes: config, input root and slides table
 
     def same_output(self, meta: dict[str, Any]) -> list[str]:
         """Why an existing store's parts would differ from this run's (a resume is refused if any)."""
@@ -142,6 +148,8 @@ class FilterPlan:
             sources_total=len(self.sources),
             parts_total=len(self.plan),
             parts_already_done=len(self.plan) - len(pending),
+            slides=len(self.attrs["slides"]),
+            background_tiles=sum(row["background_tiles"] for row in self.attrs["slides"]),
         )
 
     def pending(self, root: str | Path) -> list[tuple[int, list[Source]]]:
@@ -152,15 +160,18 @@ class FilterPlan:
 
 
 def prepare_filter(input_path: str | Path, out: str | Path, config: EngineConfig) -> FilterPlan:
-    """The sources under `input_path` and their plan of parts; refuses an `out` that holds the input."""
+    """The sources under `input_path` (each slide as its tiles) and their plan of parts; refuses an `out` that
+    holds the input."""
     input_root, store_root = Path(input_path).resolve(), Path(out).resolve()
     if store_root == input_root or store_root in input_root.parents:
         raise ValueError(f"--out {out} holds the input {input_path}: choose an --out outside the input folder")
-    sources = find_sources(input_path, config.input.extensions, exclude=store_root)
-    if not sources:
-        raise FileNotFoundError(f"no images ({', '.join(config.input.extensions)}) found under {input_path}")
+    suffixes = (*config.input.extensions, *config.input.slide_extensions)
+    found = find_sources(input_path, suffixes, exclude=store_root)
+    if not found:
+        raise FileNotFoundError(f"no images or slides ({', '.join(suffixes)}) found under {input_path}")
+    sources, slides = expand_slides(found, config.input)
     plan = plan_parts(sources, config.store.sources_per_part)
-    return FilterPlan(sources, plan, {"config": to_dict(config), "input_root": str(input_root)})
+    return FilterPlan(sources, plan, {"config": to_dict(config), "input_root": str(input_root), "slides": slides})
 
 
 def filter_part(
@@ -192,10 +203,14 @@ def filter_part(
 def decode_part(
     sources: list[Source], config: EngineConfig, device: DeviceChoice, decoder: Decoder
 ) -> Iterator[tuple[list[Source], list[DecodedImage]]]:
-    """The sources of one part decoded batch by batch (`decode_batches`), each batch with its sources: the
-    same batches in every kind of run, so the same regions."""
+    """The sources of one part decoded (tile files: `decode_batches`) or read (slide tiles: `read_tile_batches`)
+    batch by batch, each batch with its sources: the same batches in every kind of run, so the same regions."""
+    if sources and sources[0].tile is not None:
+        batches = read_tile_batches(sources, config.input, device.torch_device)
+    else:
+        batches = decode_batches([s.path for s in sources], config.input, device, decoder)
     done = 0
-    for images in decode_batches([s.path for s in sources], config.input, device, decoder):
+    for images in batches:
         yield sources[done : done + len(images)], images
         done += len(images)
 
@@ -212,6 +227,7 @@ def source_record(source: Source, image: DecodedImage, rois: int) -> dict[str, A
         "decoder": image.decoder,
         "exif_orientation": image.orientation,
         "rois": rois,
+        **(source.tile.record() if source.tile is not None else {}),
     }
 
 
@@ -224,6 +240,11 @@ class PartBuilder:
         self.table: list[dict[str, Any]] = []
 
     def add(self, source: Source, image: DecodedImage, regions: TileRegions | None, config: EngineConfig) -> None:
+        """The ROIs of one tile; of a slide tile, only those of the regions whose centre lies in its core."""
+        tile = source.tile
+        if regions is not None and tile is not None:
+            owned = tile.owns(regions.boxes)
+            regions = TileRegions(regions.boxes[owned], regions.areas[owned], regions.fill_rates[owned])
         count = 0 if regions is None else len(regions.boxes)
         if count:
             cut, crop_boxes = cut_rois(image.image, regions.boxes, config.crop)
@@ -234,6 +255,7 @@ class PartBuilder:
                 ("area", regions.areas),
                 ("fill_rate", regions.fill_rates),
                 ("source", np.full(count, len(self.table))),
+                ("level0_box", regions.boxes if tile is None else tile.level0_boxes(regions.boxes)),
             ):
                 self.columns[name].append(values)
         self.table.append(source_record(source, image, count))
@@ -249,9 +271,11 @@ class PartBuilder:
 def filter_batch(
     sources: list[Source], images: list[DecodedImage], config: EngineConfig, times: StageTimes, part: PartBuilder
 ) -> None:
-    """Regions of every decoded tile of a batch, cut into ROIs and added to its part."""
+    """Regions of every decoded tile of a batch, cut into ROIs and added to its part. The tiles of a batch are of
+    one part, so of one slide (whose level scales the filter's pixel sizes) or tile files."""
     ok = [i for i, img in enumerate(images) if img.image is not None]
-    found = dict(zip(ok, find_regions([images[i].image for i in ok], config.filter, times), strict=True))
+    filter_config = scaled_filter(config.filter, sources[0].tile if sources else None)
+    found = dict(zip(ok, find_regions([images[i].image for i in ok], filter_config, times), strict=True))
     t0 = time.perf_counter()
     for i, (source, image) in enumerate(zip(sources, images, strict=True)):
         part.add(source, image, found.get(i), config)
