@@ -25,6 +25,7 @@ from activessf_engine.store import (
     part_name,
     read_attrs,
     roi_checksums,
+    roi_column_names,
 )
 
 QUARANTINE = "quarantine"  # where `repair_store` moves damaged parts, inside the store
@@ -127,7 +128,7 @@ def _verify_part(store: RoiStore, part: int, plan: list[list[str]], deep: bool, 
     if checksummed and not expected:
         problems.append(f"{name}: no checksums in its attributes")
     columns: dict[str, np.ndarray] = {}
-    for column in (*ROI_COLUMNS, *(c for c in expected if c not in ROI_COLUMNS)):
+    for column in (*roi_column_names(store.meta), *(c for c in expected if c not in ROI_COLUMNS)):
         values = _read_column(store, part, column)
         if isinstance(values, str):
             problems.append(values)

@@ -43,6 +43,7 @@ def make_part(n: int, sources: list[str], seed: int, size: int = 16) -> PartData
             "area": rng.integers(3000, 5000, n).astype(np.int64),
             "fill_rate": rng.uniform(0.7, 1.0, n).astype(np.float32),
             "source": source,
+            "pad": np.zeros((n, 4), np.int16),
         },
         sources=table,
     )
