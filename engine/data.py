@@ -162,12 +162,18 @@ class ShardedRoiDataset(_StoreItems, IterableDataset):
             drop_last=self.drop_last,
         )
 
+    def iter_rois(self, workers: int = 1, worker: int = 0) -> Iterator[tuple[int, np.ndarray]]:
+        """(store index, (S, S, 3) uint8 ROI) for the ROIs worker `worker` of `workers` reads this epoch,
+        untransformed: what `__iter__` and the DALI source (`dali_source.RoiSource`) build on."""
+        rois = iter_segments(self.store, self.segments(workers, worker))
+        if self.shuffle:
+            rois = buffer_shuffle(
+                rois, self.buffer_size, random.Random(hash((self.seed, self.epoch, self.rank, worker)))
+            )
+        return rois
+
     def __iter__(self) -> Iterator[Any]:
         info = get_worker_info()
         workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
-        rois = iter_segments(self.store, self.segments(workers, worker))
-        if self.shuffle:
-            rng = random.Random(hash((self.seed, self.epoch, self.rank, worker)))
-            rois = buffer_shuffle(rois, self.buffer_size, rng)
-        for index, roi in rois:
+        for index, roi in self.iter_rois(workers, worker):
             yield self.item(index, roi)

@@ -174,10 +174,12 @@ def synthetic_store(
     size: int = 16,
     kind: str = "candidates",
     columns: Callable[[np.ndarray], dict[str, np.ndarray]] | None = None,
+    pixels: np.ndarray | None = None,
 ) -> Path:
     """A store written directly, without the filter: part k holds counts[k] ROIs from the sources
     `pat{k % 2}/tile{k}.png` and `pat{k % 2}/tile{k}b.png` (alternating). ROI i (global index) is random
-    noise seeded by i. `columns(global indices)` adds per-ROI columns (e.g. a selected store's `cluster`)."""
+    noise seeded by i, or `pixels[i]` when given. `columns(global indices)` adds per-ROI columns (e.g. a
+    selected store's `cluster`)."""
     from activessf_engine.config import StoreConfig
     from activessf_engine.store import PartData, StoreWriter
 
@@ -190,6 +192,8 @@ def synthetic_store(
             rois = np.zeros((n, size, size, 3), np.uint8)
             for row, i in enumerate(indices):
                 rois[row] = np.random.default_rng(i).integers(0, 256, (size, size, 3), dtype=np.uint8)
+            if pixels is not None:
+                rois = pixels[first : first + n]
             source = (indices % 2).astype(np.int32)
             cols = {
                 "box": np.tile(np.array([[0, 0, 8, 8]], np.int32), (n, 1)),
