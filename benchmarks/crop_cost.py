@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     config = EngineConfig()
     old = baseline_module(args.baseline)
-    sets = {"BCCD (6 tiles, 640x480)": (BCCD, 6), f"PBC ({args.pbc_count} images, 360x363)": (args.pbc, args.pbc_count)}
+    sets = {"BCCD tiles, 640x480": (BCCD, 6), "PBC unlabeled, 360x363": (args.pbc, args.pbc_count)}
     results = []
     for name, (folder, count) in sets.items():
         work = tiles_and_boxes(folder, count, config)

@@ -1,6 +1,6 @@
 """ROIs/s a trainer's DataLoader gets from a store, against the same ROIs as PNG and JPEG files, in one run.
 
-    python benchmarks/read_throughput.py                       # filters 600 PBC images into a temporary store
+    python benchmarks/read_throughput.py                       # the 1,500 PBC images as ROIs, in a temporary store
     python benchmarks/read_throughput.py --store run/selected --json read.json
 
 Readers, each at 0 and 2 DataLoader workers, batch 64, uint8 (3, S, S) tensors, no augmentation:
@@ -25,14 +25,17 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+from select_throughput import build_store  # beside this script
 from torch.utils.data import DataLoader, Dataset
 from torchvision.io import decode_image, read_file
 
-from activessf_engine.config import EngineConfig
+from activessf_engine.config import EngineConfig, replace_section
+from activessf_engine.crops import cut_rois
 from activessf_engine.data import RoiDataset, ShardedRoiDataset
+from activessf_engine.decode import decode_files
 from activessf_engine.export import export_store
-from activessf_engine.pipeline import run_filter
 from activessf_engine.sources import find_sources
 from activessf_engine.store import RoiStore, configure_zarr
 
@@ -55,10 +58,19 @@ class FileRois(Dataset):
 
 
 def make_store(folder: Path, count: int, out: Path) -> Path:
+    """A candidates store of real cell images: each PBC image (one cell, 360x363) cut like a ROI (a square
+    window, resized to 224) and committed in parts and shards of the default sizes, as `filter` writes them.
+    (The filter itself keeps only about one ROI per 15 of these images: too few to time reading.)"""
     paths = [s.path for s in find_sources(folder, (".jpg", ".jpeg", ".png"))][:count]
-    listing = out.parent / "inputs.txt"
-    listing.write_text("\n".join(str(p) for p in paths))
-    run_filter(listing, out, EngineConfig())
+    if not paths:
+        sys.exit(f"no images under {folder}")
+    config = EngineConfig()
+    rois = []
+    for image in decode_files(paths, config.input):
+        if image.image is not None:
+            box = np.array([[0, 0, image.width, image.height]])
+            rois.append(cut_rois(image.image, box, replace_section(config, "crop", margin=0.0).crop)[0][0])
+    build_store(out, np.stack(rois), config.store.rois_per_shard, len(rois), config, writers=1)
     return out
 
 
@@ -86,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--store", type=Path, help="a ROI store; default: filter --pbc-count PBC images into one")
     parser.add_argument("--pbc", type=Path, default=PBC)
-    parser.add_argument("--pbc-count", type=int, default=600)
+    parser.add_argument("--pbc-count", type=int, default=1500)
     parser.add_argument("--epochs", type=int, default=2, help="timed epochs per reader (after one warm-up)")
     parser.add_argument("--workdir", type=Path, help="where the store and exports go (default: a temporary folder)")
     parser.add_argument("--json", type=Path, help="write the results here")

@@ -41,3 +41,14 @@ def test_ci_run_lowers_the_loss_and_its_encoder_loads_in_the_engine(pretrain_mae
     assert all(torch.equal(v, state[k]) for k, v in backbone.model.state_dict().items())
     features = extract(backbone, crops[:4])
     assert features.shape == (4, backbone.feature_dim) and np.isfinite(features).all()
+
+
+def test_pretrain_takes_a_callers_dataset(pretrain_mae, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from activessf_engine.data import RoiDataset
+
+    store = synthetic_store(tmp_path / "store", (6,), size=64, pixels=bccd_crops()[:6, ::2, ::2].copy())
+    settings = replace(pretrain_mae.CI_SETTINGS, steps=2, batch_size=4)
+    result = pretrain_mae.pretrain(RoiDataset(store, with_meta=True), tmp_path / "mae", settings)  # uint8, 64 px
+    assert len(result.losses) == 2 and result.checkpoint.is_file()
