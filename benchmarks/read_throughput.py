@@ -8,9 +8,10 @@ Readers, each at 0 and 2 DataLoader workers, batch 64, uint8 (3, S, S) tensors, 
 - store, shard order: `ShardedRoiDataset` (shuffled shards read whole, buffer shuffle);
 - PNG / JPEG folder (`activessf-engine export --format imagefolder`), random order and file order, each
   file read and decoded with torchvision.io (libpng / libjpeg-turbo), as a file-reading trainer would.
-Every reader first runs one untimed epoch (workers started, files in the page cache, so all read from
-memory), then `--epochs` timed ones; the table gives the median ROIs/s. Targets (issue 12): store random
->= JPEG random; store shard order >= 2x JPEG random.
+Rounds of one epoch per reader interleave the readers (a change of the machine's load hits them all); the
+first round is untimed (files in the page cache, so all read from memory), the table gives the median
+ROIs/s of the `--epochs` others, each through a fresh DataLoader (its workers' start included).
+Targets (issue 12): store random >= JPEG random; store shard order >= 2x JPEG random.
 """
 
 from __future__ import annotations
@@ -74,24 +75,15 @@ def make_store(folder: Path, count: int, out: Path) -> Path:
     return out
 
 
-def rois_per_second(dataset: Dataset, shuffle: bool, workers: int, epochs: int) -> float:
-    loader = DataLoader(
-        dataset,
-        batch_size=BATCH,
-        shuffle=shuffle,
-        num_workers=workers,
-        persistent_workers=workers > 0,
-    )
-    rates = []
-    for epoch in range(epochs + 1):
-        if hasattr(dataset, "set_epoch"):
-            dataset.set_epoch(epoch)
-        start, count = time.perf_counter(), 0
-        for batch in loader:
-            count += len(batch)
-        if epoch:  # the first epoch warms up
-            rates.append(count / (time.perf_counter() - start))
-    return statistics.median(rates)
+def epoch_rate(dataset: Dataset, shuffle: bool, workers: int, epoch: int) -> float:
+    """ROIs/s of one epoch through a fresh DataLoader (its workers' start included)."""
+    if hasattr(dataset, "set_epoch"):
+        dataset.set_epoch(epoch)
+    loader = DataLoader(dataset, batch_size=BATCH, shuffle=shuffle, num_workers=workers)
+    start, count = time.perf_counter(), 0
+    for batch in loader:
+        count += len(batch)
+    return count / (time.perf_counter() - start)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--store", type=Path, help="a ROI store; default: filter --pbc-count PBC images into one")
     parser.add_argument("--pbc", type=Path, default=PBC)
     parser.add_argument("--pbc-count", type=int, default=1500)
-    parser.add_argument("--epochs", type=int, default=2, help="timed epochs per reader (after one warm-up)")
+    parser.add_argument("--epochs", type=int, default=3, help="timed epochs per reader (after one warm-up)")
     parser.add_argument("--workdir", type=Path, help="where the store and exports go (default: a temporary folder)")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
@@ -120,18 +112,24 @@ def main(argv: list[str] | None = None) -> int:
         "JPEG files, random order": (lambda: FileRois(folders["jpeg"]), True),
         "JPEG files, file order": (lambda: FileRois(folders["jpeg"]), False),
     }
-    results = []
-    for name, (make, shuffle) in readers.items():
-        for workers in (0, 2):
-            rate = rois_per_second(make(), shuffle, workers, args.epochs)
-            results.append({"reader": name, "workers": workers, "rois_per_second": rate})
-            print(f"  {name}, {workers} workers: {rate:.0f} ROIs/s", file=sys.stderr)
+    datasets = {name: make() for name, (make, _) in readers.items()}
+    rates: dict[tuple[str, int], list[float]] = {(name, w): [] for name in readers for w in (0, 2)}
+    for epoch in range(args.epochs + 1):  # rounds interleave the readers, so a change of load hits them all
+        for (name, workers), measured in rates.items():
+            rate = epoch_rate(datasets[name], readers[name][1], workers, epoch)
+            if epoch:  # the first round warms up (page cache, imports)
+                measured.append(rate)
+            print(f"  round {epoch}: {name}, {workers} workers: {rate:.0f} ROIs/s", file=sys.stderr)
+    results = [
+        {"reader": name, "workers": w, "rois_per_second": statistics.median(v), "rounds": v}
+        for (name, w), v in rates.items()
+    ]
     sizes = {
         "store": sum(f.stat().st_size for f in Path(store).rglob("*") if f.is_file()),
         **{k: sum(f.stat().st_size for f in (v / "train").rglob("*") if f.is_file()) for k, v in folders.items()},
     }
     rate = {(r["reader"], r["workers"]): r["rois_per_second"] for r in results}
-    print(f"\n{n} ROIs of {RoiStore(store).roi(0).shape}, batch {BATCH}, median of {args.epochs} warm epochs")
+    print(f"\n{n} ROIs of {RoiStore(store).roi(0).shape}, batch {BATCH}, median of {args.epochs} interleaved epochs")
     print(f"{'reader':28} {'0 workers':>10} {'2 workers':>10}   (ROIs/s; x = vs JPEG random, same workers)")
     for name in readers:
         cells = [

@@ -50,7 +50,8 @@ class _StoreItems:
 
     def item(self, index: int, roi: np.ndarray) -> Any:
         """(3, S, S) uint8 tensor of an (S, S, 3) ROI, transformed; with its metadata if asked."""
-        image = torch.from_numpy(np.ascontiguousarray(roi)).permute(2, 0, 1).contiguous()
+        # numpy's transposing copy: torch's (multithreaded) took 20 ms per 224 px ROI beside busy threads, numpy 0.2
+        image = torch.from_numpy(np.ascontiguousarray(roi.transpose(2, 0, 1)))
         if self.transform is not None:
             image = self.transform(image)
         if not self.with_meta:

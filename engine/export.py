@@ -15,6 +15,7 @@ interrupted export leaves no half-filled OUT; `overwrite` replaces only a previo
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import os
@@ -33,7 +34,7 @@ from PIL import Image
 from activessf_engine.manifest import manifest_header, manifest_rows
 from activessf_engine.progress import Progress, make_progress
 from activessf_engine.query import RoiQuery, query_rows
-from activessf_engine.shards import iter_segments, store_shards
+from activessf_engine.shards import read_segment, store_shards
 from activessf_engine.store import RoiStore
 
 ExportFormat = Literal["imagefolder", "webdataset"]
@@ -73,10 +74,10 @@ def _encoded(
 ) -> Iterator[tuple[int, bytes]]:
     """(global index, encoded bytes) of each ROI, in store order: read shard by shard, encoded in threads
     (Pillow releases the GIL while it encodes)."""
+    encode_one = functools.partial(encode, image_format=image_format, quality=quality)
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="export-encode") as pool:
         for segment in store_shards(store, indices):
-            rois = [roi for _, roi in iter_segments(store, [segment])]
-            encoded = pool.map(lambda roi: encode(roi, image_format, quality), rois)
+            encoded = pool.map(encode_one, read_segment(store, segment))
             yield from zip(segment.indices.tolist(), encoded, strict=True)
 
 

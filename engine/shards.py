@@ -94,7 +94,8 @@ def read_segment(store: RoiStore, segment: Segment) -> np.ndarray:
         array = store.part_array(segment.part, "rois")
         if len(segment.rows) * SPARSE_ROWS < segment.stop - segment.start:
             return np.stack([np.asarray(array[int(row)]) for row in segment.rows])
-        return np.asarray(array[segment.start : segment.stop])[segment.rows - segment.start]
+        rois = np.asarray(array[segment.start : segment.stop])
+        return rois if len(segment.rows) == len(rois) else rois[segment.rows - segment.start]
 
 
 def iter_segments(store: RoiStore, segments: list[Segment]) -> Iterator[tuple[int, np.ndarray]]:
