@@ -145,6 +145,9 @@ def test_queries_read_only_matching_rois(store: Path, tmp_path: Path) -> None:
         query_rows(rois, RoiQuery(selected_by=store))
     with pytest.raises(ValueError, match="glob patterns"):
         RoiQuery(sources="pat1/*")
+    other = synthetic_store(tmp_path / "other", (3, 4))
+    with pytest.raises(ValueError, match="selected from another store"):
+        query_rows(RoiStore(other), RoiQuery(selected_by=selected))
 
 
 def test_datasets_apply_a_query(store: Path, tmp_path: Path) -> None:

@@ -107,3 +107,6 @@ def test_export_cli_and_its_refusals(store: Path, tmp_path: Path, capsys) -> Non
     assert main(["export", str(store), "--out", str(tmp_path / "c"), "--quiet", "--clusters", "1"]) == 2
     assert "without clusters" in capsys.readouterr().err and not (tmp_path / "c").exists()
     assert not list(tmp_path.glob(".c.tmp-*"))  # nothing half-written left behind
+    with pytest.raises(SystemExit) as bad:
+        main(["export", str(store), "--out", str(tmp_path / "d"), "--clusters", "one"])
+    assert bad.value.code == 2 and "cluster numbers such as 1,4,7" in capsys.readouterr().err
