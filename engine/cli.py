@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from activessf_engine import __version__
+from activessf_engine import __version__, cli_export
 from activessf_engine.cli_flags import add_section_flags, apply_flags
 from activessf_engine.config import EngineConfig, load_config, replace_section
 from activessf_engine.device import DeviceChoice, DeviceUnavailableError, resolve_device, summary_line
@@ -119,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("manifest", help="print the per-ROI table of a store as CSV")
     p.add_argument("store", type=Path)
     p.add_argument("--output", type=Path, help="write to this file instead of stdout")
+    cli_export.add_parsers(sub)
     return parser
 
 
@@ -332,52 +333,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_manifest(args: argparse.Namespace) -> int:
+    from activessf_engine.manifest import manifest_header, manifest_rows
     from activessf_engine.store import RoiStore
 
     store = RoiStore(args.store)
-    cols = store.columns()
-    listed = ("box", "crop_box", "area", "fill_rate", "source", "source_path", "part", "slide", "level", "level0_box")
-    later = ("cluster", "distance", "threshold", "candidate")  # added by `select`, in this order
-    extra = [c for c in later if c in cols] + sorted(c for c in cols if c not in listed and c not in later)
-    header = [
-        "roi",
-        "source",
-        "x0",
-        "y0",
-        "x1",
-        "y1",
-        "area",
-        "fill_rate",
-        "crop_x0",
-        "crop_y0",
-        "crop_x1",
-        "crop_y1",
-        "part",
-        *(["slide", "level", "l0_x0", "l0_y0", "l0_x1", "l0_y1"] if "level0_box" in cols else []),
-        *extra,
-    ]
     sink = open(args.output, "w", newline="") if args.output else contextlib.nullcontext(sys.stdout)  # noqa: SIM115
     with sink as out:
         writer = csv.writer(out)
-        writer.writerow(header)
-        for i in range(len(store)):
-            writer.writerow(
-                [
-                    i,
-                    cols["source_path"][i],
-                    *cols["box"][i].tolist(),
-                    int(cols["area"][i]),
-                    f"{float(cols['fill_rate'][i]):.4f}",
-                    *cols["crop_box"][i].tolist(),
-                    int(cols["part"][i]),
-                    *(
-                        [cols["slide"][i], int(cols["level"][i]), *cols["level0_box"][i].tolist()]
-                        if "level0_box" in cols
-                        else []
-                    ),
-                    *(cols[c][i].item() for c in extra),
-                ]
-            )
+        writer.writerow(manifest_header(store))
+        writer.writerows(manifest_rows(store))
     return EXIT_OK
 
 
@@ -388,6 +352,7 @@ COMMANDS = {
     "run": cmd_run,
     "verify": cmd_verify,
     "manifest": cmd_manifest,
+    **cli_export.COMMANDS,
 }
 
 

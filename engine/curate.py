@@ -28,7 +28,7 @@ from activessf_engine.progress import Progress, make_progress
 from activessf_engine.prototypes import META_FILE, Prototypes, fit_prototypes, load_prototypes
 from activessf_engine.regions import TileRegions, find_regions
 from activessf_engine.selection import Decisions, cluster_thresholds, select
-from activessf_engine.store import ROI_COLUMNS, FeatureCache, PartData, RoiStore, StoreWriter, features_key
+from activessf_engine.store import FeatureCache, PartData, RoiStore, StoreWriter, features_key, roi_column_names
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ def labeled_rois(
         if config.prototypes.labeled_crop == "filter":
             box = _central_region(find_regions([tile], config.filter)[0], image.width, image.height)
         if box is None:
-            rois.append(fit_to_square(tile, config.crop.size, config.crop.pad, config.crop.pad_value).cpu().numpy())
+            rois.append(fit_to_square(tile, config.crop.size, config.crop.pad, config.crop.pad_value)[0].cpu().numpy())
             report["whole_images"] += 1
         else:
             rois.append(cut_rois(tile, box, config.crop)[0][0])
@@ -294,7 +294,7 @@ def run_select(
         for k, (part, first) in enumerate(store.iter_parts()):
             rows = np.flatnonzero(decisions.selected[first : first + int(store.offsets[k + 1] - first)])
             glob = first + rows
-            columns = {name: store.part_column(part, name)[rows] for name in ROI_COLUMNS}
+            columns = {name: store.part_column(part, name)[rows] for name in roi_column_names(store.meta)}
             columns.update(
                 cluster=decisions.cluster[glob].astype(np.int32),
                 distance=decisions.distance[glob].astype(np.float32),

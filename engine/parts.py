@@ -22,7 +22,7 @@ from activessf_engine.device import DeviceChoice
 from activessf_engine.regions import StageTimes, TileRegions, find_regions
 from activessf_engine.slides import expand_slides, plan_groups, read_tile_batches, scaled_filter
 from activessf_engine.sources import Source, find_sources
-from activessf_engine.store import ROI_COLUMNS, PartData, RoiStore, StoreWriter, committed_parts
+from activessf_engine.store import FORMAT_VERSION, ROI_COLUMNS, PartData, RoiStore, StoreWriter, committed_parts
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +124,8 @@ class FilterPlan:
     def same_output(self, meta: dict[str, Any]) -> list[str]:
         """Why an existing store's parts would differ from this run's (a resume is refused if any)."""
         differences = output_differences(meta.get("config", {}), self.attrs["config"])
+        if meta.get("format") != FORMAT_VERSION:  # its ROIs were cut another way
+            differences.append(f"store format {meta.get('format')} -> {FORMAT_VERSION}")
         if meta.get("input_root") not in (None, self.attrs["input_root"]):
             differences.append(f"input {meta['input_root']!r} -> {self.attrs['input_root']!r}")
         return differences
@@ -247,11 +249,12 @@ class PartBuilder:
             regions = TileRegions(regions.boxes[owned], regions.areas[owned], regions.fill_rates[owned])
         count = 0 if regions is None else len(regions.boxes)
         if count:
-            cut, crop_boxes = cut_rois(image.image, regions.boxes, config.crop)
+            cut, crop_boxes, padding = cut_rois(image.image, regions.boxes, config.crop)
             self.rois.append(cut)
             for name, values in (
                 ("box", regions.boxes),
                 ("crop_box", crop_boxes),
+                ("pad", padding),
                 ("area", regions.areas),
                 ("fill_rate", regions.fill_rates),
                 ("source", np.full(count, len(self.table))),

@@ -6,7 +6,8 @@ Layout::
     store/parts/p000017/          one part: the ROIs of a fixed group of sources
         rois       (n, S, S, 3) uint8, one chunk per ROI, sharding codec (rois_per_shard per shard)
         box        (n, 4) int32    region box in source pixels, x0 y0 x1 y1 (x1, y1 exclusive)
-        crop_box   (n, 4) int32    the box actually cut, margin included
+        crop_box   (n, 4) int32    the window actually cut: a square around the box, inside the tile
+        pad        (n, 4) int16    padding of the ROI, left top right bottom, in ROI pixels
         area       (n,) int64      region pixels
         fill_rate  (n,) float32
         source     (n,) int32      index into the part's `sources` attribute
@@ -45,7 +46,9 @@ from activessf_engine.lock import LOCK_NAME, StoreLock
 
 log = logging.getLogger(__name__)
 
-# 2: every part holds a crc32 per ROI (`roi_crc32`) and of each column (attribute `checksums`); 3: `level0_box`
+# 2: every part holds a crc32 per ROI (`roi_crc32`) and of each column (attribute `checksums`).
+# 3: ROIs are cut from a square window moved inside the tile, and each records its padding (`pad`);
+#    each records its box in level-0 pixels of its slide (`level0_box`; the box itself for tile files).
 FORMAT_VERSION = 3
 CHECKSUM_COLUMN = "roi_crc32"
 PART_NAME = re.compile(r"^p(\d{6})$")
@@ -57,8 +60,15 @@ ROI_COLUMNS: dict[str, tuple[type, tuple[int, ...]]] = {
     "fill_rate": (np.float32, ()),
     "source": (np.int32, ()),
     "level0_box": (np.int64, (4,)),
+    "pad": (np.int16, (4,)),  # padding of the ROI, left top right bottom in ROI pixels (0 where the tile sufficed)
 }
-COLUMNS_SINCE = {"level0_box": 3}  # ROI columns that stores of an older format lack
+COLUMNS_SINCE = {"level0_box": 3, "pad": 3}  # columns added by a later store format: the format that added them
+
+
+def roi_column_names(meta: Mapping[str, Any]) -> list[str]:
+    """The per-ROI columns a store of this root metadata's format holds (older stores lack later columns)."""
+    version = int(meta.get("format", 1))
+    return [name for name in ROI_COLUMNS if version >= COLUMNS_SINCE.get(name, 0)]
 
 
 SPARSE_ROWS = 8  # a one-ROI read costs about as much as 8 ROIs of a whole-part read (see RoiStore.part_rois)

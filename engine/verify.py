@@ -18,7 +18,6 @@ import numpy as np
 from activessf_engine.lock import StoreLock
 from activessf_engine.store import (
     CHECKSUM_COLUMN,
-    COLUMNS_SINCE,
     ROI_COLUMNS,
     RoiStore,
     column_checksum,
@@ -26,6 +25,7 @@ from activessf_engine.store import (
     part_name,
     read_attrs,
     roi_checksums,
+    roi_column_names,
 )
 
 QUARANTINE = "quarantine"  # where `repair_store` moves damaged parts, inside the store
@@ -129,8 +129,7 @@ def _verify_part(store: RoiStore, part: int, plan: list[list[str]], deep: bool, 
     if checksummed and not expected:
         problems.append(f"{name}: no checksums in its attributes")
     columns: dict[str, np.ndarray] = {}
-    required = [c for c in ROI_COLUMNS if COLUMNS_SINCE.get(c, 0) <= store_format]
-    for column in (*required, *(c for c in expected if c not in required)):
+    for column in (*roi_column_names(store.meta), *(c for c in expected if c not in ROI_COLUMNS)):
         values = _read_column(store, part, column)
         if isinstance(values, str):
             problems.append(values)

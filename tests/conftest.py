@@ -165,3 +165,46 @@ def pytest_terminal_summary(terminalreporter) -> None:
         terminalreporter.write_sep(
             "-", f"{gpu} gpu tests skipped: no usable GPU here (run benchmarks/gpu_check.sh on one)"
         )
+
+
+def synthetic_store(
+    root: Path,
+    counts: Sequence[int] = (7, 0, 9, 5),
+    rois_per_shard: int = 4,
+    size: int = 16,
+    kind: str = "candidates",
+    columns: Callable[[np.ndarray], dict[str, np.ndarray]] | None = None,
+    pixels: np.ndarray | None = None,
+) -> Path:
+    """A store written directly, without the filter: part k holds counts[k] ROIs from the sources
+    `pat{k % 2}/tile{k}.png` and `pat{k % 2}/tile{k}b.png` (alternating). ROI i (global index) is random
+    noise seeded by i, or `pixels[i]` when given. `columns(global indices)` adds per-ROI columns (e.g. a
+    selected store's `cluster`)."""
+    from activessf_engine.config import StoreConfig
+    from activessf_engine.store import PartData, StoreWriter
+
+    plan = [[f"pat{k % 2}/tile{k}.png", f"pat{k % 2}/tile{k}b.png"] for k in range(len(counts))]
+    layout = StoreConfig(rois_per_shard=rois_per_shard)
+    first = 0
+    with StoreWriter.create(root, kind, {"config": {}}, plan, layout=layout) as writer:
+        for k, n in enumerate(counts):
+            indices = np.arange(first, first + n)
+            rois = np.zeros((n, size, size, 3), np.uint8)
+            for row, i in enumerate(indices):
+                rois[row] = np.random.default_rng(i).integers(0, 256, (size, size, 3), dtype=np.uint8)
+            if pixels is not None:
+                rois = pixels[first : first + n]
+            source = (indices % 2).astype(np.int32)
+            cols = {
+                "box": np.tile(np.array([[0, 0, 8, 8]], np.int32), (n, 1)),
+                "crop_box": np.tile(np.array([[0, 0, 10, 10]], np.int32), (n, 1)),
+                "area": np.full(n, 50, np.int64),
+                "fill_rate": np.full(n, 0.8, np.float32),
+                "source": source,
+                "pad": np.zeros((n, 4), np.int16),
+                **(columns(indices) if columns else {}),
+            }
+            table = [{"path": p, "status": "ok", "rois": int((source == j).sum())} for j, p in enumerate(plan[k])]
+            writer.commit_part(k, PartData(rois, cols, table))
+            first += n
+    return root

@@ -77,7 +77,7 @@ def test_crops_come_from_the_original_tile(tmp_path, small_config):
     assert store.columns()["box"][0].tolist() == [100, 60, 180, 140]
     crop = store.columns()["crop_box"][0].tolist()
     assert crop == [92, 52, 188, 148]  # margin 0.1 x 80 = 8 on each side
-    want = fit_to_square(torch.from_numpy(tile[52:148, 92:188]), 64).numpy()
+    want = fit_to_square(torch.from_numpy(tile[52:148, 92:188]), 64)[0].numpy()
     assert np.array_equal(store.roi(0), want)
 
 

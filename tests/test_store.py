@@ -44,6 +44,7 @@ def make_part(n: int, sources: list[str], seed: int, size: int = 16) -> PartData
             "fill_rate": rng.uniform(0.7, 1.0, n).astype(np.float32),
             "source": source,
             "level0_box": box.astype(np.int64),
+            "pad": np.zeros((n, 4), np.int16),
         },
         sources=table,
     )

@@ -1,0 +1,195 @@
+"""Export a store's ROIs as files, for trainers that read only files.
+
+`imagefolder`: ``OUT/train/<class>/<roi>.png``, the layout torchvision's ImageFolder (and so the official
+MAE ``main_pretrain.py``, which reads ``--data_path``/train) expects; the class is the ROI's prototype
+cluster in a selected store, ``rois`` otherwise. `webdataset`: ``OUT/rois-000000.tar`` ..., each sample
+``<roi>.png`` (or ``.jpg``) with ``<roi>.json`` (its metadata) and, in a selected store, ``<roi>.cls``.
+Tars are written with the standard library's tarfile: the format is plain POSIX tar with files grouped
+by key, so the `webdataset` package is needed only to read them. Both write ``OUT/metadata.csv`` (the
+manifest's columns plus the file of each ROI) and ``OUT/export.json`` (what was exported from where).
+
+The export is written into a temporary folder beside OUT and renamed into place when complete, so an
+interrupted export leaves no half-filled OUT; `overwrite` replaces only a previous export.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import io
+import json
+import os
+import shutil
+import tarfile
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from PIL import Image
+
+from activessf_engine.manifest import manifest_header, manifest_rows
+from activessf_engine.progress import Progress, make_progress
+from activessf_engine.query import RoiQuery, query_rows
+from activessf_engine.shards import read_segment, store_shards
+from activessf_engine.store import RoiStore
+
+ExportFormat = Literal["imagefolder", "webdataset"]
+ImageFormat = Literal["png", "jpeg"]
+EXPORT_FORMATS: tuple[str, ...] = ("imagefolder", "webdataset")
+IMAGE_FORMATS: tuple[str, ...] = ("png", "jpeg")
+MARKER = "export.json"  # written last; marks a folder as an export that `overwrite` may replace
+SUFFIX = {"png": ".png", "jpeg": ".jpg"}
+
+
+def encode(roi: np.ndarray, image_format: ImageFormat, quality: int) -> bytes:
+    """One (S, S, 3) uint8 ROI as PNG (lossless) or JPEG bytes."""
+    buffer = io.BytesIO()
+    if image_format == "png":
+        Image.fromarray(roi).save(buffer, format="PNG")
+    else:
+        Image.fromarray(roi).save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def _check(out: Path, export_format: str, image_format: str, quality: int, overwrite: bool) -> None:
+    if export_format not in EXPORT_FORMATS:
+        raise ValueError(f"unknown export format {export_format!r}; choose one of {list(EXPORT_FORMATS)}")
+    if image_format not in IMAGE_FORMATS:
+        raise ValueError(f"unknown image format {image_format!r}; choose one of {list(IMAGE_FORMATS)}")
+    if not 1 <= quality <= 100:
+        raise ValueError(f"JPEG quality must lie in [1, 100], got {quality}")
+    if out.exists():
+        if not overwrite:
+            raise FileExistsError(f"{out} exists; choose another --out, or --overwrite to replace a previous export")
+        if not (out / MARKER).is_file():
+            raise FileExistsError(f"{out} exists and is not an export; --overwrite replaces only previous exports")
+
+
+def _encoded(
+    store: RoiStore, indices: np.ndarray, image_format: ImageFormat, quality: int, threads: int
+) -> Iterator[tuple[int, bytes]]:
+    """(global index, encoded bytes) of each ROI, in store order: read shard by shard, encoded in threads
+    (Pillow releases the GIL while it encodes)."""
+    encode_one = functools.partial(encode, image_format=image_format, quality=quality)
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="export-encode") as pool:
+        for segment in store_shards(store, indices):
+            encoded = pool.map(encode_one, read_segment(store, segment))
+            yield from zip(segment.indices.tolist(), encoded, strict=True)
+
+
+def _class_name(clusters: np.ndarray | None, index: int) -> str:
+    return "rois" if clusters is None else f"cluster_{int(clusters[index]):02d}"
+
+
+class _FolderWriter:
+    """ImageFolder layout: one file per ROI under train/<class>/."""
+
+    def __init__(self, root: Path, suffix: str, clusters: np.ndarray | None) -> None:
+        self.root, self.suffix, self.clusters = root, suffix, clusters
+
+    def add(self, index: int, data: bytes, meta: dict[str, Any]) -> str:
+        name = f"train/{_class_name(self.clusters, index)}/{index:08d}{self.suffix}"
+        (self.root / name).parent.mkdir(parents=True, exist_ok=True)
+        (self.root / name).write_bytes(data)
+        return name
+
+    def close(self) -> None:
+        return None
+
+
+class _TarWriter:
+    """WebDataset layout: tars of `per_tar` samples, each sample its image, .json and (with clusters) .cls."""
+
+    def __init__(self, root: Path, suffix: str, clusters: np.ndarray | None, per_tar: int) -> None:
+        self.root, self.suffix, self.clusters, self.per_tar = root, suffix, clusters, per_tar
+        self.count = 0
+        self.tar: tarfile.TarFile | None = None
+
+    def _member(self, name: str, data: bytes) -> None:
+        info = tarfile.TarInfo(name)
+        info.size, info.mtime = len(data), 0  # the same store exports to the same bytes
+        self.tar.addfile(info, io.BytesIO(data))
+
+    def add(self, index: int, data: bytes, meta: dict[str, Any]) -> str:
+        if self.count % self.per_tar == 0:
+            self.close()
+            path = self.root / f"rois-{self.count // self.per_tar:06d}.tar"
+            self.tar = tarfile.open(path, "w", format=tarfile.USTAR_FORMAT)  # noqa: SIM115 (closed by close())
+        self.count += 1
+        key = f"{index:08d}"
+        self._member(key + self.suffix, data)
+        self._member(key + ".json", json.dumps(meta).encode())
+        if self.clusters is not None:
+            self._member(key + ".cls", str(int(self.clusters[index])).encode())
+        return f"{Path(self.tar.name).name}:{key}{self.suffix}"
+
+    def close(self) -> None:
+        if self.tar is not None:
+            self.tar.close()
+            self.tar = None
+
+
+def export_store(
+    store_root: str | Path,
+    out: str | Path,
+    *,
+    export_format: ExportFormat = "imagefolder",
+    image_format: ImageFormat = "png",
+    quality: int = 95,
+    query: RoiQuery | None = None,
+    samples_per_tar: int = 1000,
+    threads: int = 0,
+    overwrite: bool = False,
+    progress: bool | Progress = False,
+) -> dict[str, Any]:
+    """Write the ROIs of a store that `query` keeps as files under `out`; returns a summary.
+
+    `quality` applies to JPEG; `samples_per_tar` to webdataset; `threads` encoders (0: one per core)."""
+    out = Path(out)
+    _check(out, export_format, image_format, quality, overwrite)
+    if samples_per_tar < 1:
+        raise ValueError(f"samples_per_tar must be >= 1, got {samples_per_tar}")
+    store = RoiStore(store_root)
+    indices = query_rows(store, query)
+    clusters = store.columns().get("cluster")
+    header = manifest_header(store)
+    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir(parents=True)
+    bar = make_progress(progress, total=len(indices), unit="roi", desc="export")
+    if export_format == "imagefolder":
+        writer: _FolderWriter | _TarWriter = _FolderWriter(tmp, SUFFIX[image_format], clusters)
+    else:
+        writer = _TarWriter(tmp, SUFFIX[image_format], clusters, samples_per_tar)
+    try:
+        with open(tmp / "metadata.csv", "w", newline="") as fh:
+            table = csv.writer(fh)
+            table.writerow([*header, "file"])
+            encoded = _encoded(store, indices, image_format, quality, threads or os.cpu_count() or 1)
+            for (index, data), row in zip(encoded, manifest_rows(store, indices), strict=True):
+                table.writerow([*row, writer.add(index, data, dict(zip(header, row, strict=True)))])
+                bar.update(1)
+        writer.close()
+        summary = {
+            "store": str(store_root),
+            "out": str(out),
+            "format": export_format,
+            "image_format": image_format,
+            "quality": quality if image_format == "jpeg" else None,
+            "rois": len(indices),
+            "store_rois": len(store),
+            "query": None if query is None else json.loads(json.dumps(asdict(query), default=str)),
+        }
+        (tmp / MARKER).write_text(json.dumps(summary, indent=2))
+        if out.exists():
+            shutil.rmtree(out)  # a previous export (checked above): replaced only now that this one is complete
+        os.replace(tmp, out)
+    finally:
+        writer.close()
+        bar.close()
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return summary
