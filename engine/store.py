@@ -242,8 +242,17 @@ class StoreWriter:
         self.close()
 
     def _write_root(self, meta: dict[str, Any]) -> None:
-        group = zarr.open_group(str(self.root), mode="a", zarr_format=3)
-        group.attrs["activessf_engine"] = meta
+        """The root group's zarr.json with `meta`, written whole under a temporary name and renamed into place.
+
+        zarr would create the group first and set its attributes in a second write (and rewrite the file in
+        place): a kill between or during them left a folder that was no longer recognised as a store, so a
+        resume refused it. The group metadata of the Zarr v3 spec is this one small JSON document.
+        """
+        self.root.mkdir(parents=True, exist_ok=True)
+        document = {"zarr_format": 3, "node_type": "group", "attributes": {"activessf_engine": meta}}
+        partial = self.root / ".zarr.json.partial"
+        partial.write_text(json.dumps(document, indent=2, default=str))
+        os.replace(partial, self.root / "zarr.json")
 
     def clean_temporary(self) -> list[Path]:
         """Remove what an interrupted writer left half-written; returns what was removed.
