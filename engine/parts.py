@@ -25,6 +25,8 @@ from activessf_engine.store import ROI_COLUMNS, PartData, RoiStore, StoreWriter,
 
 log = logging.getLogger(__name__)
 
+REJECTION_COUNTS = ("regions_found", "rejected_size", "rejected_fill")  # per source in its table row, summed in a run
+
 
 @dataclass
 class FilterSummary:
@@ -46,6 +48,14 @@ class FilterSummary:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     decoders: dict[str, int] = field(default_factory=dict)
     tiles_below_min_box: int = 0  # tiles whose shorter side is under filter.min_box: no region can pass there
+    # What the filter did with the regions of the tiles read (kept ones are `rois`): components of the masks,
+    # rejected for a box under min_box, rejected for a fill rate under min_fill.
+    regions_found: int = 0
+    rejected_size: int = 0
+    rejected_fill: int = 0
+    sources_without_roi: list[str] = field(default_factory=list)  # read, but no region kept
+    store_rois: int = 0  # ROIs the store holds after the run (a resumed run's earlier parts included)
+    dry_run: bool = False  # `filter --limit N`: a few tiles filtered, no store written
 
     @property
     def images_per_second(self) -> float:
@@ -55,13 +65,13 @@ class FilterSummary:
     def megapixels_per_second(self) -> float:
         return self.megapixels / self.wall_seconds if self.wall_seconds else 0.0
 
-    def record(self, sources: list[Source], images: list[DecodedImage], min_box: int) -> None:
-        """Count a decoded batch: sources read (with their pixels and decoder) and skipped (with why)."""
-        for source, image in zip(sources, images, strict=True):
-            row = source_record(source, image, 0)
+    def record(self, rows: list[dict[str, Any]], min_box: int) -> None:
+        """Count the sources-table rows of a filtered batch: sources read (with their pixels, decoder and
+        regions) and skipped (with why)."""
+        for row in rows:
             self._count(row, min_box)
             if row["status"] != "ok":
-                log.warning("skipped %s: %s", source.relpath, image.error)
+                log.warning("skipped %s: %s", row["path"], row["error"])
 
     def record_committed(self, part_attrs: dict[str, Any], min_box: int) -> None:
         """Count a part already committed, from its attributes (the sources table written with it)."""
@@ -70,9 +80,13 @@ class FilterSummary:
         self.rois += int(part_attrs["rois"])
 
     def _count(self, row: dict[str, Any], min_box: int) -> None:
-        """Count one row of a sources table (`source_record`)."""
+        """Count one row of a sources table (`source_record`; stores made before the rejection counts lack them)."""
         if row["status"] == "ok":
             self.tiles_below_min_box += min(row["width"], row["height"]) < min_box
+            for name in REJECTION_COUNTS:
+                setattr(self, name, getattr(self, name) + row.get(name, 0))
+            if not row["rois"]:
+                self.sources_without_roi.append(row["path"])
             self.sources_read += 1
             self.megapixels += row["width"] * row["height"] / 1e6
             self.decoders[row["decoder"]] = self.decoders.get(row["decoder"], 0) + 1
@@ -84,9 +98,10 @@ class FilterSummary:
 
     def absorb(self, part: FilterSummary) -> None:
         """Add the counts of one part's summary (a Dask task's) to this run's."""
-        for name in ("sources_read", "sources_skipped", "rois", "megapixels", "tiles_below_min_box"):
+        for name in ("sources_read", "sources_skipped", "rois", "megapixels", "tiles_below_min_box", *REJECTION_COUNTS):
             setattr(self, name, getattr(self, name) + getattr(part, name))
         self.skipped += part.skipped
+        self.sources_without_roi += part.sources_without_roi
         for mine, theirs in ((self.skip_reasons, part.skip_reasons), (self.decoders, part.decoders)):
             for key, count in theirs.items():
                 mine[key] = mine.get(key, 0) + count
@@ -144,6 +159,16 @@ class FilterPlan:
             parts_already_done=len(self.plan) - len(pending),
         )
 
+    def finish_summary(self, summary: FilterSummary, writer: StoreWriter, started: float) -> None:
+        """Close the run's summary (wall time, the ROIs the store now holds) and record it in the store's
+        attributes (`runs`), where `report` reads the throughput of each stage."""
+        summary.wall_seconds = time.perf_counter() - started
+        summary.store_rois = len(RoiStore(writer.root))
+        record = summary.to_json()
+        for name in ("skipped", "sources_without_roi"):  # in the parts' sources tables already
+            record[name] = len(record[name])
+        writer.record_run(record)
+
     def pending(self, root: str | Path) -> list[tuple[int, list[Source]]]:
         """(part index, sources) of every part of the plan not committed in the store at `root`."""
         done = set(committed_parts(root))
@@ -178,8 +203,7 @@ def filter_part(
     times = StageTimes()
     part = PartBuilder(config.crop.size)
     for batch, images in decode_part(sources, config, device, decoder):
-        filter_batch(batch, images, config, times, part)
-        summary.record(batch, images, config.filter.min_box)
+        summary.record(filter_batch(batch, images, config, times, part), config.filter.min_box)
     data = part.finish()
     start = time.perf_counter()
     writer.commit_part(index, data)
@@ -200,8 +224,11 @@ def decode_part(
         done += len(images)
 
 
-def source_record(source: Source, image: DecodedImage, rois: int) -> dict[str, Any]:
-    """One row of a part's sources table."""
+def source_record(source: Source, image: DecodedImage, regions: TileRegions | None) -> dict[str, Any]:
+    """One row of a part's sources table: the source, how it was decoded, and what the filter found in it."""
+    counts = (
+        (0, 0, 0, 0) if regions is None else (len(regions.boxes), regions.found, regions.too_small, regions.low_fill)
+    )
     return {
         "path": source.relpath,
         "id": source.id,
@@ -211,7 +238,7 @@ def source_record(source: Source, image: DecodedImage, rois: int) -> dict[str, A
         "error": image.error,
         "decoder": image.decoder,
         "exif_orientation": image.orientation,
-        "rois": rois,
+        **dict(zip(("rois", *REJECTION_COUNTS), counts, strict=True)),
     }
 
 
@@ -223,7 +250,10 @@ class PartBuilder:
         self.columns = {name: [np.zeros((0, *shape), dtype)] for name, (dtype, shape) in ROI_COLUMNS.items()}
         self.table: list[dict[str, Any]] = []
 
-    def add(self, source: Source, image: DecodedImage, regions: TileRegions | None, config: EngineConfig) -> None:
+    def add(
+        self, source: Source, image: DecodedImage, regions: TileRegions | None, config: EngineConfig
+    ) -> dict[str, Any]:
+        """Crop the regions of one tile into the part; returns the source's row of the sources table."""
         count = 0 if regions is None else len(regions.boxes)
         if count:
             cut, crop_boxes = cut_rois(image.image, regions.boxes, config.crop)
@@ -236,7 +266,8 @@ class PartBuilder:
                 ("source", np.full(count, len(self.table))),
             ):
                 self.columns[name].append(values)
-        self.table.append(source_record(source, image, count))
+        self.table.append(source_record(source, image, regions))
+        return self.table[-1]
 
     def finish(self) -> PartData:
         return PartData(
@@ -248,11 +279,19 @@ class PartBuilder:
 
 def filter_batch(
     sources: list[Source], images: list[DecodedImage], config: EngineConfig, times: StageTimes, part: PartBuilder
-) -> None:
-    """Regions of every decoded tile of a batch, cut into ROIs and added to its part."""
-    ok = [i for i, img in enumerate(images) if img.image is not None]
-    found = dict(zip(ok, find_regions([images[i].image for i in ok], config.filter, times), strict=True))
+) -> list[dict[str, Any]]:
+    """Regions of every decoded tile of a batch, cut into ROIs and added to its part; the batch's sources rows."""
+    found = batch_regions(images, config, times)
     t0 = time.perf_counter()
-    for i, (source, image) in enumerate(zip(sources, images, strict=True)):
+    rows = [
         part.add(source, image, found.get(i), config)
+        for i, (source, image) in enumerate(zip(sources, images, strict=True))
+    ]
     times.lap("crops", t0)
+    return rows
+
+
+def batch_regions(images: list[DecodedImage], config: EngineConfig, times: StageTimes) -> dict[int, TileRegions]:
+    """The regions of each decoded image of a batch, by its index in the batch (images not decoded are absent)."""
+    ok = [i for i, img in enumerate(images) if img.image is not None]
+    return dict(zip(ok, find_regions([images[i].image for i in ok], config.filter, times), strict=True))

@@ -34,6 +34,9 @@ class TileRegions:
     fill_rates: np.ndarray  # (n,) float32, area / box area
     mask: torch.Tensor | None = None  # (H, W) bool composite HSV mask, when asked for (QC overlays)
     palette: np.ndarray | None = None  # (m, 3) uint8 colours of G' (m <= merged_clusters)
+    found: int = 0  # connected components of the mask, before the size and fill tests
+    too_small: int = 0  # of those, rejected because the box is under min_box on a side
+    low_fill: int = 0  # rejected because the fill rate is under min_fill (after passing the size test)
 
 
 @dataclass
@@ -115,6 +118,8 @@ def regions_of_masks(masks: torch.Tensor, config: FilterConfig) -> list[TileRegi
     for first in range(0, batch, step):
         labels, count = kernels.label(masks[first : first + step], config.connectivity)
         boxes, areas, tiles = kernels.batch_region_stats(labels, count)
+        tiles_here = min(step, batch - first)
+        found = np.bincount(tiles, minlength=tiles_here)
         widths, heights = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
         big = np.flatnonzero((widths >= config.min_box) & (heights >= config.min_box))
         boxes, areas, tiles = boxes[big], areas[big], tiles[big]
@@ -125,10 +130,21 @@ def regions_of_masks(masks: torch.Tensor, config: FilterConfig) -> list[TileRegi
         box_area = np.maximum((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), 1)
         fill = (areas / box_area).astype(np.float32)
         keep = fill >= config.min_fill
+        sized = np.bincount(tiles, minlength=tiles_here)
         boxes, areas, fill, tiles = boxes[keep], areas[keep], fill[keep], tiles[keep]
-        for tile in range(min(step, batch - first)):
+        kept = np.bincount(tiles, minlength=tiles_here)
+        for tile in range(tiles_here):
             mine = tiles == tile  # labels run tile after tile, so each tile's regions stay in raster order
-            results.append(TileRegions(boxes[mine], areas[mine], fill[mine]))
+            results.append(
+                TileRegions(
+                    boxes[mine],
+                    areas[mine],
+                    fill[mine],
+                    found=int(found[tile]),
+                    too_small=int(found[tile] - sized[tile]),
+                    low_fill=int(sized[tile] - kept[tile]),
+                )
+            )
     return results
 
 
