@@ -83,6 +83,54 @@ def cmd_preview(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_overlay(args: argparse.Namespace) -> int:
+    from activessf_engine.cli import _config, _device
+    from activessf_engine.overlay import write_overlays
+
+    tiles = write_overlays(args.input, args.out, _config(args), args.limit, _device(args))
+    lines = [
+        f"overlay          {t['overlay']}: kept {t['kept']}, fill rate {t['fill rate']}, too small {t['too small']}"
+        for t in tiles
+    ]
+    print_summary(args, {"overlays": tiles}, lines)
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from activessf_engine.calibrate import calibrate
+    from activessf_engine.cli import _config, _device
+
+    labels = set(args.label) if args.label else None
+    summary = calibrate(
+        args.input,
+        args.annotations,
+        args.out,
+        _config(args),
+        labels=labels,
+        fit=args.fit,
+        seed=args.seed,
+        iou=args.iou,
+        device=_device(args),
+    )
+    lines = [
+        f"fitted on        {len(summary['fit_tiles'])} tiles ({summary['configurations_tried']} configurations tried)",
+        f"{'':20}{'recall':>8} {'precision':>9} {'F1':>6}  found/annotated  kept",
+    ]
+    for where in ("fit", "held_out"):
+        for when in ("before", "after"):
+            m = summary[where][when]
+            names = {"fit": "fit tiles", "held_out": f"{summary['held_out_tiles']} held out"}
+            label = f"{names[where]} {when}"
+            lines.append(
+                f"{label:<20}{m['recall']:>8.3f} {m['precision']:>9.3f} {m['f1']:>6.3f}  "
+                f"{m['found']:>5}/{m['annotated']:<9} {m['kept']:>5}"
+            )
+    lines.append(f"changed          {', '.join(f'{k}={v}' for k, v in summary['changed'].items()) or 'nothing'}")
+    lines.append(f"config           {summary['out']}")
+    print_summary(args, summary, lines)
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from activessf_engine.report import build_report
 
@@ -128,6 +176,28 @@ def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser, tuple[str, 
     p.add_argument("--out", type=Path, default=Path("activessf-demo"), help="folder for the demo's outputs")
     common(p, ())
 
+    p = sub.add_parser("overlay", help="tiles with their HSV mask, components and kept/rejected boxes with reasons")
+    p.add_argument("--input", required=True, type=Path, help="folder of tiles, one image, or a .txt list of paths")
+    p.add_argument("--out", required=True, type=Path, help="folder for one PNG per tile")
+    p.add_argument("--limit", type=int, default=8, help="only the first N tiles, in path order (default 8)")
+    common(p, ("input", "filter"))
+
+    p = sub.add_parser("calibrate", help="fit the filter to a few tiles with boxes round the wanted cells; writes TOML")
+    p.add_argument("--input", required=True, type=Path, help="folder of tiles, one image, or a .txt list of paths")
+    p.add_argument(
+        "--annotations",
+        required=True,
+        type=Path,
+        help="folder of Pascal VOC .xml files, a COCO .json, or a .csv (image,x0,y0,x1,y1[,label]); paired with "
+        "the tiles by file name without suffix",
+    )
+    p.add_argument("--out", required=True, type=Path, help="TOML file to write ([filter] section, for --config)")
+    p.add_argument("--label", action="append", help="only boxes with this label (repeatable; default all)")
+    p.add_argument("--fit", type=int, default=5, help="annotated tiles to fit on; the rest are held out (default 5)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random choice of the fit tiles")
+    p.add_argument("--iou", type=float, default=0.5, help="IoU at which a kept box matches an annotated one")
+    common(p, ("input", "filter"))
+
     p = sub.add_parser("report", help="one HTML page about a store: sources, rejections, ROIs, clusters, throughput")
     p.add_argument("store", type=Path, help="a store made by `filter` or `select`")
     p.add_argument("--out", type=Path, required=True, help="folder for index.html and its PNGs")
@@ -138,4 +208,6 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "preview": cmd_preview,
     "report": cmd_report,
     "demo": cmd_demo,
+    "overlay": cmd_overlay,
+    "calibrate": cmd_calibrate,
 }
