@@ -150,8 +150,11 @@ def greedy_match(iou: np.ndarray, threshold: float) -> dict[int, int]:
     return matched
 
 
-def matched_count(found: np.ndarray, truth: np.ndarray, threshold: float) -> int:
-    """How many of the `truth` boxes a one-to-one IoU >= threshold matching gives a `found` box."""
+def match_boxes(found: np.ndarray, truth: np.ndarray, threshold: float) -> tuple[int, float]:
+    """How many of the `truth` boxes a one-to-one IoU >= threshold matching gives a `found` box, and the sum
+    of the IoUs of those pairs."""
     if not len(found) or not len(truth):
-        return 0
-    return len(greedy_match(iou_matrix(found, truth), threshold))
+        return 0, 0.0
+    iou = iou_matrix(found, truth)
+    pairs = greedy_match(iou, threshold)
+    return len(pairs), float(sum(iou[r, c] for r, c in pairs.items()))

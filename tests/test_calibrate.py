@@ -15,7 +15,7 @@ from activessf_engine.cli import main
 from activessf_engine.config import FilterConfig, HsvRange, load_config
 from activessf_engine.demo import SAMPLE_DATA
 
-TILES, VOC = SAMPLE_DATA / "tiles", SAMPLE_DATA / "annotations"
+TILES, VOC = SAMPLE_DATA / "tiles" / "bccd", SAMPLE_DATA / "annotations"
 
 
 def _voc_as_coco_and_csv(tmp_path: Path) -> tuple[Path, Path]:

@@ -124,7 +124,7 @@ def demo_run(tmp_path_factory):
 def test_demo_makes_a_selected_store_and_a_report(demo_run):
     out, code, summary = demo_run
     assert code == 0
-    assert summary["filter"]["sources_read"] == 16 and summary["filter"]["rois"] > 0
+    assert summary["filter"]["sources_read"] == 40 and summary["filter"]["rois"] > 0
     assert summary["select"]["candidates"] == summary["filter"]["rois"] == len(RoiStore(out / "candidates"))
     assert len(RoiStore(out / "selected")) == summary["select"]["selected"]
     page = Path(summary["report"])
