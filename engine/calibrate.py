@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from activessf_engine.annotations import match_boxes, read_annotations
-from activessf_engine.config import EngineConfig, FilterConfig, HsvRange, load_config, to_dict
+from activessf_engine.config import EngineConfig, FilterConfig, HsvRange, dumps_toml, load_config, to_dict
 from activessf_engine.decode import decode_files
 from activessf_engine.device import DeviceChoice, as_choice
 from activessf_engine.kernels.hsv import hsv_opencv
@@ -219,26 +219,11 @@ def search(samples: list[Annotated], base: FilterConfig, iou: float) -> tuple[Fi
     return best, best_score, tried
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
-    raise TypeError(f"no TOML form for {value!r}")
-
-
 def write_filter_toml(path: Path, config: FilterConfig, comments: list[str]) -> None:
     """A TOML file with the [filter] section of `config`, checked by loading it back as `filter --config` does."""
-    lines = [f"# {c}" for c in comments] + ["[filter]"]
-    lines += [f"{name} = {_toml_value(value)}" for name, value in to_dict(config).items()]
+    header = "".join(f"# {c}\n" for c in comments)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    path.write_text(header + dumps_toml({"filter": to_dict(config)}), encoding="utf-8")
     if load_config(path).filter != config:
         raise RuntimeError(f"{path} does not load back as the calibrated config")
 

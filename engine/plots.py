@@ -64,12 +64,12 @@ def stage_seconds(seconds: dict[str, float], path: Path) -> Path:
 
 def cluster_bounds(clusters: list[dict[str, Any]], path: Path) -> Path:
     """Per cluster: n_i as bars (left axis), LB-UB as a range and the threshold as a dot (right axis)."""
-    fig, ax = _figure(7, 3.2)
+    fig, ax = _figure(max(7, 0.6 * len(clusters)), 3.6)
     ids = np.arange(len(clusters))
     ax.bar(ids, [c["n"] for c in clusters], color="#c9d1f0", label="n_i (labeled features)")
     ax.set_xlabel("cluster")
     ax.set_ylabel("n_i")
-    ax.set_xticks(ids, [f"{c['cluster']}\n{c['dominant_class'][:10]}" for c in clusters], fontsize=7)
+    ax.set_xticks(ids, [f"{c['cluster']} {c['dominant_class'][:12]}" for c in clusters], fontsize=7, rotation=40)
     right = ax.twinx()
     lower, upper = np.array([c["lb"] for c in clusters]), np.array([c["ub"] for c in clusters])
     right.vlines(ids, lower, upper, color="#333333", linewidth=3, label="LB to UB")

@@ -9,12 +9,12 @@ UB and thresholds and the distance histograms; the throughput of each stage of e
 from __future__ import annotations
 
 import html
-import json
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from activessf_engine import plots
+from activessf_engine.config import dumps_toml
 from activessf_engine.contact import Decisions, candidates_of, read_summary, write_contact_sheets
 from activessf_engine.parts import REJECTION_COUNTS
 from activessf_engine.store import RoiStore
@@ -185,7 +185,8 @@ def build_report(store_path: str | Path, out_dir: str | Path) -> Path:
     if select is not None:
         sections += ["<h2>Selection</h2>", _selection_section(store, select, out)]
     sections += ["<h2>Throughput</h2>", _throughput_section(runs, select, out)]
-    sections += ["<h2>Config</h2>", f"<pre>{html.escape(json.dumps(meta.get('config', {}), indent=1))}</pre>"]
+    config = html.escape(dumps_toml(meta.get("config", {})))
+    sections += ["<h2>Config</h2>", f"<p>As TOML, for <code>--config</code>:</p><pre>{config}</pre>"]
     page = out / "index.html"
     page.write_text(
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>activessf-engine report</title>"

@@ -96,3 +96,14 @@ def test_calibrate_needs_tiles_to_hold_out(tmp_path, capsys):
     assert main([*args, "--fit", "16"]) == 2
     assert "need more annotated tiles than --fit 16" in capsys.readouterr().err
     assert not (tmp_path / "c.toml").exists()
+
+
+def test_dumps_toml_loads_back_as_the_same_config(tmp_path):
+    from activessf_engine.config import EngineConfig, dumps_toml, replace_section, to_dict
+
+    purple = {"h": [100, 150], "s": [40, 255], "v": [0, 200]}
+    config = replace_section(EngineConfig(), "filter", purple=purple, min_fill=0.45)
+    config = replace_section(config, "features", weights='C:\\weights "v2".pt')  # quotes and backslashes survive
+    path = tmp_path / "all.toml"
+    path.write_text(dumps_toml(to_dict(config)))
+    assert load_config(path) == config
