@@ -319,6 +319,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             print(line)
         for line in repaired:
             print(f"repaired: {line}")
+    print(cli_inspect.what_next(args, {"problems": problems}), file=sys.stderr)
     return EXIT_FAILED if problems else EXIT_OK
 
 
@@ -363,6 +364,7 @@ def cmd_manifest(args: argparse.Namespace) -> int:
                     *(cols[c][i].item() for c in extra),
                 ]
             )
+    print(cli_inspect.what_next(args, {}), file=sys.stderr)
     return EXIT_OK
 
 

@@ -57,9 +57,13 @@ def what_next(args: argparse.Namespace, summary: dict[str, Any]) -> str:
         )
     if command == "calibrate":
         return f"next: activessf-engine filter --config {_q(args.out)} --input {_q(args.input)} --out STORE"
+    if command == "verify" and summary["problems"]:
+        return f"next: activessf-engine verify --repair {_q(args.store)}, then run the same filter again to redo"
+    if command in ("verify", "manifest"):
+        return f"next: look at it: activessf-engine report {_q(args.store)} --out report"
     if command in ("report", "demo"):
         return f"next: open {_q(summary['report'])} in a browser"
-    return "next: activessf-engine --help"
+    return "next: activessf-engine --help lists every command"
 
 
 def print_summary(args: argparse.Namespace, summary: dict[str, Any], lines: list[str]) -> None:

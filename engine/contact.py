@@ -84,7 +84,7 @@ def source_rows(store: RoiStore, rows: int = 12, per_row: int = 8) -> list[Sheet
 
 
 @dataclass
-class Decisions:
+class StoredDecisions:
     """The per-candidate decisions a `select` run stored beside its selected store."""
 
     cluster: np.ndarray
@@ -93,7 +93,7 @@ class Decisions:
     selected: np.ndarray
 
     @classmethod
-    def load(cls, selected_root: str | Path) -> Decisions:
+    def load(cls, selected_root: str | Path) -> StoredDecisions:
         group = zarr.open_group(str(Path(selected_root) / "decisions"), mode="r")
         return cls(*(np.asarray(group[name][:]) for name in ("cluster", "distance", "threshold", "selected")))
 
@@ -110,7 +110,9 @@ def candidates_of(selected: RoiStore) -> RoiStore | None:
         return None
 
 
-def cluster_rows(candidates: RoiStore, decisions: Decisions, clusters: list[dict], per_side: int = 6) -> list[SheetRow]:
+def cluster_rows(
+    candidates: RoiStore, decisions: StoredDecisions, clusters: list[dict], per_side: int = 6
+) -> list[SheetRow]:
     """One row per cluster with candidates: those kept (nearest first) beside those left out (nearest first).
     `clusters` is the selected store's summary table (dominant class, n_i, threshold)."""
     rows = []
@@ -141,7 +143,9 @@ def write_contact_sheets(store_path: str | Path, out_dir: str | Path, rows: int 
     written.append(by_source)
     candidates = candidates_of(store) if store.kind == "selected" else None
     if candidates is not None:
-        sheet = cluster_rows(candidates, Decisions.load(store.root), read_summary(store)["clusters"], per_row // 2 + 1)
+        sheet = cluster_rows(
+            candidates, StoredDecisions.load(store.root), read_summary(store)["clusters"], per_row // 2 + 1
+        )
         by_cluster = out / "sheet-clusters.png"
         draw_sheet(sheet, f"{title}, by cluster: kept (green) and left out (red)").save(by_cluster)
         written.append(by_cluster)

@@ -15,7 +15,7 @@ from typing import Any
 
 from activessf_engine import plots
 from activessf_engine.config import dumps_toml
-from activessf_engine.contact import Decisions, candidates_of, read_summary, write_contact_sheets
+from activessf_engine.contact import StoredDecisions, candidates_of, read_summary, write_contact_sheets
 from activessf_engine.parts import REJECTION_COUNTS
 from activessf_engine.store import RoiStore
 
@@ -148,7 +148,7 @@ def _selection_section(store: RoiStore, select: dict[str, Any], out: Path) -> st
     ]
     if select.get("untrained_weights"):
         text.append("<p><b>The features came from an untrained network (--weights random).</b></p>")
-    decisions = Decisions.load(store.root)
+    decisions = StoredDecisions.load(store.root)
     path = plots.distance_histograms(decisions.cluster, decisions.distance, clusters, out / "distances.png")
     text.append(_image(path, "distance histograms"))
     return "".join(text)

@@ -107,6 +107,23 @@ def test_preview_draws_a_row_per_source(bccd_run, tmp_path, capsys):
     assert (np.abs(sheet.astype(int) - 245).sum(-1) > 60).mean() > 0.05  # ROIs drawn, not an empty sheet
 
 
+def test_report_of_a_candidates_store(bccd_run, tmp_path, capsys):
+    out, _, summary = bccd_run
+    assert main(["report", str(out), "--out", str(tmp_path / "report")]) == 0
+    assert f"next: open {tmp_path / 'report' / 'index.html'}" in capsys.readouterr().err
+    text = (tmp_path / "report" / "index.html").read_text()
+    assert "<h2>Selection</h2>" not in text  # a candidates store has no clusters
+    found = re.search(r"<td>regions found</td><td class=\"n\">(\d+)</td>", text)
+    assert found and int(found.group(1)) == summary["regions_found"]
+    assert "[filter]" in text and "min_fill = 0.7" in text  # the config, as TOML
+    assert main(["report", str(out), "--out", str(out / "inside")]) == 2  # never written into the store
+
+
+def test_verify_says_what_next(bccd_run, capsys):
+    assert main(["verify", str(bccd_run[0])]) == 0
+    assert "next: look at it: activessf-engine report" in capsys.readouterr().err
+
+
 # --- the demo, its report, and the report in a browser ---------------------------------------------------
 
 
@@ -183,13 +200,13 @@ def test_report_opens_in_headless_chromium_with_every_image(demo_run, tmp_path):
     shot = SHOTS / "report.png"
     shot.unlink(missing_ok=True)
     subprocess.run(
-        [*flags, "--window-size=1200,3000", f"--screenshot={shot}", page.as_uri()],
+        [*flags, "--window-size=1200,6000", f"--screenshot={shot}", page.as_uri()],
         capture_output=True,
         timeout=120,
         check=True,
     )
     image = np.asarray(Image.open(shot).convert("RGB"))
-    assert image.shape[:2] == (3000, 1200)
+    assert image.shape[:2] == (6000, 1200)
     assert (image < 200).any(axis=-1).mean() > 0.02  # text and plots drawn, not a blank page
 
 
