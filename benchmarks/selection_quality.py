@@ -1,33 +1,30 @@
-"""Selection quality on the long-tailed PBC subset: does Active Sample Selection keep the rare classes?
+"""Does selection help a trainer on rare classes? Every strategy at one budget, on a realistic pool.
 
-Runs the engine end to end on ``--data`` (see its SOURCE.md): Cell Region Filtering of ``unlabeled/``
-into a candidate store, prototypes of ``labeled/``, then one selection per strategy (activessf at each
-``--alpha``, all, random, balanced, activessf with the fixed threshold 17, activessf with global
-bounds, and any other registered strategy). Each selected ROI is traced to its source image
-(``RoiStore.columns()["source_path"]``) and given that image's class from ``unlabeled-truth.csv``;
-the truth file is read only here, in the scoring, never as an input of the engine.
+The pool (`realistic_pool.py`): the filter's ROIs of the 1,500 unlabeled PBC cells (one known class per
+image, long-tailed) plus the junk a relaxed filter takes from BCCD smear tiles away from their annotated
+cells. Prototypes come from the 700 labeled PBC cells, framed by the same filter. The truth (PBC's
+``unlabeled-truth.csv``, BCCD's boxes) is read only here, to score, never by the engine.
 
-Per strategy it prints: ROIs selected, distinct source images covered, ROIs per class (classes in
-order of pool frequency), the normalized entropy H / ln(C) of the class distribution (1 = uniform),
-and the share of the three rarest classes (rarest by the truth counts) in the selection, against
-their share among all candidate ROIs (the pool), with the ratio (> 1: enriched). It also prints the
-class make-up of the source images, the filter's recall per class (the share of each class's images
-that gave at least one ROI) and ROIs per image, the wall time of each step, and the feature
-throughput (ROIs/s) from the run summaries. Candidate features are computed once (by the first
-selection) and read from the store's feature cache afterwards; the `features computed` column
-proves it.
+Strategies, all at one budget B = the fewest ROIs any activessf alpha keeps (a strategy that keeps more
+is subsampled uniformly to B, which keeps its make-up): activessf at each ``--alpha``, activessf with the
+paper's fixed threshold 17 (reported at its own count when it keeps fewer), random, balanced
+(hierarchical k-means), gated-balanced (activessf's gate at the first alpha, then balanced by k-means and by
+prototype quotas), and all (the whole pool, larger than B). Per strategy: junk kept, cells kept per class,
+normalized entropy H / ln C of the classes, and the rare-class share against the pool's (rare: the three
+fewest classes in the truth). A per-cluster table shows what Eq. 8 does to each prototype cluster.
 
-Run::
+``--downstream`` then pretrains SimCLR (`ssl_probe.py`) on each strategy's set, the same steps for all,
+over ``--seeds`` seeds, and probes the labeled PBC cells (fixed stratified half split): macro-F1 and the
+rare classes' F1, linear and kNN, mean and spread; an untrained encoder is the floor.
 
-    /work/venv/bin/python benchmarks/selection_quality.py --json /tmp/selq.json          # full, slow on CPU
-    /work/venv/bin/python benchmarks/selection_quality.py --limit-unlabeled 150 \\
-        --limit-labeled-per-class 20 --model resnet18                                   # quick check
-    /work/venv/bin/python benchmarks/selection_quality.py --weights /path/resnet50.safetensors
+Run (features: pretrained EfficientNet-Lite2, installed with the project)::
 
-``--work`` keeps the stores (default: a folder under /tmp named after the inputs and filter
-settings); a re-run with the same settings reuses the candidate store, its feature cache and the
-prototypes. ``--weights random`` (the default) gives an untrained network: its table shows what the
-selection does with meaningless features, a baseline for a table made with real weights.
+    python benchmarks/selection_quality.py --json /tmp/selq.json                    # selection tables
+    python benchmarks/selection_quality.py --downstream --json /tmp/selq.json       # and the SSL probes
+    python benchmarks/selection_quality.py --downstream --device cuda               # on a GPU
+
+``--work`` keeps the stores (default under /tmp); a rerun with the same settings reuses them and their
+feature caches.
 """
 
 from __future__ import annotations
@@ -43,39 +40,37 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 import zarr
+from realistic_pool import BCCD_CELL, JUNK, bccd_tiles, concat_stores, filter_junk, junk_truth, pool_key
+from ssl_probe import DownstreamInputs, SslSchedule, downsample, print_table, run_table
 
 from activessf_engine.config import EngineConfig, load_config, replace_section, to_dict
-from activessf_engine.curate import run_prototypes, run_select
-from activessf_engine.features import load_backbone
+from activessf_engine.curate import labeled_rois, run_prototypes, run_select
+from activessf_engine.features import resolve_features, weights_source
 from activessf_engine.labeled import scan_labeled
 from activessf_engine.pipeline import run_filter
 from activessf_engine.prototypes import load_prototypes
-from activessf_engine.selection import list_strategies
+from activessf_engine.selection import cluster_thresholds
 from activessf_engine.sources import find_sources
 from activessf_engine.store import RoiStore
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "pbc-longtail"
+DATA = REPO.parent / "shared" / "data"
 RARE_COUNT = 3
-UNKNOWN = "(no truth)"
+FILTER_PRESETS = {
+    "paper": {},
+    # keeps most cells: 88% of PBC images give a ROI (paper: 5%), lobed nuclei included
+    "keep-most": {"min_fill": 0.4, "min_box": 50},
+}
 FILE_COLUMNS = ("file", "filename", "path", "image", "name")  # accepted headers of the truth CSV
 CLASS_COLUMNS = ("class", "label", "cell_type", "category")
 
 log = logging.getLogger("selection_quality")
-
-
-@dataclass(frozen=True)
-class Run:
-    """One selection to make: a name for the table and the [selection] settings that differ."""
-
-    name: str
-    selection: dict[str, Any]
 
 
 # ---------------------------------------------------------------- inputs
@@ -137,94 +132,70 @@ def read_truth(path: Path) -> dict[str, str]:
 # ---------------------------------------------------------------- scoring
 
 
-def class_counts(classes: np.ndarray, order: list[str]) -> dict[str, int]:
-    counts = Counter(classes.tolist())
-    table = {name: int(counts.get(name, 0)) for name in order}
-    if counts.get(UNKNOWN):
-        table[UNKNOWN] = int(counts[UNKNOWN])
-    return table
-
-
-def normalized_entropy(counts: dict[str, int], n_classes: int) -> float:
-    """H / ln(C) of the distribution over the known classes (0 when nothing is selected)."""
-    values = np.array([v for k, v in counts.items() if k != UNKNOWN], dtype=np.float64)
+def normalized_entropy(counts: dict[str, int]) -> float:
+    """H / ln(C) of a class distribution (C = the classes listed; 0 when nothing is there)."""
+    values = np.array(list(counts.values()), dtype=np.float64)
     total = values.sum()
-    if total == 0 or n_classes < 2:
+    if total == 0 or len(values) < 2:
         return 0.0
     p = values[values > 0] / total
-    return max(0.0, float(-(p * np.log(p)).sum() / math.log(n_classes)))
+    return max(0.0, float(-(p * np.log(p)).sum() / math.log(len(values))))
 
 
-def rare_share(counts: dict[str, int], rare: list[str]) -> float:
-    total = sum(v for k, v in counts.items() if k != UNKNOWN)
-    return sum(counts[c] for c in rare) / total if total else 0.0
-
-
-def score(
-    classes: np.ndarray, sources: np.ndarray, order: list[str], rare: list[str], pool_rare: float
-) -> dict[str, Any]:
-    counts = class_counts(classes, order)
-    share = rare_share(counts, rare)
+def score(chosen: np.ndarray, truth: np.ndarray, classes: list[str], rare: list[str]) -> dict[str, Any]:
+    """What a set of pool rows holds: junk kept, cells kept per class, entropy, rare share vs the pool."""
+    pool_counts, kept_counts = Counter(truth.tolist()), Counter(truth[chosen].tolist())
+    cells = {c: kept_counts.get(c, 0) for c in classes}
+    n_cells, pool_cells = sum(cells.values()), sum(pool_counts.get(c, 0) for c in classes)
+    rare_kept = sum(cells[c] for c in rare) / n_cells if n_cells else 0.0
+    rare_pool = sum(pool_counts.get(c, 0) for c in rare) / pool_cells if pool_cells else 0.0
     return {
-        "rois": len(classes),
-        "sources": len(set(sources.tolist())),
-        "classes": counts,
-        "entropy": round(normalized_entropy(counts, len(order)), 4),
-        "rare_share": round(share, 4),
-        "rare_ratio": round(share / pool_rare, 3) if pool_rare else None,
+        "rois": len(chosen),
+        "junk_kept": round(kept_counts.get(JUNK, 0) / pool_counts[JUNK], 4) if pool_counts.get(JUNK) else None,
+        "junk_share": round(kept_counts.get(JUNK, 0) / len(chosen), 4) if len(chosen) else 0.0,
+        "cells_kept": round(n_cells / pool_cells, 4) if pool_cells else 0.0,
+        "kept_per_class": {c: round(cells[c] / pool_counts[c], 4) if pool_counts.get(c) else None for c in classes},
+        "classes": cells,
+        "bccd_cells": kept_counts.get(BCCD_CELL, 0),
+        "entropy": round(normalized_entropy(cells), 4),
+        "rare_share": round(rare_kept, 4),
+        "rare_ratio": round(rare_kept / rare_pool, 3) if rare_pool else None,
     }
 
 
-def distance_stats(selected_store: Path) -> dict[str, Any]:
-    """Candidate distances to their nearest prototype against the thresholds, from the decisions."""
-    group = zarr.open_group(str(selected_store / "decisions"), mode="r")
-    distance = np.asarray(group["distance"][:], dtype=np.float64)
-    threshold = np.asarray(group["threshold"][:], dtype=np.float64)
-    if not len(distance):
-        return {}
-    quantiles = np.quantile(distance, [0.0, 0.5, 1.0])
-    return {
-        "distance_min_median_max": [round(float(v), 3) for v in quantiles],
-        "threshold_min_max": [round(float(threshold.min()), 3), round(float(threshold.max()), 3)],
-        "within_threshold": int((distance <= threshold).sum()),
-    }
+def cluster_diagnosis(
+    selected_store: Path, prototypes_dir: Path, truth: np.ndarray, classes: list[str], config: EngineConfig
+) -> list[dict[str, Any]]:
+    """Per prototype cluster: n_i, LB, UB, its Eq. 8 threshold, the pool rows assigned to it, those within
+    the threshold, and the junk and classes among both."""
+    decisions = zarr.open_group(str(selected_store / "decisions"), mode="r")
+    cluster = np.asarray(decisions["cluster"][:])
+    within = np.asarray(decisions["within_threshold"][:])
+    prototypes = load_prototypes(prototypes_dir)
+    thresholds = cluster_thresholds(prototypes, config.selection)
+    rows = []
+    for i, dominant in enumerate(prototypes.dominant_classes()):
+        assigned, kept = cluster == i, (cluster == i) & within
+        rows.append(
+            {
+                "cluster": i,
+                "n": int(prototypes.sizes[i]),
+                "labeled_dominant": dominant,
+                "lb": round(float(prototypes.lower[i]), 3),
+                "ub": round(float(prototypes.upper[i]), 3),
+                "threshold": round(float(thresholds[i]), 3),
+                "assigned": int(assigned.sum()),
+                "within": int(kept.sum()),
+                "junk_assigned": int((truth[assigned] == JUNK).sum()),
+                "junk_within": int((truth[kept] == JUNK).sum()),
+                "rare_assigned": int(np.isin(truth[assigned], classes[-RARE_COUNT:]).sum()),
+                "rare_within": int(np.isin(truth[kept], classes[-RARE_COUNT:]).sum()),
+            }
+        )
+    return rows
 
 
 # ---------------------------------------------------------------- steps
-
-
-def make_config(args: argparse.Namespace) -> EngineConfig:
-    config = load_config(args.config)
-    filter_changes = {
-        k: v
-        for k, v in (("min_fill", args.min_fill), ("min_box", args.min_box), ("fill_holes", args.fill_holes))
-        if v is not None
-    }
-    if filter_changes:
-        config = replace_section(config, "filter", **filter_changes)
-    config = replace_section(config, "crop", size=args.roi_size)
-    feature_changes: dict[str, Any] = {"model": args.model, "weights": args.weights}
-    if args.feature_batch_size:
-        feature_changes["batch_size"] = args.feature_batch_size
-    if args.threads:
-        feature_changes["threads"] = args.threads
-    config = replace_section(config, "features", **feature_changes)
-    return replace_section(config, "selection", alpha=args.alphas[0])
-
-
-def plan_runs(alphas: list[float]) -> list[Run]:
-    """activessf at each alpha, the baselines (sized by activessf at the first alpha), two variants."""
-    first = alphas[0]
-    runs = [Run(f"activessf a={a:g}", {"strategy": "activessf", "alpha": a}) for a in alphas]
-    known = {"activessf"}
-    for name in ("all", "random", "balanced"):
-        if name in list_strategies():
-            runs.append(Run(name, {"strategy": name, "alpha": first}))
-            known.add(name)
-    runs.append(Run("activessf fixed 17", {"strategy": "activessf", "threshold_mode": "fixed"}))
-    runs.append(Run(f"activessf global a={first:g}", {"strategy": "activessf", "bounds": "global"}))
-    runs += [Run(name, {"strategy": name}) for name in list_strategies() if name not in known]
-    return runs
 
 
 def timed(label: str, timings: dict[str, float], fn: Any, *fn_args: Any, **fn_kwargs: Any) -> Any:
@@ -236,68 +207,189 @@ def timed(label: str, timings: dict[str, float], fn: Any, *fn_args: Any, **fn_kw
     return result
 
 
-def prototypes_current(folder: Path, model: str, fingerprint: str) -> bool:
-    """Whether `folder` holds prototypes of this model and these exact weights (by fingerprint)."""
-    if not (folder / "prototypes.json").is_file():
-        return False
+def prototypes_current(folder: Path, model: str) -> bool:
+    """Whether `folder` holds prototypes of this model (the fingerprint is checked again by select)."""
     try:
-        prototypes = load_prototypes(folder)
-    except (OSError, ValueError) as error:
-        log.warning("rebuilding prototypes: %s", error)
+        return load_prototypes(folder).model == model
+    except (OSError, ValueError):
         return False
-    return prototypes.model == model and prototypes.fingerprint == fingerprint
 
 
-def prototype_summary(folder: Path) -> dict[str, Any]:
-    meta = json.loads((folder / "prototypes.json").read_text())
-    return {"prototypes": str(folder), "reused": True, "clusters": meta["clusters"], "model": meta["model"]}
+def selected_rows(store: Path) -> np.ndarray:
+    """Pool rows a selected store holds (its `candidate` column), sorted."""
+    selected = RoiStore(store)
+    return np.sort(np.asarray(selected.columns()["candidate"], dtype=np.int64)) if len(selected) else np.empty(0, int)
+
+
+def at_budget(rows: np.ndarray, budget: int, seed: int = 0) -> np.ndarray:
+    """`rows`, subsampled uniformly to `budget` when there are more (the make-up is kept in expectation)."""
+    if len(rows) <= budget:
+        return rows
+    return np.sort(np.random.default_rng(seed).choice(rows, size=budget, replace=False))
+
+
+def make_config(args: argparse.Namespace, preset: str) -> EngineConfig:
+    config = load_config(args.config)
+    if FILTER_PRESETS[preset]:
+        config = replace_section(config, "filter", **FILTER_PRESETS[preset])
+    features: dict[str, Any] = {"model": args.model, "weights": args.weights}
+    if args.feature_batch_size:
+        features["batch_size"] = args.feature_batch_size
+    return replace_section(config, "features", **features)
+
+
+def build_pool(args: argparse.Namespace, config: EngineConfig, work: Path, unlabeled: Path, timings: dict) -> Path:
+    """The candidate pool: the filter's ROIs of the unlabeled cells, plus the junk of `--junk-tiles` BCCD tiles."""
+    cells_key = _digest([str(unlabeled), to_dict(config.filter), to_dict(config.crop), to_dict(config.input)])
+    cells = work / f"cells-{cells_key}"
+    timed(f"filter cells ({cells.name})", timings, run_filter, unlabeled, cells, config, device=args.device)
+    if not args.junk_tiles:
+        return cells
+    tiles = bccd_tiles(args.bccd, ("test", "val"), args.junk_tiles)
+    junk_dir = work / f"junk-{_digest([[str(t) for t in tiles], pool_key(config)])}"
+    junk = timed("filter junk (BCCD)", timings, filter_junk, tiles, junk_dir, config, args.device)
+    return concat_stores([cells, junk], work / f"pool-{cells_key}-{junk_dir.name}").root
+
+
+def pool_truth(pool: Path, truth_by_file: dict[str, str], bccd: Path) -> np.ndarray:
+    """The truth of every pool row: a PBC image's class, JUNK or BCCD_CELL."""
+    columns = RoiStore(pool).columns()
+    paths = columns["source_path"]
+    truth = np.array([truth_by_file.get(Path(p).name, "") for p in paths], dtype=object)
+    from_bccd = truth == ""
+    truth[from_bccd] = junk_truth(paths[from_bccd], columns["box"][from_bccd], bccd)
+    return truth
+
+
+def plan_strategies(alphas: list[float]) -> list[tuple[str, dict[str, Any]]]:
+    """(name, [selection] settings) of each strategy; budget-taking ones get their budget later."""
+    runs = [(f"activessf a={a:g}", {"strategy": "activessf", "alpha": a}) for a in alphas]
+    runs.append(("activessf fixed 17", {"strategy": "activessf", "threshold_mode": "fixed"}))
+    runs += [("random", {"strategy": "random"}), ("balanced", {"strategy": "balanced"})]
+    gate = {"strategy": "gated-balanced", "alpha": alphas[0]}
+    runs += [
+        (f"gated-balanced a={alphas[0]:g} kmeans", {**gate, "balance_by": "kmeans"}),
+        (f"gated-balanced a={alphas[0]:g} protos", {**gate, "balance_by": "prototypes"}),
+    ]
+    return [*runs, ("all", {"strategy": "all"})]
+
+
+def run_strategies(
+    args: argparse.Namespace, config: EngineConfig, pool: Path, protos: Path, work: Path, timings: dict
+) -> tuple[dict[str, np.ndarray], int, list[dict]]:
+    """Every strategy's selected pool rows at the common budget, the budget, and the select summaries."""
+    chosen: dict[str, np.ndarray] = {}
+    summaries = []
+    budget = 0
+    for name, selection in plan_strategies(args.alphas):
+        takes_budget = selection["strategy"] in ("random", "balanced", "gated-balanced")
+        if takes_budget and not budget:
+            kept = [len(chosen[f"activessf a={a:g}"]) for a in args.alphas]
+            budget = min(kept)
+            if budget == 0:
+                raise SystemExit(f"an activessf alpha keeps nothing ({kept}); no common budget")
+        run_config = replace_section(config, "selection", **selection, **({"budget": budget} if takes_budget else {}))
+        out = work / f"selected-{_digest([name, str(pool), str(protos), to_dict(run_config.selection)])}"
+        summary = timed(
+            f"select {name}", timings, run_select, pool, protos, out, run_config, device=args.device, overwrite=True
+        )
+        summaries.append({"name": name, "out": str(out), **summary})
+        chosen[name] = selected_rows(out)
+    for name in chosen:
+        if name != "all":
+            chosen[name] = at_budget(chosen[name], budget)
+    return chosen, budget, summaries
+
+
+def downstream_inputs(
+    args: argparse.Namespace,
+    config: EngineConfig,
+    pool: Path,
+    labeled: Path,
+    chosen: dict[str, np.ndarray],
+    rare: list[str],
+) -> DownstreamInputs:
+    """What the SSL table needs, at its resolution: the pool, each strategy's rows, the labeled cells."""
+    rois, labels, class_names, _ = labeled_rois(labeled, config, args.device)
+    store = RoiStore(pool)
+    small = [downsample(store.part_rois(p), args.ssl_resolution) for p in store.parts]
+    as_uint8 = lambda t: t.mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()  # noqa: E731
+    return DownstreamInputs(
+        pool=as_uint8(torch.cat(small)),
+        sets=chosen,
+        labeled=as_uint8(downsample(rois, args.ssl_resolution)),
+        labels=labels,
+        class_names=class_names,
+        rare=rare,
+    )
 
 
 # ---------------------------------------------------------------- report
 
 
-def print_table(rows: list[dict[str, Any]], order: list[str], pool: dict[str, Any], rare: list[str]) -> None:
-    short = {name: name[:6] for name in order}
-    short[UNKNOWN] = "notrue"
-    extra = [UNKNOWN] if any(UNKNOWN in r["classes"] for r in [*rows, pool]) else []
-    cols = [*order, *extra]
+def print_selection_table(rows: dict[str, dict], pool: dict, classes: list[str]) -> None:
+    short = [c[:6] for c in classes]
     head = (
-        f"{'strategy':<24}{'ROIs':>6}{'imgs':>6} "
-        + "".join(f"{short[c]:>7}" for c in cols)
-        + f"{'H/lnC':>7}{'rare%':>7}{'x pool':>7}{'feat.comp':>10}"
+        f"{'strategy':<30}{'ROIs':>6}{'junk%':>7}{'cells%':>7} "
+        + "".join(f"{s:>7}" for s in short)
+        + f"{'H/lnC':>7}{'rare%':>7}{'x pool':>7}"
     )
     print(head)
     print("-" * len(head))
-    for row in [pool, *rows]:
-        ratio = row["rare_ratio"]
+    for name, row in {"pool (all candidates)": pool, **rows}.items():
+        junk = row["junk_kept"]
         print(
-            f"{row['name']:<24}{row['rois']:>6}{row['sources']:>6} "
-            + "".join(f"{row['classes'].get(c, 0):>7}" for c in cols)
+            f"{name:<30}{row['rois']:>6}{(f'{100 * junk:.0f}' if junk is not None else '-'):>7}"
+            f"{100 * row['cells_kept']:>7.0f} "
+            + "".join(f"{(f'{100 * v:.0f}' if v is not None else '-'):>7}" for v in row["kept_per_class"].values())
             + f"{row['entropy']:>7.3f}{100 * row['rare_share']:>6.1f}%"
-            + (f"{ratio:>7.2f}" if ratio is not None else f"{'-':>7}")
-            + f"{row.get('features_computed', ''):>10}"
+            + (f"{row['rare_ratio']:>7.2f}" if row["rare_ratio"] is not None else f"{'-':>7}")
         )
-    print(f"rare classes (fewest in the truth file): {', '.join(rare)}; 'x pool' = rare% / rare% of the pool")
+    print(
+        "junk% and cells% and each class column: the share of the pool's junk, cells, class kept; "
+        "'x pool': rare-class share of the kept cells over the pool's"
+    )
+
+
+def print_clusters(rows: list[dict]) -> None:
+    print(
+        f"{'cluster':>7}{'n_i':>5}  {'dominant':<13}{'LB':>7}{'UB':>7}{'thr':>7}{'pool':>6}{'within':>7}"
+        f"{'junk':>6}{'junk in':>8}{'rare':>6}{'rare in':>8}"
+    )
+    for r in rows:
+        print(
+            f"{r['cluster']:>7}{r['n']:>5}  {r['labeled_dominant']:<13}{r['lb']:>7.2f}{r['ub']:>7.2f}"
+            f"{r['threshold']:>7.2f}{r['assigned']:>6}{r['within']:>7}{r['junk_assigned']:>6}{r['junk_within']:>8}"
+            f"{r['rare_assigned']:>6}{r['rare_within']:>8}"
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help=f"default {DEFAULT_DATA}")
+    p.add_argument("--data", type=Path, default=DATA / "pbc-longtail", help="the PBC long-tailed subset")
+    p.add_argument("--bccd", type=Path, default=DATA / "bccd", help="BCCD (JPEGImages, Annotations, ImageSets)")
+    p.add_argument("--junk-tiles", type=int, default=100, help="BCCD tiles (test+val splits) for junk; 0: none")
     p.add_argument("--work", type=Path, help="where the stores go (reused when present); default under /tmp")
     p.add_argument("--config", type=Path, help="engine TOML config to start from")
-    p.add_argument("--model", default="resnet50", help="timm model (default resnet50)")
-    p.add_argument("--weights", default="random", help="random (default), cache, or a local weights file")
+    p.add_argument(
+        "--filters",
+        default="keep-most,paper",
+        type=lambda s: s.split(","),
+        help=f"filter presets, each its own pool and table: {', '.join(FILTER_PRESETS)}",
+    )
+    p.add_argument("--model", default="auto", help="timm model (default: the engine's, EfficientNet-Lite2)")
+    p.add_argument("--weights", default="auto", help="default: the model's pretrained weights, offline")
     p.add_argument("--alpha", dest="alphas", default="0.5,1", type=lambda s: [float(v) for v in s.split(",")])
-    p.add_argument("--roi-size", type=int, default=224)
-    p.add_argument("--feature-batch-size", type=int, default=0, help="default: the config's (64)")
-    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch default)")
-    p.add_argument("--device", default="cpu", help="torch device for filter and features (default cpu)")
+    p.add_argument("--feature-batch-size", type=int, default=0, help="default: the config's")
+    p.add_argument("--device", default="cpu", help="filter, features and SSL (default cpu)")
     p.add_argument("--limit-unlabeled", type=int, help="only the first N unlabeled images by name")
     p.add_argument("--limit-labeled-per-class", type=int, help="only the first N labeled images per class")
-    p.add_argument("--min-fill", type=float, help="filter tau (default: the config's, 0.7)")
-    p.add_argument("--min-box", type=int, help="filter minimum box side (default: the config's, 70)")
-    p.add_argument("--fill-holes", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--progress", action="store_true", help="progress bars on stderr")
+    p.add_argument("--downstream", action="store_true", help="SimCLR on each set, then probes (first filter only)")
+    p.add_argument("--downstream-inputs", type=Path, help="save what the SSL table needs (.npz, for ssl_probe.py)")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--ssl-steps", type=int, default=300)
+    p.add_argument("--ssl-batch", type=int, default=128)
+    p.add_argument("--ssl-resolution", type=int, default=64)
     p.add_argument("--json", type=Path, help="write every number here")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
@@ -310,207 +402,98 @@ def main(argv: list[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    config = make_config(args)
+    unknown = [f for f in args.filters if f not in FILTER_PRESETS]
+    if unknown:
+        raise SystemExit(f"unknown filter preset(s) {unknown}; valid: {list(FILTER_PRESETS)}")
     data = args.data.resolve()
     truth_path = data / "unlabeled-truth.csv"
-    for needed in (data / "unlabeled", data / "labeled", truth_path):
+    for needed in (data / "unlabeled", data / "labeled", truth_path, args.bccd / "Annotations"):
         if not needed.exists():
-            raise SystemExit(f"{needed} is missing; is --data {data} the pbc-longtail folder?")
+            raise SystemExit(f"{needed} is missing (--data {data}, --bccd {args.bccd})")
+    features = resolve_features(make_config(args, args.filters[0]).features)
+    try:  # fail now, not after the filter, when the weights cannot be loaded
+        weights_source(features)
+    except (FileNotFoundError, ValueError) as error:
+        raise SystemExit(f"cannot load {features.model} weights {features.weights!r}: {error}") from error
     work = args.work or Path(tempfile.gettempdir()) / (
         f"activessf-selq-u{args.limit_unlabeled or 'all'}-l{args.limit_labeled_per_class or 'all'}"
     )
-    try:  # fail now, not after the filter, when the weights cannot be loaded
-        backbone = load_backbone(config.features, args.device)
-    except (FileNotFoundError, ValueError) as error:
-        what = f"{config.features.model} weights {config.features.weights!r}"
-        raise SystemExit(f"cannot load {what}: {error}") from error
-    model_name, fingerprint = backbone.name, backbone.fingerprint
-    del backbone  # each step loads its own; only the name and fingerprint are needed here
     work.mkdir(parents=True, exist_ok=True)
-    timings: dict[str, float] = {}
     started = time.perf_counter()
-    print(f"data {data}\nwork {work}\nmodel {config.features.model}, weights {config.features.weights}")
-
-    # --- inputs: the unlabeled pool U and the labeled set T (links to a deterministic subset if limited)
-    unlabeled = unlabeled_input(data, work, args.limit_unlabeled, config.input.extensions)
+    print(
+        f"data {data}, junk from {args.junk_tiles} BCCD tiles\nwork {work}\nfeatures {features.model}, "
+        f"weights {features.weights}"
+    )
+    unlabeled = unlabeled_input(data, work, args.limit_unlabeled, (".jpg", ".jpeg", ".png"))
     labeled = labeled_input(data, work, args.limit_labeled_per_class)
-    pool_sources = [s.relpath for s in find_sources(unlabeled, config.input.extensions)]
+    truth_by_file = read_truth(truth_path)
+    frequency = Counter(truth_by_file.values())
+    classes = sorted(frequency, key=lambda c: (-frequency[c], c))  # most frequent first
+    rare = classes[-RARE_COUNT:]
+    result: dict[str, Any] = {"features": to_dict(features), "classes": classes, "rare": rare, "presets": {}}
 
-    # --- filter: one candidate store per (inputs, filter, crop) so changed settings never reuse a store
-    key = _digest([pool_sources, to_dict(config.filter), to_dict(config.crop), to_dict(config.input)])
-    candidates = work / f"candidates-{key}"
-    filtered = timed(
-        "filter",
-        timings,
-        run_filter,
-        unlabeled,
-        candidates,
-        config,
-        device=args.device,
-        progress=args.progress,
-    ).to_json()
-    store = RoiStore(candidates)
-    if not store.complete:
-        raise SystemExit(f"{candidates} is incomplete ({len(store.parts)} of {len(store.meta['plan'])})")
-    print(
-        f"filter: {filtered['sources_read']} images read this run ({filtered['parts_already_done']} of "
-        f"{filtered['parts_total']} parts were already done), {len(store)} candidate ROIs in the store"
-    )
-
-    # --- prototypes of T (reused when the folder holds prototypes of the same model and weights)
-    labeled_key = _digest(
-        [
-            str(labeled),
-            args.limit_labeled_per_class,
-            to_dict(config.crop),
-            to_dict(config.prototypes),
-            to_dict(config.filter),
-        ]
-    )
-    protos_dir = work / f"prototypes-{config.features.model}-{_digest(config.features.weights)}-{labeled_key}"
-    if prototypes_current(protos_dir, model_name, fingerprint):
-        print(f"prototypes: reusing {protos_dir}")
-        protos = prototype_summary(protos_dir)
-        timings["prototypes"] = 0.0
-    else:
-        protos = timed(
-            "prototypes",
-            timings,
-            run_prototypes,
-            labeled,
-            protos_dir,
-            config,
-            device=args.device,
-            progress=args.progress,
+    for index, preset in enumerate(args.filters):
+        timings: dict[str, float] = {}
+        config = replace_section(make_config(args, preset), "features", model=features.model, weights=features.weights)
+        print(f"\n=== filter preset {preset}: {FILTER_PRESETS[preset] or 'the paper defaults'}")
+        pool = build_pool(args, config, work, unlabeled, timings)
+        truth = pool_truth(pool, truth_by_file, args.bccd)
+        protos_key = [str(labeled), *(to_dict(getattr(config, k)) for k in ("filter", "crop", "prototypes")), features]
+        protos = work / f"prototypes-{_digest(protos_key)}"
+        if prototypes_current(protos, features.model):
+            print(f"prototypes: reusing {protos}")
+        else:
+            timed("prototypes", timings, run_prototypes, labeled, protos, config, device=args.device, overwrite=True)
+        chosen, budget, summaries = run_strategies(args, config, pool, protos, work, timings)
+        pool_score = score(np.arange(len(truth)), truth, classes, rare)
+        rows = {name: score(c, truth, classes, rare) for name, c in chosen.items()}
+        first = next(s for s in summaries if s["name"] == f"activessf a={args.alphas[0]:g}")
+        clusters = cluster_diagnosis(
+            Path(first["out"]), protos, truth, classes, replace_section(config, "selection", alpha=args.alphas[0])
         )
         print(
-            f"prototypes: {protos['labeled']} labeled images {protos['classes']}, "
-            f"{len(protos['clusters'])} clusters, weights {protos['weights']}; "
-            f"{protos['labeled'] / protos['wall_seconds']:.1f} labeled images/s end to end"
+            f"\nSelection on the {preset} pool: {len(truth)} candidates ({Counter(truth.tolist())[JUNK]} junk, "
+            f"{Counter(truth.tolist())[BCCD_CELL]} BCCD cells), budget {budget} ROIs per strategy "
+            f"('all' is the whole pool; a strategy keeping fewer than the budget is shown at its count)"
         )
-    for c in protos["clusters"]:
-        n = c.get("n", c.get("size"))
-        print(f"  cluster {c.get('cluster', c.get('index')):>2}: n={n:<4} {c['classes']}")
-
-    # --- the pool, scored: every candidate ROI's source image and its true class
-    truth = read_truth(truth_path)
-    truth_counts = Counter(truth.values())
-    order = sorted(truth_counts, key=lambda c: (-truth_counts[c], c))  # by frequency in the truth file
-    rare = sorted(truth_counts, key=lambda c: (truth_counts[c], c))[:RARE_COUNT]
-    cand_paths = np.array([Path(p).name for p in store.columns()["source_path"]], dtype=object)
-    cand_classes = np.array([truth.get(p, UNKNOWN) for p in cand_paths], dtype=object)
-    image_classes = np.array([truth.get(Path(p).name, UNKNOWN) for p in pool_sources], dtype=object)
-    images = class_counts(image_classes, order)
-    pool_counts = class_counts(cand_classes, order)
-    covered = Counter(truth.get(p, UNKNOWN) for p in set(cand_paths.tolist()))
-    recall = {c: round(covered.get(c, 0) / images[c], 4) if images.get(c) else None for c in order}
-    per_image = {c: round(pool_counts[c] / images[c], 3) if images.get(c) else None for c in order}
-    pool = {"name": "pool (all candidates)", **score(cand_classes, cand_paths, order, rare, 0.0)}
-    pool["rare_ratio"] = 1.0
-    source_pool = score(image_classes, np.array(pool_sources, dtype=object), order, rare, 0.0)
-    print(f"\nsource images (truth): {len(pool_sources)} -> {images}")
-    share = 100 * source_pool["rare_share"]
-    print(f"  normalized entropy {source_pool['entropy']:.3f}, rare share {share:.1f}%")
-    print(f"{'class':<14}{'images':>7}{'with ROI':>9}{'recall':>8}{'ROIs':>6}{'ROIs/img':>9}")
-    for c in order:
-        r = recall[c]
-        print(
-            f"{c:<14}{images[c]:>7}{covered.get(c, 0):>9}{(f'{r:.3f}' if r is not None else '-'):>8}"
-            f"{pool_counts[c]:>6}{(per_image[c] if per_image[c] is not None else '-'):>9}"
-        )
-
-    # --- selections: the first computes the candidate features, the others read the cache
-    rows, summaries = [], []
-    for run in plan_runs(args.alphas):
-        run_config = replace_section(config, "selection", **run.selection)
-        out = work / f"selected-{run.name.replace(' ', '-').replace('=', '')}-{key}"
-        summary = timed(
-            f"select {run.name}",
-            timings,
-            run_select,
-            candidates,
-            protos_dir,
-            out,
-            run_config,
-            device=args.device,
-            progress=args.progress,
-            overwrite=True,
-        )
-        selected = RoiStore(out)
-        cols = selected.columns()
-        paths = np.array([Path(p).name for p in cols.get("source_path", [])], dtype=object)
-        pointed = cand_paths[np.asarray(cols["candidate"], dtype=np.int64)] if len(selected) else paths
-        if not np.array_equal(paths, pointed):
-            log.error("%s: source paths disagree with the candidates they point to", out)
-        classes = np.array([truth.get(p, UNKNOWN) for p in paths], dtype=object)
-        row = {
-            "name": run.name,
-            **score(classes, paths, order, rare, pool["rare_share"]),
-            "features_computed": summary["features_computed"],
-            "features_cached": summary["features_cached"],
-            "features_per_second": summary["features_per_second"],
-            "assignments_per_second": summary["assignments_per_second"],
-            "selection": {k: summary[k] for k in ("strategy", "alpha", "threshold_mode", "bounds")},
-            "wall_seconds": summary["wall_seconds"],
-            "distances": distance_stats(out),
+        print_selection_table(rows, pool_score, classes)
+        print(f"\nPrototype clusters and activessf a={args.alphas[0]:g} (rare = {', '.join(rare)}):")
+        print_clusters(clusters)
+        entry = {
+            "pool": pool_score,
+            "budget": budget,
+            "strategies": rows,
+            "clusters": clusters,
+            "timings_seconds": timings,
+            "features_per_second": first.get("features_per_second"),
+            "select_summaries": summaries,
+            "config": to_dict(config),
         }
-        rows.append(row)
-        summaries.append(summary)
-    total = round(time.perf_counter() - started, 2)
-
-    # --- report
-    print(
-        f"\nSelection quality: {config.features.model}, weights {config.features.weights}"
-        f"{' (UNTRAINED network)' if summaries and summaries[0]['untrained_weights'] else ''}"
-    )
-    print_table(rows, order, pool, rare)
-    first = rows[0]["distances"] if rows else {}
-    if first:
-        print(
-            f"{rows[0]['name']}: candidate distance to nearest prototype min/median/max "
-            f"{first['distance_min_median_max']}, thresholds {first['threshold_min_max']}, "
-            f"{first['within_threshold']} of {len(store)} within their threshold"
-        )
-    cache_ok = all(r["features_computed"] == 0 for r in rows[1:])
-    print(
-        f"feature cache: first selection computed {rows[0]['features_computed']} and read "
-        f"{rows[0]['features_cached']}; the {len(rows) - 1} later ones computed "
-        f"{sum(r['features_computed'] for r in rows[1:])} ({'OK' if cache_ok else 'NOT CACHED'})"
-    )
-    fps = next((r["features_per_second"] for r in rows if r["features_per_second"]), None)
-    print(
-        f"feature throughput (select summary): {fps if fps is not None else 'n/a (all cached)'} ROIs/s; "
-        f"assignment: {rows[0]['assignments_per_second']} ROIs/s; filter: "
-        f"{filtered['images_per_second']} images/s"
-    )
-    print("wall time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()) + f"; total {total:.1f}")
-    result = {
-        "data": str(data),
-        "work": str(work),
-        "model": config.features.model,
-        "weights": config.features.weights,
-        "untrained_weights": summaries[0]["untrained_weights"] if summaries else None,
-        "limits": {"unlabeled": args.limit_unlabeled, "labeled_per_class": args.limit_labeled_per_class},
-        "config": to_dict(config),
-        "class_order": order,
-        "rare_classes": rare,
-        "source_images": {"count": len(pool_sources), **source_pool},
-        "filter_recall": recall,
-        "rois_per_image": per_image,
-        "pool": pool,
-        "strategies": rows,
-        "feature_cache_ok": cache_ok,
-        "timings_seconds": {**timings, "total": total},
-        "filter": filtered,
-        "prototypes": protos,
-        "select_summaries": summaries,
-        "host": {"cpus": os.cpu_count()},
-    }
+        if (args.downstream or args.downstream_inputs) and index == 0:
+            inputs = downstream_inputs(args, config, pool, labeled, chosen, rare)
+            if args.downstream_inputs:
+                inputs.save(args.downstream_inputs)
+                print(f"wrote the downstream inputs to {args.downstream_inputs}")
+        if args.downstream and index == 0:
+            start = time.perf_counter()
+            schedule = SslSchedule(steps=args.ssl_steps, batch=args.ssl_batch, resolution=args.ssl_resolution)
+            print(
+                f"\nDownstream: SimCLR {schedule.steps} steps x {schedule.batch} at {schedule.resolution}px, "
+                f"{args.seeds} seeds, on {args.device}"
+            )
+            entry["downstream"] = run_table(inputs, schedule, args.seeds, args.device)
+            entry["downstream_seconds"] = round(time.perf_counter() - start, 1)
+            print_table(entry["downstream"])
+            print(f"downstream wall time {entry['downstream_seconds']:.0f} s")
+        result["presets"][preset] = entry
+    result["wall_seconds"] = round(time.perf_counter() - started, 1)
+    result["host"] = {"cpus": os.cpu_count(), "device": args.device}
+    print(f"\ntotal wall time {result['wall_seconds']:.0f} s")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2, default=str) + "\n")
         print(f"wrote {args.json}")
-    return 0 if cache_ok else 1
+    return 0
 
 
 if __name__ == "__main__":

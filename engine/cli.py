@@ -25,7 +25,10 @@ from activessf_engine.store import configure_zarr
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SKIPPED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 FILTER_SECTIONS = ("input", "filter", "crop", "store")
-SELECT_SECTIONS = ("features", "prototypes", "selection")
+# The config sections each command reads: only their fields become its flags.
+PROTOTYPES_SECTIONS = ("input", "filter", "crop", "features", "prototypes")
+SELECT_SECTIONS = ("store", "features", "selection")
+RUN_SECTIONS = (*FILTER_SECTIONS, "features", "prototypes", "selection")
 
 log = logging.getLogger("activessf_engine")
 
@@ -82,10 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
     _dask_flags(p)
     _common(p, FILTER_SECTIONS)
 
-    p = sub.add_parser("prototypes", help="ResNet50 features of a labeled set and K-means prototypes (Eq. 4-6)")
+    p = sub.add_parser(
+        "prototypes",
+        help="features of a labeled set (pretrained EfficientNet-Lite2 by default) and K-means prototypes (Eq. 4-6)",
+    )
     p.add_argument("--labeled", required=True, type=Path, help="labeled set, one folder per class")
     p.add_argument("--out", required=True, type=Path, help="folder for prototypes.safetensors and prototypes.json")
-    _common(p, ("input", "crop", *SELECT_SECTIONS))
+    p.add_argument("--overwrite", action="store_true", help="replace prototypes already in --out")
+    _common(p, PROTOTYPES_SECTIONS)
 
     p = sub.add_parser("select", help="keep the candidate ROIs within their prototype's threshold (Eq. 7-9)")
     p.add_argument("--candidates", required=True, type=Path, help="ROI store made by `filter`")
@@ -93,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="store of the selected ROIs")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store at --out")
     _dask_flags(p, "compute the features")
-    _common(p, ("store", *SELECT_SECTIONS))
+    _common(p, SELECT_SECTIONS)
 
     p = sub.add_parser("run", help="filter + prototypes + select: OUT/candidates, OUT/prototypes, OUT/selected")
     p.add_argument("--input", required=True, type=Path, help="folder of tiles, one image, or a .txt list of paths")
@@ -101,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="folder for the three outputs")
     p.add_argument("--overwrite", action="store_true", help="start again from nothing")
     _dask_flags(p)
-    _common(p, (*FILTER_SECTIONS, *SELECT_SECTIONS))
+    _common(p, RUN_SECTIONS)
 
     p = sub.add_parser("verify", help="check a store and say what is wrong with it")
     p.add_argument("store", type=Path)
@@ -162,6 +169,11 @@ def _filter_lines(s: dict[str, Any]) -> list[str]:
             f"WARNING          {s['tiles_below_min_box']} tile(s) are smaller than --min-box on a side: "
             "no region can pass there"
         )
+    if not s["rois"] and s["sources_read"]:
+        lines.append(
+            "WARNING          no region passed the filter: lower --min-fill or --min-box, or check the HSV ranges "
+            "against your stain (--purple, --deep-blue)"
+        )
     lines += [
         f"regions          {s['regions_found']} found, {s['rejected_size']} rejected for box size (--min-box), "
         f"{s['rejected_fill']} rejected for fill rate (--min-fill), {s['rois']} kept",
@@ -180,7 +192,8 @@ def _select_lines(s: dict[str, Any]) -> list[str]:
         f"selected store   {s['selected_store']}",
         f"strategy         {s['strategy']} (alpha {s['alpha']}, {s['threshold_mode']} thresholds, "
         f"{s['bounds']} bounds)",
-        f"candidates       {s['candidates']}, selected {s['selected']}",
+        f"candidates       {s['candidates']}, {s['within_threshold']} within their threshold, selected {s['selected']}"
+        + (f" (budget {s['budget']:g}, balanced by {s['balance_by']})" if s["strategy"] == "gated-balanced" else ""),
         f"features         {s['features_computed']} computed, {s['features_cached']} from cache",
         "cluster  n_i   threshold  candidates  selected  dominant class",
     ]
@@ -189,8 +202,7 @@ def _select_lines(s: dict[str, Any]) -> list[str]:
             f"{c['cluster']:>7}  {c['n']:>4}  {c.get('threshold', 0):>9.3f}  {c['candidates']:>10}  "
             f"{c['selected']:>8}  {c['dominant_class']}"
         )
-    if s["untrained_weights"]:
-        lines.append("WARNING: features came from an untrained network (--weights random)")
+    lines += [f"WARNING: {warning}" for warning in s["warnings"]]
     return lines
 
 
@@ -237,12 +249,14 @@ def cmd_prototypes(args: argparse.Namespace) -> int:
     from activessf_engine.curate import run_prototypes
 
     choice = _device(args)
-    summary = run_prototypes(args.labeled, args.out, _config(args), device=choice, progress=not args.quiet)
+    summary = run_prototypes(
+        args.labeled, args.out, _config(args), device=choice, progress=not args.quiet, overwrite=args.overwrite
+    )
     summary["device_choice"] = choice.describe()
     lines = [
         *_device_lines(choice.describe(), []),
         f"prototypes       {summary['prototypes']} ({summary['labeled']} labeled images, model {summary['model']}, "
-        f"K-means {summary['kmeans_backend']})",
+        f"weights {summary['weights_loaded']}, K-means {summary['kmeans_backend']})",
     ]
     lines += [
         f"  cluster {c['cluster']:>2}: n={c['n']:<4} LB={c['lb']:.3f} UB={c['ub']:.3f} {c['classes']}"
@@ -291,11 +305,15 @@ def cmd_select(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from activessf_engine.curate import run_prototypes
+    from activessf_engine.features import resolve_features, weights_source
 
     choice = resolve_device("auto") if _on_dask(args) else _device(args)  # on Dask: prototypes here, on auto
     config, out = _config(args), args.out
+    weights_source(resolve_features(config.features))  # a missing weights file stops the run now, not after the filter
     filtered = _filter(args, config, None if _on_dask(args) else choice, out / "candidates")
-    protos = run_prototypes(args.labeled, out / "prototypes", config, device=choice, progress=not args.quiet)
+    protos = run_prototypes(
+        args.labeled, out / "prototypes", config, device=choice, progress=not args.quiet, overwrite=True
+    )
     paths = (out / "candidates", out / "prototypes", out / "selected")
     selected = _select(args, config, choice, paths, overwrite=True)
     summary = {"device_choice": choice.describe(), "filter": filtered, "prototypes": protos, "select": selected}

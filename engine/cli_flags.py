@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
+import inspect
+import io
+import tokenize
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from activessf_engine.config import EngineConfig, HsvRange, from_dict, to_dict
@@ -38,19 +42,57 @@ def _parse_hsv(text: str) -> dict[str, list[int]]:
     return {"h": list(parts[0]), "s": list(parts[1]), "v": list(parts[2])}
 
 
+@functools.cache
+def field_comments(cls: type) -> dict[str, str]:
+    """The comments that explain each field of a config dataclass, read from its source: the comment
+    lines right above the field and the comment at the end of its line, joined."""
+    source = inspect.getsource(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    comments: dict[str, str] = {}
+    above: list[str] = []
+    line_start: str | None = None  # the field named at the start of the current line
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if token.type == tokenize.COMMENT:
+            text = token.string.lstrip("#").strip()
+            if line_start is not None:
+                comments[line_start] = " ".join([*above, text]) if above else text
+                above = []
+            else:
+                above.append(text)
+        elif token.type == tokenize.NAME and token.start[1] == 4 and token.string in names and line_start is None:
+            line_start = token.string
+        elif token.type == tokenize.NEWLINE:
+            if line_start is not None and line_start not in comments and above:
+                comments[line_start] = " ".join(above)
+            if line_start is not None:
+                above = []
+            line_start = None
+        elif token.type == tokenize.NL and line_start is None and not above:
+            continue
+    return comments
+
+
 def _describe(cls: type, name: str) -> str:
-    doc = dataclasses.fields(cls)
-    default = next(f.default for f in doc if f.name == name)
+    default = next(f.default for f in dataclasses.fields(cls) if f.name == name)
     if isinstance(default, HsvRange):
-        return f"default {default.h[0]}-{default.h[1]},{default.s[0]}-{default.s[1]},{default.v[0]}-{default.v[1]}"
-    return f"default {default!r}"
+        shown = f"{default.h[0]}-{default.h[1]},{default.s[0]}-{default.s[1]},{default.v[0]}-{default.v[1]}"
+    elif isinstance(default, tuple):
+        shown = ",".join(map(str, default))
+    else:
+        shown = str(default)
+    comment = field_comments(cls).get(name, "")
+    # argparse formats help with %: a literal percent sign must be doubled
+    return f"{comment} (default: {shown})".replace("%", "%%").strip()
 
 
-def add_section_flags(parser: argparse.ArgumentParser, section: str) -> None:
-    """One flag per field of `EngineConfig.<section>`."""
+def add_section_flags(parser: argparse.ArgumentParser, section: str, only: frozenset[str] | None = None) -> None:
+    """One flag per field of `EngineConfig.<section>` (or per field named in `only`), its help the
+    field's comment in config.py."""
     cls = get_type_hints(EngineConfig)[section]
-    group = parser.add_argument_group(f"[{section}] parameters (also settable in the --config TOML)")
+    group = parser.add_argument_group(f"[{section}] {(cls.__doc__ or '').strip().splitlines()[0].rstrip('.')}")
     for field in dataclasses.fields(cls):
+        if only is not None and field.name not in only:
+            continue
         hint = get_type_hints(cls)[field.name]
         flag = "--" + RENAMED.get((section, field.name), field.name.replace("_", "-"))
         kwargs: dict[str, Any] = {

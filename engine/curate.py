@@ -6,7 +6,6 @@ Orchestration only (I/O, caching, progress, summaries); the equations live in `p
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections import Counter, deque
@@ -23,10 +22,10 @@ from activessf_engine.config import EngineConfig, FeatureConfig, to_dict
 from activessf_engine.crops import cut_rois, fit_to_square
 from activessf_engine.decode import decode_files
 from activessf_engine.device import DeviceChoice, as_choice
-from activessf_engine.features import Backbone, iter_extract, load_backbone
+from activessf_engine.features import Backbone, iter_extract, load_backbone, resolve_features, weights_source
 from activessf_engine.labeled import scan_labeled
 from activessf_engine.progress import Progress, make_progress
-from activessf_engine.prototypes import Prototypes, fit_prototypes, load_prototypes
+from activessf_engine.prototypes import META_FILE, Prototypes, fit_prototypes, load_prototypes
 from activessf_engine.regions import TileRegions, find_regions
 from activessf_engine.selection import Decisions, cluster_thresholds, select
 from activessf_engine.store import ROI_COLUMNS, FeatureCache, PartData, RoiStore, StoreWriter, features_key
@@ -66,11 +65,9 @@ def feature_cache(store: RoiStore, backbone: Backbone) -> FeatureCache:
 
 
 def selection_features_config(config: EngineConfig, prototypes: Prototypes) -> FeatureConfig:
-    """The feature settings of a selection: the run's, with the model the prototypes were made with."""
-    if config.features.model == prototypes.model:
-        return config.features
-    log.info("using the prototypes' model %s (not %s)", prototypes.model, config.features.model)
-    return dataclasses.replace(config.features, model=prototypes.model)
+    """The feature settings of a selection: the run's, where "auto" model and weights are the prototypes'
+    own; another model given explicitly is refused (`resolve_features`), other weights by fingerprint later."""
+    return resolve_features(config.features, (prototypes.model, prototypes.weights))
 
 
 def store_features(
@@ -111,7 +108,10 @@ def _central_region(regions: TileRegions, width: int, height: int) -> np.ndarray
 
 
 def labeled_rois(
-    labeled_root: str | Path, config: EngineConfig, device: DeviceChoice | str | torch.device = "cpu"
+    labeled_root: str | Path,
+    config: EngineConfig,
+    device: DeviceChoice | str | torch.device = "cpu",
+    progress: bool | Progress = False,
 ) -> tuple[np.ndarray, np.ndarray, list[str], dict[str, Any]]:
     """The labeled set as ROIs framed like the candidates (see PrototypeConfig.labeled_crop).
 
@@ -122,7 +122,9 @@ def labeled_rois(
     rois, labels = [], []
     report: dict[str, Any] = {"skipped": [], "filter_crops": 0, "whole_images": 0}
     images = decode_files(labeled.paths, config.input, device)  # decoded and filtered on the run's device
+    bar = make_progress(progress, len(labeled.paths), "img", "labeled crops")
     for label, image in zip(labeled.labels, images, strict=True):
+        bar.update(1)
         if image.image is None:
             report["skipped"].append({"path": str(image.path), "error": image.error})
             log.warning("skipped labeled image %s: %s", image.path, image.error)
@@ -138,6 +140,7 @@ def labeled_rois(
             rois.append(cut_rois(tile, box, config.crop)[0][0])
             report["filter_crops"] += 1
         labels.append(label)
+    bar.close()
     if not rois:
         raise ValueError(f"no labeled image under {labeled_root} could be decoded")
     return np.stack(rois), np.asarray(labels, dtype=np.int64), labeled.class_names, report
@@ -150,12 +153,20 @@ def run_prototypes(
     *,
     device: DeviceChoice | str | torch.device = "cpu",
     progress: bool | Progress = False,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Features of the labeled set, K-means prototypes (Eq. 4-6) with n_i, LB, UB; saved to `out`."""
+    """Features of the labeled set, K-means prototypes (Eq. 4-6) with n_i, LB, UB; saved to `out`.
+
+    An `out` that already holds prototypes is refused unless `overwrite`; the weights are checked
+    before the labeled set is read.
+    """
     started = time.perf_counter()
+    check_prototypes_out(out, overwrite)
     device = as_choice(device)
-    rois, labels, class_names, report = labeled_rois(labeled_root, config, device)
-    backbone = load_backbone(config.features, device)
+    feature_config = resolve_features(config.features)
+    weights_source(feature_config)
+    rois, labels, class_names, report = labeled_rois(labeled_root, config, device, progress)
+    backbone = load_backbone(feature_config, device)
     bar = make_progress(progress, len(rois), "img", "labeled features")
     outputs = []
     for feats in iter_extract(backbone, _batches(rois, config.features.batch_size)):
@@ -170,6 +181,7 @@ def run_prototypes(
         config.prototypes,
         model=backbone.name,
         fingerprint=backbone.fingerprint,
+        weights=feature_config.weights,
         device=device,
     )
     prototypes.save(Path(out))
@@ -184,7 +196,8 @@ def run_prototypes(
         "model": backbone.name,
         "kmeans_backend": prototypes.backend,
         "feature_dtype": backbone.dtype_name,
-        "weights": backbone.weights,
+        "weights": feature_config.weights,
+        "weights_loaded": backbone.weights,
         "untrained_weights": backbone.untrained,
         "fingerprint": backbone.fingerprint,
         "wall_seconds": round(time.perf_counter() - started, 3),
@@ -212,12 +225,18 @@ def _cluster_table(prototypes: Prototypes, thresholds: np.ndarray | None = None)
 
 def _write_decisions(root: Path, decisions: Decisions) -> None:
     group = zarr.open_group(str(root / "decisions"), mode="w", zarr_format=3)
-    for name in ("cluster", "distance", "threshold", "selected"):
+    for name in ("cluster", "distance", "threshold", "within_threshold", "selected"):
         values = getattr(decisions, name)
         arr = group.create_array(name, shape=values.shape, chunks=(max(1, len(values)),), dtype=values.dtype)
         if len(values):
             arr[:] = values
     group.attrs["strategy"] = decisions.strategy
+
+
+def check_prototypes_out(out: str | Path, overwrite: bool) -> None:
+    """Refuse to replace prototypes at `out` without `overwrite`, before any work."""
+    if (Path(out) / META_FILE).exists() and not overwrite:
+        raise FileExistsError(f"{out} already holds prototypes; choose another --out or pass --overwrite")
 
 
 def check_select_out(out: str | Path, overwrite: bool) -> None:
@@ -254,7 +273,7 @@ def run_select(
     prototypes = load_prototypes(Path(prototypes_dir))
     feature_config = selection_features_config(config, prototypes)
     backbone = load_backbone(feature_config, device)
-    prototypes.check_compatible(backbone.name, backbone.fingerprint)
+    prototypes.check_compatible(backbone.name, backbone.fingerprint, feature_config.weights)
     features, feature_stats = store_features(store, backbone, feature_config.batch_size, progress)
     t0 = time.perf_counter()
     on_device = torch.from_numpy(features).to(backbone.device)  # Eq. 7 as matrix products, on the GPU if any
@@ -287,6 +306,16 @@ def run_select(
         _write_decisions(Path(out), decisions)
     write_seconds = time.perf_counter() - write_start
 
+    warnings = []
+    if backbone.untrained:
+        warnings.append("features came from an untrained network (--weights random): the selection means nothing")
+    if len(decisions) and not decisions.selected.any():
+        warnings.append(
+            f"no candidate was selected: every distance to the nearest prototype (median "
+            f"{float(np.median(decisions.distance)):.2f}) exceeds its cluster's threshold (largest "
+            f"{float(decisions.threshold.max()):.2f}). Raise --alpha, try --threshold-mode fixed, or check that "
+            "the labeled set is framed like the candidates."
+        )
     per_cluster_candidates = Counter(decisions.cluster.tolist())
     per_cluster_selected = Counter(decisions.cluster[decisions.selected].tolist())
     clusters = _cluster_table(prototypes, cluster_thresholds(prototypes, config.selection))
@@ -299,7 +328,10 @@ def run_select(
         "alpha": config.selection.alpha,
         "threshold_mode": config.selection.threshold_mode,
         "bounds": config.selection.bounds,
+        "budget": config.selection.budget,
+        "balance_by": config.selection.balance_by,
         "candidates": len(decisions),
+        "within_threshold": int(decisions.within_threshold.sum()),
         "selected": int(decisions.selected.sum()),
         "clusters": clusters,
         "features_computed": feature_stats["computed"],
@@ -316,7 +348,9 @@ def run_select(
         },
         "model": backbone.name,
         "feature_dtype": backbone.dtype_name,
+        "weights": feature_config.weights,
         "untrained_weights": backbone.untrained,
+        "warnings": warnings,
         "wall_seconds": round(time.perf_counter() - started, 3),
     }
     zarr.open_group(str(out), mode="a").attrs["summary"] = summary

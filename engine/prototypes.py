@@ -84,6 +84,9 @@ class Prototypes:
     class_names: list[str]
     model: str  # timm model the features came from
     fingerprint: str  # sha256 of its weights (features.state_dict_fingerprint)
+    # The --weights the features came from ("pretrained", "random" or a file): `select` loads the same by default.
+    # "" in prototypes saved before it was recorded.
+    weights: str = ""
     config: dict[str, Any] = field(default_factory=dict)  # PrototypeConfig as a dict
     backend: str = ""  # K-means backend that fitted the centres
 
@@ -105,13 +108,15 @@ class Prototypes:
         """The most frequent labeled class of each cluster."""
         return [self.class_names[i] for i in self.class_counts.argmax(1)]
 
-    def check_compatible(self, model: str, fingerprint: str) -> None:
+    def check_compatible(self, model: str, fingerprint: str, weights: str = "") -> None:
         """Raise ValueError unless the features to compare come from the same model and weights."""
         if model != self.model or fingerprint != self.fingerprint:
             raise ValueError(
-                f"these prototypes were made with other weights: {self.model} {self.fingerprint[:16]}..., "
-                f"the features come from {model} {fingerprint[:16]}... Distances between the two are "
-                "meaningless; rebuild the prototypes with the same --model and --weights."
+                f"these prototypes were made with {self.model}, weights {self.weights or '(not recorded)'} "
+                f"(sha256 {self.fingerprint[:12]}); the features would come from {model}, weights "
+                f"{weights or '(not recorded)'} (sha256 {fingerprint[:12]}). Distances between the two are "
+                "meaningless: leave --model and --weights out to use the prototypes' own, or rebuild the "
+                "prototypes with the ones you want."
             )
 
     def save(self, directory: Path) -> None:
@@ -124,6 +129,7 @@ class Prototypes:
             "format_version": FORMAT_VERSION,
             "model": self.model,
             "fingerprint": self.fingerprint,
+            "weights": self.weights,
             "feature_dim": self.feature_dim,
             "class_names": list(self.class_names),
             "config": self.config,
@@ -191,6 +197,7 @@ def load_prototypes(directory: Path) -> Prototypes:
             class_names=list(meta["class_names"]),
             model=meta["model"],
             fingerprint=meta["fingerprint"],
+            weights=meta.get("weights", ""),
             config=meta.get("config", {}),
             backend=meta.get("backend", ""),
         )
@@ -212,6 +219,7 @@ def fit_prototypes(
     *,
     model: str,
     fingerprint: str,
+    weights: str = "",
     device: DeviceChoice | str = "cpu",
 ) -> Prototypes:
     """K-means (Eq. 4-6) on labeled features (n, d), then each cluster's n_i, LB and UB.
@@ -267,6 +275,7 @@ def fit_prototypes(
         class_names=list(class_names),
         model=model,
         fingerprint=fingerprint,
+        weights=weights,
         config=to_dict(config),
         backend=backend,
     )

@@ -121,7 +121,7 @@ def test_select_refuses_prototypes_of_other_weights(tmp_path: Path, labeled: Pat
     state = {k: v + 1.0 if v.is_floating_point() else v for k, v in backbone.model.state_dict().items()}
     path = tmp_path / "other.pth"
     torch.save(state, path)
-    with pytest.raises(ValueError, match="other weights"):
+    with pytest.raises(ValueError, match=r"made with test_resnet, weights random .* the features would come"):
         curate.run_select(
             candidates, tmp_path / "protos", tmp_path / "sel", replace_section(other, "features", weights=str(path))
         )
@@ -278,3 +278,81 @@ def test_prototypes_with_a_broken_labeled_image_exits_3_and_names_it(tmp_path: P
     assert code == 3
     summary = json.loads(capsys.readouterr().out)
     assert summary["labeled"] == 14 and [Path(s["path"]).name for s in summary["labeled_skipped"]] == ["broken.png"]
+
+
+def test_select_takes_the_prototypes_model_and_weights_and_refuses_another_model(
+    tmp_path: Path, labeled: Path, candidates: Path, capsys
+) -> None:
+    flags = ["--model", "test_resnet", "--weights", "random", "--clusters", "3", "--roi-size", str(SIZE), "--quiet"]
+    assert main(["prototypes", "--labeled", str(labeled), "--out", str(tmp_path / "p"), *flags]) == 0
+    select = ["select", "--candidates", str(candidates), "--prototypes", str(tmp_path / "p"), "--quiet"]
+    assert main([*select, "--out", str(tmp_path / "s")]) == 0  # no --model, no --weights: the prototypes' own
+    assert RoiStore(tmp_path / "s").meta["model"] == "test_resnet"
+    capsys.readouterr()
+    assert main([*select, "--out", str(tmp_path / "s2"), "--model", "resnet18"]) == 2
+    error = capsys.readouterr().err
+    assert "--model resnet18 was given, but the prototypes were made with test_resnet" in error
+    assert not (tmp_path / "s2").exists()
+
+
+def test_prototypes_refuses_to_replace_prototypes_and_takes_filter_flags(tmp_path: Path, labeled: Path, capsys) -> None:
+    import json
+
+    flags = ["--model", "test_resnet", "--weights", "random", "--clusters", "3", "--roi-size", str(SIZE), "--quiet"]
+    out = ["prototypes", "--labeled", str(labeled), "--out", str(tmp_path / "p"), *flags]
+    assert main(out) == 0
+    before = (tmp_path / "p" / "prototypes.json").read_text()
+    capsys.readouterr()
+    assert main([*out, "--min-fill", "0.2"]) == 2
+    assert "already holds prototypes" in capsys.readouterr().err
+    assert (tmp_path / "p" / "prototypes.json").read_text() == before
+    assert main([*out, "--min-fill", "0.2", "--min-box", "9", "--overwrite", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["labeled"] == 14
+    assert json.loads((tmp_path / "p" / "prototypes.json").read_text())["weights"] == "random"
+
+
+def test_missing_weights_stop_prototypes_before_the_labeled_set_is_read(
+    tmp_path: Path, labeled: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("the labeled set was read before the weights were checked")
+
+    monkeypatch.setattr(curate, "labeled_rois", no_decoding)
+    config = replace_section(_config(), "features", weights=str(tmp_path / "resnet50.safetensors"))
+    with pytest.raises(FileNotFoundError, match=r"resnet50\.safetensors does not exist"):
+        curate.run_prototypes(labeled, tmp_path / "p", config)
+
+
+def test_a_selection_of_nothing_says_so(tmp_path: Path, labeled: Path, candidates: Path, capsys) -> None:
+    import json
+
+    flags = ["--model", "test_resnet", "--weights", "random", "--clusters", "3", "--roi-size", str(SIZE), "--quiet"]
+    assert main(["prototypes", "--labeled", str(labeled), "--out", str(tmp_path / "p"), *flags]) == 0
+    select = ["select", "--candidates", str(candidates), "--prototypes", str(tmp_path / "p"), "--quiet"]
+    fixed_zero = ["--threshold-mode", "fixed", "--fixed-threshold", "0"]
+    assert main([*select, "--out", str(tmp_path / "s"), *fixed_zero]) == 0
+    assert "WARNING: no candidate was selected" in capsys.readouterr().err
+    assert main([*select, "--out", str(tmp_path / "s2"), *fixed_zero, "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["selected"] == 0 and any("no candidate was selected" in w for w in summary["warnings"])
+
+
+def test_help_shows_the_config_comments_and_only_the_flags_a_command_reads(capsys) -> None:
+    import dataclasses
+
+    from activessf_engine.cli_flags import field_comments
+    from activessf_engine.config import EngineConfig
+
+    for section in dataclasses.fields(EngineConfig):
+        cls = section.type if isinstance(section.type, type) else type(getattr(EngineConfig(), section.name))
+        missing = [f.name for f in dataclasses.fields(cls) if not field_comments(cls).get(f.name)]
+        assert not missing, f"[{section.name}] fields without a comment in config.py: {missing}"
+    pages = {}
+    for command in ("prototypes", "select", "run"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        pages[command] = capsys.readouterr().out
+    assert "--alpha" not in pages["prototypes"] and "--min-fill" in pages["prototypes"]
+    assert "--clusters" not in pages["select"] and "--min-fill" not in pages["select"] and "--alpha" in pages["select"]
+    assert "--alpha" in pages["run"] and "--clusters" in pages["run"]
+    assert "tau: region pixels / bounding-box pixels (default: 0.7)" in " ".join(pages["prototypes"].split())

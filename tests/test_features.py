@@ -171,12 +171,12 @@ def empty_caches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return hub
 
 
-def test_cache_mode_without_cache_explains_what_to_do(empty_caches: Path) -> None:
-    with pytest.raises(FileNotFoundError, match=r"--weights random"):
-        load_backbone(FeatureConfig(model=MODEL, weights="cache"))
+def test_pretrained_without_package_or_cache_explains_what_to_do(empty_caches: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"no local pretrained weights for 'test_resnet'.*--weights PATH"):
+        load_backbone(FeatureConfig(model=MODEL, weights="pretrained"))
 
 
-def test_cache_mode_reads_the_local_hub_cache(
+def test_pretrained_reads_the_local_hub_cache(
     empty_caches: Path, trained_state: dict[str, torch.Tensor], rois: np.ndarray
 ) -> None:
     import os
@@ -192,8 +192,8 @@ def test_cache_mode_reads_the_local_hub_cache(
     (cache / "refs" / "main").write_text(commit)
     safetensors.torch.save_file(trained_state, str(snapshot / "model.safetensors"))
 
-    loaded = load_backbone(FeatureConfig(model=MODEL, weights="cache"))
-    assert loaded.weights == "timm-cache"
+    loaded = load_backbone(FeatureConfig(model=MODEL, weights="pretrained"))
+    assert loaded.weights == f"pretrained:{snapshot / 'model.safetensors'}"
     assert loaded.fingerprint == state_dict_fingerprint(
         {k: v for k, v in trained_state.items() if not k.startswith("fc.")}
     )

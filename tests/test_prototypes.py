@@ -116,9 +116,9 @@ def test_save_load_round_trip_is_exact(tmp_path: Path) -> None:
 def test_check_compatible() -> None:
     prototypes = _fit()
     prototypes.check_compatible("test_resnet", FINGERPRINT)
-    with pytest.raises(ValueError, match="other weights"):
-        prototypes.check_compatible("test_resnet", "cd" * 32)
-    with pytest.raises(ValueError, match="other weights"):
+    with pytest.raises(ValueError, match=r"abababababab\); the features would come from test_resnet, weights w\.pth"):
+        prototypes.check_compatible("test_resnet", "cd" * 32, "w.pth")
+    with pytest.raises(ValueError, match="would come from resnet50"):
         prototypes.check_compatible("resnet50", FINGERPRINT)
 
 

@@ -163,15 +163,21 @@ def test_strategy_registry_matches_config() -> None:
         select(features, prototypes, dataclasses.replace(SelectionConfig(), strategy="nope"))
 
 
+def _strategy_config(strategy: str, **changes) -> SelectionConfig:
+    """The strategy's config; gated-balanced needs a budget, here a quarter of the candidates."""
+    return SelectionConfig(strategy=strategy, budget=0.25 if strategy == "gated-balanced" else 0.0, **changes)
+
+
 @pytest.mark.parametrize("strategy", list_strategies())
 def test_every_strategy_reports_activessf_values(strategy: str) -> None:
     features, prototypes = _candidates()
     reference = select(features, prototypes, SelectionConfig())
-    decisions = select(features, prototypes, SelectionConfig(strategy=strategy))
+    decisions = select(features, prototypes, _strategy_config(strategy))
     assert decisions.strategy == strategy
     assert decisions.selected.dtype == bool and decisions.selected.shape == (len(features),)
-    for name in ("cluster", "distance", "threshold"):
+    for name in ("cluster", "distance", "threshold", "within_threshold"):
         np.testing.assert_array_equal(getattr(decisions, name), getattr(reference, name))
+    np.testing.assert_array_equal(reference.within_threshold, reference.selected)
     if strategy in ("activessf", "random", "balanced"):
         assert decisions.selected.sum() == reference.selected.sum()
     if strategy == "all":
@@ -214,5 +220,57 @@ def test_water_fill() -> None:
 @pytest.mark.parametrize("strategy", list_strategies())
 def test_no_candidates(strategy: str) -> None:
     _, prototypes = _candidates()
-    decisions = select(np.empty((0, 2), dtype=np.float32), prototypes, SelectionConfig(strategy=strategy))
+    decisions = select(np.empty((0, 2), dtype=np.float32), prototypes, _strategy_config(strategy))
     assert len(decisions) == 0 and decisions.selected.dtype == bool
+
+
+# gated-balanced (issue 15) -------------------------------------------------------------------------
+
+
+def _with_junk(seed: int = 0) -> tuple[np.ndarray, Prototypes, np.ndarray]:
+    """The three imbalanced blobs plus 300 junk candidates far from every prototype; the blob of each row
+    (0, 1, 2; 3 = junk)."""
+    features, prototypes = _candidates(seed)
+    junk = np.random.default_rng(seed + 1).normal(loc=(60.0, 60.0), scale=20.0, size=(300, 2)).astype(np.float32)
+    truth = np.repeat([0, 1, 2, 3], [600, 60, 20, 300])
+    return np.concatenate([features, junk]), prototypes, truth
+
+
+@pytest.mark.parametrize("balance_by", ["kmeans", "prototypes", "both"])
+def test_gated_balanced_drops_what_activessf_drops_and_balances_the_rest(balance_by: str) -> None:
+    features, prototypes, truth = _with_junk()
+    config = SelectionConfig(
+        strategy="gated-balanced", threshold_mode="fixed", fixed_threshold=5.0, budget=120, balance_by=balance_by
+    )
+    activessf = select(features, prototypes, dataclasses.replace(config, strategy="activessf"))
+    decisions = select(features, prototypes, config)
+    assert not (decisions.selected & ~activessf.selected).any()  # the gate removes exactly what activessf removes
+    assert (truth[activessf.selected] < 3).all() and (truth[~activessf.selected] == 3).sum() == 300
+    assert decisions.selected.sum() == 120  # the budget, met
+    per_blob = np.bincount(truth[decisions.selected], minlength=4).tolist()
+    gated = np.bincount(truth[activessf.selected], minlength=4).tolist()
+    assert per_blob[3] == 0
+    # equal shares where each blob has enough gated candidates; the small blob gives its surplus to the others
+    assert gated[2] < 40 <= gated[1]
+    assert per_blob[2] == gated[2] and abs(per_blob[0] - per_blob[1]) <= 1
+    # activessf alone keeps the imbalance: the largest blob dominates what it keeps
+    assert gated[0] > 5 * gated[1]
+
+
+def test_gated_balanced_budget_as_a_fraction_a_short_gate_and_no_budget() -> None:
+    features, prototypes, _ = _with_junk()
+    gate = {"strategy": "gated-balanced", "threshold_mode": "fixed", "fixed_threshold": 5.0}
+    fraction = select(features, prototypes, SelectionConfig(**gate, budget=0.1))
+    assert fraction.selected.sum() == round(0.1 * len(features))
+    everything = select(features, prototypes, SelectionConfig(**gate, budget=10_000))
+    np.testing.assert_array_equal(everything.selected, everything.within_threshold)  # a short gate keeps all it passed
+    with pytest.raises(ValueError, match="give --budget N or a fraction"):
+        select(features, prototypes, SelectionConfig(strategy="gated-balanced"))
+    with pytest.raises(ValueError, match="must be whole"):
+        SelectionConfig(budget=12.5)
+
+
+def test_random_and_balanced_take_a_budget() -> None:
+    features, prototypes, _ = _with_junk()
+    for strategy in ("random", "balanced"):
+        assert select(features, prototypes, SelectionConfig(strategy=strategy, budget=77)).selected.sum() == 77
