@@ -31,7 +31,7 @@ PREFLIGHT = """
 import importlib, json, subprocess, sys
 versions = {}
 for name in ("torch", "torchvision", "cupy", "numba", "scipy", "sklearn", "kornia", "zarr", "numcodecs", "timm",
-             "nvidia.dali", "cuml", "cv2"):
+             "nvidia.dali", "cuml", "cv2", "tifffile", "imagecodecs", "openslide"):
     try:
         versions[name] = getattr(importlib.import_module(name), "__version__", "?")
     except Exception as error:
@@ -52,7 +52,7 @@ class Step:
     name: str
     group: str
     command: list[str] | str  # arguments after the interpreter (a string is split on spaces); "{json}" and
-    # "{xml}" are replaced by the paths of the step's JSON and JUnit XML
+    # "{xml}" are replaced by the paths of the step's JSON and JUnit XML, "{downstream}" by --downstream-inputs
     timeout: int  # seconds
     compare: bool = False  # run under --baseline-path too
     result: dict[str, Any] = field(default_factory=dict)
@@ -94,11 +94,30 @@ STEPS = [
         220,
     ),
     Step(
+        "slides-gpu-tests",
+        "slides",
+        "-m pytest -p no:cacheprovider -m gpu -q --junitxml {xml} tests/test_slides.py",
+        150,
+    ),
+    Step(
+        "slide-read",
+        "slides",
+        "benchmarks/slide_read.py --size 16384x12288 --tile 2048 --rounds 3 --json {json}",
+        240,
+    ),
+    Step(
         "features-compile",
         "compile",
         "benchmarks/feature_throughput.py --device cuda --batch-sizes 256 --dtypes bfloat16 --compile --rounds 20 "
         "--json {json}",
         180,
+    ),
+    # selection_quality.py --downstream-inputs FILE, made where the data is; the SSL table of each strategy's set
+    Step(
+        "ssl-downstream",
+        "downstream",
+        "benchmarks/ssl_probe.py {downstream} --device cuda --seeds 3 --steps 300 --batch 256 --json {json}",
+        300,
     ),
 ]
 
@@ -116,14 +135,17 @@ def _junit_counts(path: Path) -> dict[str, Any]:
     return counts
 
 
-def run_step(step: Step, python: str, env: dict[str, str], log_path: Path, tmp: Path, limit: float) -> dict[str, Any]:
+def run_step(
+    step: Step, python: str, env: dict[str, str], log_path: Path, tmp: Path, limit: float, downstream: str = ""
+) -> dict[str, Any]:
     """Run one step for at most `limit` seconds; what it prints goes to the log as it prints it, so even a
     step killed from outside leaves its output there."""
     json_path, xml_path = tmp / f"{step.name}.json", tmp / f"{step.name}.xml"
     for path in (json_path, xml_path):
         path.unlink(missing_ok=True)
     arguments = step.command.split() if isinstance(step.command, str) else step.command
-    command = [python, *(a.replace("{json}", str(json_path)).replace("{xml}", str(xml_path)) for a in arguments)]
+    places = {"{json}": str(json_path), "{xml}": str(xml_path), "{downstream}": downstream}
+    command = [python, *(places.get(a, a) for a in arguments)]
     with open(log_path, "a") as log:
         log.write(f"\n===== {step.name} ({env.get('ACTIVESSF_VERSION_LABEL', 'current')}) =====\n")
         log.flush()
@@ -157,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", default="checks,filter,cpu-filter,selection", help="groups or step names")
     parser.add_argument("--pythonpath", default=os.environ.get("PYTHONPATH", ""), help="where the package is")
     parser.add_argument("--baseline-path", help="PYTHONPATH entry of the version to compare with")
+    parser.add_argument("--downstream-inputs", default="", help="the .npz of the ssl-downstream step")
     parser.add_argument(
         "--budget", type=float, default=330, help="seconds for all steps: each step's limit is cut to what is left"
     )
@@ -186,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     limit = min(step.timeout, left)
                     report["steps"][key] = run_step(
-                        step, sys.executable, env, args.out / "gpu_check.log", Path(tmp), limit
+                        step, sys.executable, env, args.out / "gpu_check.log", Path(tmp), limit, args.downstream_inputs
                     )
                 if report["steps"][key]["status"] != "ok":
                     failed.append(key)

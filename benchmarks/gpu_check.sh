@@ -6,6 +6,7 @@
 #                                               # (default checks,filter,cpu-filter,selection)
 #   BASELINE=path/to/older/tree bash benchmarks/gpu_check.sh filter   # before/after on one machine
 #   BUDGET=300 bash benchmarks/gpu_check.sh    # seconds for all steps (default 330): the script ends by itself
+#   DOWNSTREAM=x.npz bash benchmarks/gpu_check.sh checks,downstream   # + the SSL table (selection_quality.py)
 #
 # Results: $OUT (default ./gpu-check-out) gets gpu_check.json (every figure; rewritten after each step)
 # and gpu_check.log (all output): two files, whatever fails. Wheels carried under .whl/ (see
@@ -68,5 +69,5 @@ fi
 
 cd "$repo"
 "$python" benchmarks/gpu_check.py --out "$out" --steps "$steps" --pythonpath "$PYTHONPATH" --budget "${BUDGET:-330}" \
-    "${baseline[@]}" 2>&1 | tee -a "$log"
+    --downstream-inputs "${DOWNSTREAM:-}" "${baseline[@]}" 2>&1 | tee -a "$log"
 exit "${PIPESTATUS[0]}"

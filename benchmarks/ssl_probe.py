@@ -231,12 +231,17 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255)
 
 
-def run_table(inputs: DownstreamInputs, schedule: SslSchedule, seeds: int, device: str = "cpu") -> dict[str, Any]:
-    """SimCLR on each set (and an untrained encoder, the floor), probed over `seeds` seeds."""
+def run_table(
+    inputs: DownstreamInputs, schedule: SslSchedule, seeds: int, device: str = "cpu", only: list[str] | None = None
+) -> dict[str, Any]:
+    """SimCLR on each set (and an untrained encoder, the floor), probed over `seeds` seeds; `only` names
+    the rows to run (default all)."""
     split = ProbeSplit.make(to_tensor(inputs.labeled), inputs.labels, inputs.class_names)
     pool = to_tensor(inputs.pool)
     results: dict[str, Any] = {"rare": inputs.rare, "schedule": dataclasses.asdict(schedule), "device": device}
     for name, rows in {UNTRAINED: None, **inputs.sets}.items():
+        if only is not None and name not in only:
+            continue
         runs = []
         for seed in range(seeds):
             if rows is None:
@@ -251,9 +256,11 @@ def run_table(inputs: DownstreamInputs, schedule: SslSchedule, seeds: int, devic
                 if curve
                 else ""
             )
+            rare_f1 = {p: np.mean([scores[p]["per_class_f1"][c] for c in inputs.rare]) for p in ("linear", "knn")}
             print(
-                f"  {name:<32} seed {seed}: linear macro-F1 {scores['linear']['macro_f1']:.3f}, "
-                f"kNN {scores['knn']['macro_f1']:.3f}{trained}",
+                f"  {name:<32} seed {seed}: linear macro-F1 {scores['linear']['macro_f1']:.3f} "
+                f"(rare {rare_f1['linear']:.3f}), kNN {scores['knn']['macro_f1']:.3f} (rare {rare_f1['knn']:.3f})"
+                f"{trained}",
                 flush=True,
             )
         results[name] = {"rois": None if rows is None else len(rows), "runs": runs, **aggregate(runs, inputs.rare)}
@@ -299,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=SslSchedule.steps)
     parser.add_argument("--batch", type=int, default=SslSchedule.batch)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--only", type=lambda v: v.split(","), help="comma-separated rows to run (default all)")
     args = parser.parse_args(argv)
     inputs = DownstreamInputs.load(args.inputs)
     schedule = SslSchedule(steps=args.steps, batch=args.batch, resolution=inputs.pool.shape[1])
@@ -307,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         f"SimCLR {schedule.steps} steps x {schedule.batch} at {schedule.resolution}px, {args.seeds} seeds, "
         f"on {args.device}; pool {len(inputs.pool)}, labeled {len(inputs.labeled)}"
     )
-    results = run_table(inputs, schedule, args.seeds, args.device)
+    results = run_table(inputs, schedule, args.seeds, args.device, args.only)
     results["seconds"] = round(time.perf_counter() - started, 1)
     print_table(results)
     print(f"wall time {results['seconds']:.0f} s")

@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--input",
         required=True,
         type=Path,
-        help="folder of tiles (searched recursively), one image, or a .txt list of image paths",
+        help="folder of tiles or whole slides (searched recursively), one image or slide, or a .txt list of paths",
     )
     p.add_argument("--out", type=Path, help="ROI store to create, or to resume if interrupted (not with --limit)")
     p.add_argument("--overwrite", action="store_true", help="delete an existing store at --out first")
@@ -162,6 +162,8 @@ def _filter_lines(s: dict[str, Any]) -> list[str]:
             f" (parts already done: {s['parts_already_done']} of {s['parts_total']})" if s["parts_already_done"] else ""
         ),
     ]
+    if s["slides"]:
+        lines.append(f"slides           {s['slides']}, {s['background_tiles']} background tile(s) not read")
     for reason, count in sorted(s["skip_reasons"].items()):
         lines.append(f"  skipped        {count} x {reason}")
     if s["tiles_below_min_box"]:
@@ -346,7 +348,7 @@ def cmd_manifest(args: argparse.Namespace) -> int:
 
     store = RoiStore(args.store)
     cols = store.columns()
-    listed = ("box", "crop_box", "area", "fill_rate", "source", "source_path", "part")
+    listed = ("box", "crop_box", "area", "fill_rate", "source", "source_path", "part", "slide", "level", "level0_box")
     later = ("cluster", "distance", "threshold", "candidate")  # added by `select`, in this order
     extra = [c for c in later if c in cols] + sorted(c for c in cols if c not in listed and c not in later)
     header = [
@@ -363,6 +365,7 @@ def cmd_manifest(args: argparse.Namespace) -> int:
         "crop_x1",
         "crop_y1",
         "part",
+        *(["slide", "level", "l0_x0", "l0_y0", "l0_x1", "l0_y1"] if "level0_box" in cols else []),
         *extra,
     ]
     sink = open(args.output, "w", newline="") if args.output else contextlib.nullcontext(sys.stdout)  # noqa: SIM115
@@ -379,6 +382,11 @@ def cmd_manifest(args: argparse.Namespace) -> int:
                     f"{float(cols['fill_rate'][i]):.4f}",
                     *cols["crop_box"][i].tolist(),
                     int(cols["part"][i]),
+                    *(
+                        [cols["slide"][i], int(cols["level"][i]), *cols["level0_box"][i].tolist()]
+                        if "level0_box" in cols
+                        else []
+                    ),
                     *(cols[c][i].item() for c in extra),
                 ]
             )

@@ -146,6 +146,34 @@ class InputConfig:
     # threads; more torch threads on top of them oversubscribe the cores (measured on 2 cores: a
     # crop resize took 1.3 ms with 1 thread and over 100 ms with 2 while the decoder was busy).
     torch_threads: int = 1
+    # Whole slides (README, "Whole slides"). Files with these suffixes, and pyramidal, OME, Aperio and Hamamatsu
+    # TIFFs, are read as slides: cut into overlapping tiles on the fly, background tiles skipped.
+    slide_extensions: tuple[str, ...] = (".svs", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".vmu", ".svslide")
+    # The library that reads slides: `auto` reads .tif, .tiff and .svs with tifffile (6x OpenSlide's tiles/s,
+    # benchmarks/README.md) and the other vendor formats with OpenSlide (cuCIM where only it is installed).
+    slide_reader: Literal["auto", "tifffile", "openslide", "cucim"] = "auto"
+    # Target microns per pixel of slides: the coarsest pyramid level at least this fine (within 10%) is read.
+    # 0 = read `slide_level` whatever its magnification.
+    mpp: float = 0.0
+    slide_level: int = 0  # the pyramid level read when mpp is 0 (0 = full resolution)
+    # Microns per pixel at which the filter's pixel sizes (filter.min_box, input.slide_overlap) are stated: on a
+    # slide they are multiplied by reference_mpp / (mpp of the level read), so one config serves 20x and 40x
+    # scans. 0 = the target `mpp`; when both are 0 the sizes are used as they are.
+    reference_mpp: float = 0.0
+    # Level-0 microns per pixel of slides whose metadata states none; 0 = such a slide is an error when mpp or
+    # reference_mpp is set (it can still be read by level: mpp 0 and reference_mpp 0).
+    base_mpp: float = 0.0
+    slide_tile: int = 2048  # side of the tiles a slide is cut into, in pixels of the level read
+    # Neighbouring slide tiles overlap by this many pixels (at reference_mpp, scaled like min_box): at least the
+    # largest cell, so that every cell lies whole in the one tile that holds its centre, which alone keeps it.
+    slide_overlap: int = 256
+    # Background: a slide tile is read only when at least this fraction of it is smear on the slide's thumbnail.
+    # The tissue mask is saturation above its Otsu threshold (as CLAM does). 0 = read every tile.
+    min_tissue: float = 0.01
+    # Upper bound of that Otsu threshold (0-255): a thumbnail that is all smear has no background mode, and
+    # Otsu alone would then split red cells from nuclei and call the red cells background.
+    tissue_saturation: int = 15
+    thumbnail_side: int = 2048  # the longer side of the thumbnail the tissue mask is computed on, at most
 
     def __post_init__(self) -> None:
         if not self.extensions or not all(isinstance(e, str) and e.startswith(".") for e in self.extensions):
@@ -153,6 +181,14 @@ class InputConfig:
         for name in ("max_pixels", "max_batch_pixels", "min_side", "batch_size", "torch_threads"):
             _require("input", name, getattr(self, name), low=1)
         _require("input", "threads", self.threads, low=0)
+        if not all(isinstance(e, str) and e.startswith(".") for e in self.slide_extensions):
+            raise ValueError(f"input.slide_extensions must be suffixes such as ['.svs'], got {self.slide_extensions!r}")
+        for name in ("mpp", "reference_mpp", "base_mpp", "slide_level", "slide_overlap"):
+            _require("input", name, getattr(self, name), low=0)
+        _require("input", "min_tissue", self.min_tissue, low=0, high=1)
+        _require("input", "tissue_saturation", self.tissue_saturation, low=0, high=255)
+        _require("input", "slide_tile", self.slide_tile, low=64)
+        _require("input", "thumbnail_side", self.thumbnail_side, low=16)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,8 @@ class RoiDataset(Dataset):
 
     The store is opened lazily in each process, so the dataset can be handed to DataLoader workers
     (fork or spawn). `transform` receives the uint8 tensor (torchvision v2 transforms accept it).
-    With `with_meta`, items are (image, {"roi", "source", "box", ...}) for provenance.
+    With `with_meta`, items are (image, {"roi", "source", "box", "slide", "level", "level0_box", ...}) for
+    provenance.
     """
 
     def __init__(
@@ -54,6 +55,9 @@ class RoiDataset(Dataset):
             return image
         cols = self.store.columns()
         meta = {"roi": index, "source": str(cols["source_path"][index]), "box": cols["box"][index].tolist()}
+        if "level0_box" in cols:  # where to find it again in a viewer: slide, level, box in level-0 pixels
+            meta.update(slide=str(cols["slide"][index]), level=int(cols["level"][index]))
+            meta["level0_box"] = cols["level0_box"][index].tolist()
         for name in ("cluster", "distance"):
             if name in cols:
                 meta[name] = cols[name][index].item()

@@ -89,10 +89,7 @@ def run_filter_on_dask(
         bar = make_progress(progress, sum(len(s) for _, s in pending), "img", "filter")
         with dask_client(scheduler, workers) as client:
             workers_seen = len(client.scheduler_info()["workers"])
-            tasks = [
-                (index, (str(writer.root), index, [(s.relpath, str(s.path)) for s in sources], to_dict(config), device))
-                for index, sources in pending
-            ]
+            tasks = [(index, (str(writer.root), index, sources, to_dict(config), device)) for index, sources in pending]
             for part, choice in _per_part(client, "filter", _filter_part_task, tasks):
                 summary.absorb(part)
                 summary.device_choice = summary.device_choice or {**choice, "workers": workers_seen, "host_work": []}
@@ -171,7 +168,7 @@ def _features_task(root: str, part: int, feature_values: dict[str, Any], device:
 
 
 def _filter_part_task(
-    root: str, index: int, sources: list[tuple[str, str]], config_values: dict[str, Any], device: str
+    root: str, index: int, sources: list[Source], config_values: dict[str, Any], device: str
 ) -> tuple[FilterSummary, dict[str, object]]:
     """One part, in a worker: decode, filter, crop, commit (skipped when already committed)."""
     config = from_dict(EngineConfig, config_values)
@@ -180,7 +177,7 @@ def _filter_part_task(
     torch.set_num_threads(max(1, config.input.torch_threads))
     try:
         writer = StoreWriter(root, config.store)  # no lock of its own: the run's client holds the store's
-        part = filter_part(writer, index, [Source(rel, Path(p)) for rel, p in sources], config, choice, decoder)
+        part = filter_part(writer, index, sources, config, choice, decoder)
     finally:
         torch.set_num_threads(threads)
     return part, choice.describe()

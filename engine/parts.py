@@ -6,6 +6,7 @@ sources into the same parts and decode each part in the same batches, so they ma
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from activessf_engine.crops import cut_rois
 from activessf_engine.decode import DecodedImage, Decoder, decode_batches
 from activessf_engine.device import DeviceChoice
 from activessf_engine.regions import StageTimes, TileRegions, find_regions
+from activessf_engine.slides import expand_slides, plan_groups, read_tile_batches, scaled_filter
 from activessf_engine.sources import Source, find_sources
 from activessf_engine.store import ROI_COLUMNS, PartData, RoiStore, StoreWriter, committed_parts
 
@@ -56,6 +58,8 @@ class FilterSummary:
     sources_without_roi: list[str] = field(default_factory=list)  # read, but no region kept
     store_rois: int = 0  # ROIs the store holds after the run (a resumed run's earlier parts included)
     dry_run: bool = False  # `filter --limit N`: a few tiles filtered, no store written
+    slides: int = 0  # whole slides among the inputs (each read as tiles, which count as sources)
+    background_tiles: int = 0  # slide tiles not read: no smear on them on the slide's thumbnail
 
     @property
     def images_per_second(self) -> float:
@@ -117,9 +121,12 @@ class FilterSummary:
 
 
 def plan_parts(sources: list[Source], sources_per_part: int) -> list[list[str]]:
-    """Sources, sorted by path, cut into consecutive parts."""
-    paths = [s.relpath for s in sources]
-    return [paths[i : i + sources_per_part] for i in range(0, len(paths), sources_per_part)]
+    """Sources, sorted by path, cut into consecutive parts; a part holds tile files or tiles of one slide."""
+    return [
+        [s.relpath for s in group[i : i + sources_per_part]]
+        for group in plan_groups(sources)
+        for i in range(0, len(group), sources_per_part)
+    ]
 
 
 @dataclass
@@ -128,7 +135,7 @@ class FilterPlan:
 
     sources: list[Source]
     plan: list[list[str]]  # relative paths of the sources of each part
-    attrs: dict[str, Any]  # the store's attributes: config and input root
+    attrs: dict[str, Any]  # the store's attributes: config, input root and slides table
 
     def same_output(self, meta: dict[str, Any]) -> list[str]:
         """Why an existing store's parts would differ from this run's (a resume is refused if any)."""
@@ -157,6 +164,8 @@ class FilterPlan:
             sources_total=len(self.sources),
             parts_total=len(self.plan),
             parts_already_done=len(self.plan) - len(pending),
+            slides=len(self.attrs["slides"]),
+            background_tiles=sum(row["background_tiles"] for row in self.attrs["slides"]),
         )
 
     def finish_summary(self, summary: FilterSummary, writer: StoreWriter, started: float) -> None:
@@ -176,16 +185,26 @@ class FilterPlan:
         return [(i, [by_path[p] for p in paths]) for i, paths in enumerate(self.plan) if i not in done]
 
 
+def find_inputs(
+    input_path: str | Path, config: EngineConfig, exclude: Path | None = None
+) -> tuple[list[Source], list[dict[str, Any]]]:
+    """The sources under `input_path`, each slide as its tiles, and the slides' records."""
+    suffixes = (*config.input.extensions, *config.input.slide_extensions)
+    found = find_sources(input_path, suffixes, exclude=exclude)
+    if not found:
+        raise FileNotFoundError(f"no images or slides ({', '.join(suffixes)}) found under {input_path}")
+    return expand_slides(found, config.input)
+
+
 def prepare_filter(input_path: str | Path, out: str | Path, config: EngineConfig) -> FilterPlan:
-    """The sources under `input_path` and their plan of parts; refuses an `out` that holds the input."""
+    """The sources under `input_path` (each slide as its tiles) and their plan of parts; refuses an `out` that
+    holds the input."""
     input_root, store_root = Path(input_path).resolve(), Path(out).resolve()
     if store_root == input_root or store_root in input_root.parents:
         raise ValueError(f"--out {out} holds the input {input_path}: choose an --out outside the input folder")
-    sources = find_sources(input_path, config.input.extensions, exclude=store_root)
-    if not sources:
-        raise FileNotFoundError(f"no images ({', '.join(config.input.extensions)}) found under {input_path}")
+    sources, slides = find_inputs(input_path, config, exclude=store_root)
     plan = plan_parts(sources, config.store.sources_per_part)
-    return FilterPlan(sources, plan, {"config": to_dict(config), "input_root": str(input_root)})
+    return FilterPlan(sources, plan, {"config": to_dict(config), "input_root": str(input_root), "slides": slides})
 
 
 def filter_part(
@@ -216,10 +235,14 @@ def filter_part(
 def decode_part(
     sources: list[Source], config: EngineConfig, device: DeviceChoice, decoder: Decoder
 ) -> Iterator[tuple[list[Source], list[DecodedImage]]]:
-    """The sources of one part decoded batch by batch (`decode_batches`), each batch with its sources: the
-    same batches in every kind of run, so the same regions."""
+    """The sources of one part decoded (tile files: `decode_batches`) or read (slide tiles: `read_tile_batches`)
+    batch by batch, each batch with its sources: the same batches in every kind of run, so the same regions."""
+    if sources and sources[0].tile is not None:
+        batches = read_tile_batches(sources, config.input, device.torch_device)
+    else:
+        batches = decode_batches([s.path for s in sources], config.input, device, decoder)
     done = 0
-    for images in decode_batches([s.path for s in sources], config.input, device, decoder):
+    for images in batches:
         yield sources[done : done + len(images)], images
         done += len(images)
 
@@ -239,7 +262,18 @@ def source_record(source: Source, image: DecodedImage, regions: TileRegions | No
         "decoder": image.decoder,
         "exif_orientation": image.orientation,
         **dict(zip(("rois", *REJECTION_COUNTS), counts, strict=True)),
+        **(source.tile.record() if source.tile is not None else {}),
     }
+
+
+def owned_regions(source: Source, regions: TileRegions | None) -> TileRegions | None:
+    """The regions a source keeps: all of a tile file's; of a slide tile, those whose centre lies in its core
+    (its counts of regions found and rejected stay those of the whole tile, overlap included)."""
+    if regions is None or source.tile is None:
+        return regions
+    owned = source.tile.owns(regions.boxes)
+    kept = {"boxes": regions.boxes[owned], "areas": regions.areas[owned], "fill_rates": regions.fill_rates[owned]}
+    return dataclasses.replace(regions, **kept)
 
 
 class PartBuilder:
@@ -253,7 +287,10 @@ class PartBuilder:
     def add(
         self, source: Source, image: DecodedImage, regions: TileRegions | None, config: EngineConfig
     ) -> dict[str, Any]:
-        """Crop the regions of one tile into the part; returns the source's row of the sources table."""
+        """Crop the regions of one tile into the part (`owned_regions`); returns the source's row of the sources
+        table."""
+        tile = source.tile
+        regions = owned_regions(source, regions)
         count = 0 if regions is None else len(regions.boxes)
         if count:
             cut, crop_boxes = cut_rois(image.image, regions.boxes, config.crop)
@@ -264,6 +301,7 @@ class PartBuilder:
                 ("area", regions.areas),
                 ("fill_rate", regions.fill_rates),
                 ("source", np.full(count, len(self.table))),
+                ("level0_box", regions.boxes if tile is None else tile.level0_boxes(regions.boxes)),
             ):
                 self.columns[name].append(values)
         self.table.append(source_record(source, image, regions))
@@ -281,7 +319,7 @@ def filter_batch(
     sources: list[Source], images: list[DecodedImage], config: EngineConfig, times: StageTimes, part: PartBuilder
 ) -> list[dict[str, Any]]:
     """Regions of every decoded tile of a batch, cut into ROIs and added to its part; the batch's sources rows."""
-    found = batch_regions(images, config, times)
+    found = batch_regions(sources, images, config, times)
     t0 = time.perf_counter()
     rows = [
         part.add(source, image, found.get(i), config)
@@ -291,7 +329,12 @@ def filter_batch(
     return rows
 
 
-def batch_regions(images: list[DecodedImage], config: EngineConfig, times: StageTimes) -> dict[int, TileRegions]:
-    """The regions of each decoded image of a batch, by its index in the batch (images not decoded are absent)."""
+def batch_regions(
+    sources: list[Source], images: list[DecodedImage], config: EngineConfig, times: StageTimes
+) -> dict[int, TileRegions]:
+    """The regions of each decoded image of a batch, by its index in the batch (images not decoded are absent).
+    The tiles of a batch are of one part, so of one slide (whose level scales the filter's pixel sizes) or tile
+    files."""
     ok = [i for i, img in enumerate(images) if img.image is not None]
-    return dict(zip(ok, find_regions([images[i].image for i in ok], config.filter, times), strict=True))
+    filter_config = scaled_filter(config.filter, sources[0].tile if sources else None)
+    return dict(zip(ok, find_regions([images[i].image for i in ok], filter_config, times), strict=True))

@@ -28,12 +28,15 @@ from activessf_engine.parts import (
     batch_regions,
     decode_part,
     filter_batch,
+    find_inputs,
+    owned_regions,
+    plan_parts,
     prepare_filter,
     source_record,
 )
 from activessf_engine.progress import Progress, make_progress
 from activessf_engine.regions import StageTimes
-from activessf_engine.sources import Source, find_sources
+from activessf_engine.sources import Source
 from activessf_engine.store import PartData, StoreWriter
 
 log = logging.getLogger(__name__)
@@ -180,23 +183,24 @@ def dry_run_filter(
         raise ValueError(f"--limit must be at least 1, got {limit}")
     started = time.perf_counter()
     device = as_choice(device)
-    sources = find_sources(input_path, config.input.extensions)[:limit]
-    if not sources:
-        raise FileNotFoundError(f"no images ({', '.join(config.input.extensions)}) found under {input_path}")
+    sources = find_inputs(input_path, config)[0][:limit]
     summary = FilterSummary(store="", device=str(device.torch_device), sources_total=len(sources), dry_run=True)
     summary.device_choice = {**device.describe(), "host_work": host_work(config, device)}
     times = StageTimes(sync=torch.cuda.synchronize if device.kind == "cuda" else (lambda: None))
     bar = make_progress(progress, len(sources), "img", "filter (dry run)")
     with torch_threads(config.input.torch_threads), contextlib.closing(bar):
         decoder = make_decoder(config.input.batch_size, config.input.threads, device)
-        for batch, images in decode_part(sources, config, device, decoder):
-            found = batch_regions(images, config, times)
-            rows = [
-                source_record(s, image, found.get(i)) for i, (s, image) in enumerate(zip(batch, images, strict=True))
-            ]
-            summary.record(rows, config.filter.min_box)
-            summary.rois += sum(row["rois"] for row in rows)
-            bar.update(len(batch))
+        by_path = {s.relpath: s for s in sources}
+        for paths in plan_parts(sources, config.store.sources_per_part):  # a part: tile files, or one slide's tiles
+            for batch, images in decode_part([by_path[p] for p in paths], config, device, decoder):
+                found = batch_regions(batch, images, config, times)
+                rows = [
+                    source_record(s, image, owned_regions(s, found.get(i)))
+                    for i, (s, image) in enumerate(zip(batch, images, strict=True))
+                ]
+                summary.record(rows, config.filter.min_box)
+                summary.rois += sum(row["rois"] for row in rows)
+                bar.update(len(batch))
     summary.stage_seconds = {k: round(v, 4) for k, v in times.seconds.items()}
     summary.wall_seconds = time.perf_counter() - started
     return summary

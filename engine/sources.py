@@ -1,4 +1,7 @@
-"""Find the input tiles: a folder searched recursively (dotfiles and dot-folders skipped), or one file."""
+"""Find the inputs: a folder searched recursively (dotfiles and dot-folders skipped), one file, or a list.
+
+A source is one image to filter: a tile file, or one tile of a whole slide (`SlideTile`, made by `slides`).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +9,53 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SlideTile:
+    """Where a slide tile lies: its window on a pyramid level, and the part of it whose regions it keeps.
+
+    Neighbouring windows overlap; their cores do not, and together they cover the level. A region is kept by
+    the one tile whose core holds the centre of its box, so a cell in an overlap is counted once.
+    """
+
+    slide: str  # the slide's relative path (as a Source's relpath)
+    reader: str  # the slide reader that reads it (slide_readers.SLIDE_READERS)
+    level: int
+    window: tuple[int, int, int, int]  # x0, y0, x1, y1 read, in pixels of `level` (x1, y1 exclusive)
+    core: tuple[int, int, int, int]  # the part of the window this tile owns, in pixels of `level`
+    downsample: float  # level-0 pixels per pixel of `level`
+    scale: float  # the filter's pixel sizes are multiplied by this at this level (reference mpp / level mpp)
+    mpp: float | None  # microns per pixel of `level`; None where the slide states none
+    error: str | None = None  # why the slide could not be planned (it then stands as one source, skipped)
+
+    def owns(self, boxes: np.ndarray) -> np.ndarray:
+        """Which region boxes (n, 4, in window pixels) have their centre in the core: (n,) bool."""
+        x0, y0 = self.window[:2]
+        cx0, cy0, cx1, cy1 = self.core
+        twice_x = 2 * x0 + boxes[:, 0] + boxes[:, 2]  # twice the centre, in level pixels: exact in integers
+        twice_y = 2 * y0 + boxes[:, 1] + boxes[:, 3]
+        return (twice_x >= 2 * cx0) & (twice_x < 2 * cx1) & (twice_y >= 2 * cy0) & (twice_y < 2 * cy1)
+
+    def level0_boxes(self, boxes: np.ndarray) -> np.ndarray:
+        """Region boxes (n, 4, in window pixels) in level-0 pixels of the slide."""
+        origin = np.array(self.window[:2] * 2, dtype=np.float64)
+        return np.rint((boxes + origin) * self.downsample).astype(np.int64)
+
+    def record(self) -> dict[str, Any]:
+        """Its provenance, for the part's sources table."""
+        return {
+            "slide": self.slide,
+            "reader": self.reader,
+            "level": self.level,
+            "window": list(self.window),
+            "core": list(self.core),
+            "downsample": self.downsample,
+            "mpp": self.mpp,
+        }
 
 
 @dataclass(frozen=True)
@@ -15,6 +65,7 @@ class Source:
 
     relpath: str
     path: Path
+    tile: SlideTile | None = None  # a tile of the slide at `path`; None for a tile file
 
     @property
     def id(self) -> str:

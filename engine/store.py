@@ -10,6 +10,7 @@ Layout::
         area       (n,) int64      region pixels
         fill_rate  (n,) float32
         source     (n,) int32      index into the part's `sources` attribute
+        level0_box (n, 4) int64    region box in level-0 pixels of its slide (of a tile file: `box`)
         ...        later stages add columns (cluster, distance, ...)
     store/features/<key>/p000017   cached feature vectors of a part (n, D) float32
 
@@ -44,7 +45,8 @@ from activessf_engine.lock import LOCK_NAME, StoreLock
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2  # 2: every part holds a crc32 per ROI (`roi_crc32`) and of each column (attribute `checksums`)
+# 2: every part holds a crc32 per ROI (`roi_crc32`) and of each column (attribute `checksums`); 3: `level0_box`
+FORMAT_VERSION = 3
 CHECKSUM_COLUMN = "roi_crc32"
 PART_NAME = re.compile(r"^p(\d{6})$")
 # The per-ROI columns every store has: dtype and shape of one row.
@@ -54,7 +56,9 @@ ROI_COLUMNS: dict[str, tuple[type, tuple[int, ...]]] = {
     "area": (np.int64, ()),
     "fill_rate": (np.float32, ()),
     "source": (np.int32, ()),
+    "level0_box": (np.int64, (4,)),
 }
+COLUMNS_SINCE = {"level0_box": 3}  # ROI columns that stores of an older format lack
 
 
 SPARSE_ROWS = 8  # a one-ROI read costs about as much as 8 ROIs of a whole-part read (see RoiStore.part_rois)
@@ -403,21 +407,24 @@ class RoiStore:
             yield part, int(self.offsets[k])
 
     def columns(self) -> dict[str, np.ndarray]:
-        """Every per-ROI column over all parts, with `part` and `source_path` added."""
+        """Every per-ROI column over all parts, with `part`, `source_path`, `slide` and `level` added (from the
+        sources tables: a tile file is its own slide, at level 0)."""
         if self._columns is None:
             names = [n for n in self._groups[self.parts[0]].array_keys() if n != "rois"] if self.parts else []
             cols: dict[str, list[np.ndarray]] = {n: [] for n in names}
-            paths, part_ids = [], []
+            rows, part_ids = [], []
             for part in self.parts:
                 group = self._groups[part]
                 for n in names:
                     cols[n].append(np.asarray(group[n][:]))
                 sources = group.attrs["sources"]
-                paths.extend(sources[i]["path"] for i in np.asarray(group["source"][:]))
+                rows.extend(sources[i] for i in np.asarray(group["source"][:]))
                 part_ids.append(np.full(int(group.attrs["rois"]), part, dtype=np.int32))
             self._columns = {n: np.concatenate(v) if v else np.empty(0) for n, v in cols.items()}
             self._columns["part"] = np.concatenate(part_ids) if part_ids else np.empty(0, np.int32)
-            self._columns["source_path"] = np.array(paths, dtype=object)
+            self._columns["source_path"] = np.array([row["path"] for row in rows], dtype=object)
+            self._columns["slide"] = np.array([row.get("slide", row["path"]) for row in rows], dtype=object)
+            self._columns["level"] = np.array([row.get("level", 0) for row in rows], dtype=np.int32)
         return self._columns
 
     def sources(self) -> list[dict[str, Any]]:

@@ -18,6 +18,7 @@ import numpy as np
 from activessf_engine.lock import StoreLock
 from activessf_engine.store import (
     CHECKSUM_COLUMN,
+    COLUMNS_SINCE,
     ROI_COLUMNS,
     RoiStore,
     column_checksum,
@@ -87,10 +88,10 @@ def _findings(root: str | Path, deep: bool) -> Iterator[tuple[int | None, str]]:
     leftovers = list((Path(root) / "parts").glob(".tmp-*"))
     if leftovers:
         yield None, f"{len(leftovers)} half-written part(s) from an interrupted run (removed when it resumes)"
-    checksummed = int(store.meta.get("format", 1)) >= 2
+    store_format = int(store.meta.get("format", 1))
     for part in store.parts:
         try:
-            problems = _verify_part(store, part, plan, deep, checksummed)
+            problems = _verify_part(store, part, plan, deep, store_format)
         except Exception as exc:  # whatever else is broken in a part is reported, never raised
             problems = [f"{part_name(part)}: cannot be checked: {type(exc).__name__}: {exc}"]
         for problem in problems:
@@ -106,8 +107,9 @@ def _read_column(store: RoiStore, part: int, column: str) -> np.ndarray | str:
         return f"{part_name(part)}: column {column!r} unreadable: {type(exc).__name__}: {exc}"
 
 
-def _verify_part(store: RoiStore, part: int, plan: list[list[str]], deep: bool, checksummed: bool) -> list[str]:
+def _verify_part(store: RoiStore, part: int, plan: list[list[str]], deep: bool, store_format: int) -> list[str]:
     name = part_name(part)
+    checksummed = store_format >= 2
     attrs = store.part_attrs(part)
     sources = attrs.get("sources", [])
     n = int(attrs.get("rois", -1))
@@ -127,7 +129,8 @@ def _verify_part(store: RoiStore, part: int, plan: list[list[str]], deep: bool, 
     if checksummed and not expected:
         problems.append(f"{name}: no checksums in its attributes")
     columns: dict[str, np.ndarray] = {}
-    for column in (*ROI_COLUMNS, *(c for c in expected if c not in ROI_COLUMNS)):
+    required = [c for c in ROI_COLUMNS if COLUMNS_SINCE.get(c, 0) <= store_format]
+    for column in (*required, *(c for c in expected if c not in required)):
         values = _read_column(store, part, column)
         if isinstance(values, str):
             problems.append(values)

@@ -64,6 +64,7 @@ def candidates(tmp_path: Path) -> Path:
             "area": np.full(n, 5000, np.int64),
             "fill_rate": np.full(n, 0.78, np.float32),
             "source": source,
+            "level0_box": np.tile(np.array([[0, 0, 80, 80]], np.int64), (n, 1)),
         }
         table = [
             {

@@ -43,6 +43,7 @@ def make_part(n: int, sources: list[str], seed: int, size: int = 16) -> PartData
             "area": rng.integers(3000, 5000, n).astype(np.int64),
             "fill_rate": rng.uniform(0.7, 1.0, n).astype(np.float32),
             "source": source,
+            "level0_box": box.astype(np.int64),
         },
         sources=table,
     )
@@ -272,3 +273,15 @@ def test_a_part_committed_by_another_writer_meanwhile_is_kept(tmp_path, parts, m
         monkeypatch.setattr(store_module, "_atomic_rename", blocked)
         with pytest.raises(OSError):
             writer.commit_part(1, parts[1])
+
+
+def test_level0_box_is_required_from_store_format_3(tmp_path):
+    writer = StoreWriter.create(tmp_path / "s", "candidates", {}, [["x.png"]])
+    part = make_part(3, ["x.png"], seed=1)
+    del part.columns["level0_box"]
+    writer.commit_part(0, part)
+    meta = read_attrs(tmp_path / "s")
+    assert meta["format"] == 3 and verify_store(tmp_path / "s") == ["p000000: column 'level0_box' missing"]
+    writer._write_root({**meta, "format": 2})  # a store made before slides: the column did not exist yet
+    assert verify_store(tmp_path / "s") == []
+    writer.close()
