@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from activessf_engine.annotations import greedy_match, iou_matrix
 from activessf_engine.config import FilterConfig, InputConfig, to_dict
 from activessf_engine.decode import decode_files
 from activessf_engine.regions import StageTimes, TileRegions, cell_masks, find_regions, regions_of_masks
@@ -129,31 +130,6 @@ def load_samples(data: Path, limit: int | None) -> tuple[list[Sample], int]:
 
 
 # ------------------------------------------------------------------------------------------- matching
-
-
-def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(n, m) IoU of (n, 4) and (m, 4) boxes (x0, y0, x1, y1), x1 and y1 exclusive."""
-    a, b = a.astype(np.float64), b.astype(np.float64)
-    w = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
-    h = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
-    inter = w * h
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
-
-
-def greedy_match(iou: np.ndarray, threshold: float) -> dict[int, int]:
-    """One-to-one row -> column matching of pairs with IoU >= threshold, highest IoU first."""
-    rows, cols = np.nonzero(iou >= threshold)
-    order = np.argsort(-iou[rows, cols], kind="stable")
-    matched: dict[int, int] = {}
-    taken: set[int] = set()
-    for k in order:
-        r, c = int(rows[k]), int(cols[k])
-        if r not in matched and c not in taken:
-            matched[r] = c
-            taken.add(c)
-    return matched
 
 
 @dataclass

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from activessf_engine import __version__, cli_export
+from activessf_engine import __version__, cli_export, cli_inspect
 from activessf_engine.cli_flags import add_section_flags, apply_flags
 from activessf_engine.config import EngineConfig, load_config, replace_section
 from activessf_engine.device import DeviceChoice, DeviceUnavailableError, resolve_device, summary_line
@@ -68,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    cli_inspect.add_parsers(sub, _common)
 
     p = sub.add_parser("filter", help="Cell Region Filtering of a folder of tiles into a ROI store")
     p.add_argument(
@@ -76,8 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="folder of tiles or whole slides (searched recursively), one image or slide, or a .txt list of paths",
     )
-    p.add_argument("--out", required=True, type=Path, help="ROI store to create, or to resume if interrupted")
+    p.add_argument("--out", type=Path, help="ROI store to create, or to resume if interrupted (not with --limit)")
     p.add_argument("--overwrite", action="store_true", help="delete an existing store at --out first")
+    p.add_argument(
+        "--limit", type=_positive, help="dry run: filter only the first N tiles and print the summary; write nothing"
+    )
     _dask_flags(p)
     _common(p, FILTER_SECTIONS)
 
@@ -139,13 +143,7 @@ def _device(args: argparse.Namespace) -> DeviceChoice:
     return choice
 
 
-def _report(args: argparse.Namespace, summary: dict[str, Any], lines: list[str]) -> None:
-    if args.json:
-        json.dump(summary, sys.stdout, indent=2, default=str)
-        sys.stdout.write("\n")
-    else:
-        for line in lines:
-            print(line, file=sys.stderr)
+_report = cli_inspect.print_summary
 
 
 def _device_lines(described: dict[str, Any], host_work: list[str]) -> list[str]:
@@ -159,7 +157,7 @@ def _device_lines(described: dict[str, Any], host_work: list[str]) -> list[str]:
 def _filter_lines(s: dict[str, Any]) -> list[str]:
     lines = [
         *_device_lines(s["device_choice"], s["device_choice"]["host_work"]),
-        f"store            {s['store']}",
+        f"store            {s['store'] or 'none: a dry run (--limit) writes nothing'}",
         f"sources          {s['sources_total']} found, {s['sources_read']} read, {s['sources_skipped']} skipped"
         + (
             f" (parts already done: {s['parts_already_done']} of {s['parts_total']})" if s["parts_already_done"] else ""
@@ -180,7 +178,11 @@ def _filter_lines(s: dict[str, Any]) -> list[str]:
             "against your stain (--purple, --deep-blue)"
         )
     lines += [
+        f"regions          {s['regions_found']} found, {s['rejected_size']} rejected for box size (--min-box), "
+        f"{s['rejected_fill']} rejected for fill rate (--min-fill), {s['rois']} kept",
         f"ROIs found       {s['rois']}",
+        *cli_inspect.sources_without_roi_lines(s["sources_without_roi"]),
+        *([] if s["dry_run"] else [f"store holds      {s['store_rois']} ROIs now"]),
         f"wall time        {s['wall_seconds']:.2f} s",
         f"throughput       {s['images_per_second']:.1f} images/s, {s['megapixels_per_second']:.2f} megapixels/s",
         "stages (s)       " + ", ".join(f"{k} {v:.2f}" for k, v in s["stage_seconds"].items()),
@@ -231,6 +233,15 @@ def _dask(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_filter(args: argparse.Namespace) -> int:
+    if args.limit:
+        from activessf_engine.pipeline import dry_run_filter
+
+        dry = dry_run_filter(args.input, _config(args), args.limit, device=_device(args), progress=not args.quiet)
+        summary = dry.to_json()
+        _report(args, summary, _filter_lines(summary))
+        return EXIT_SKIPPED if summary["sources_skipped"] else EXIT_OK
+    if args.out is None:
+        raise ValueError("filter needs --out STORE (or --limit N for a dry run that writes nothing)")
     choice = None if _on_dask(args) else _device(args)
     summary = _filter(args, _config(args), choice, args.out)
     _report(args, summary, _filter_lines(summary))
@@ -329,6 +340,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             print(line)
         for line in repaired:
             print(f"repaired: {line}")
+    print(cli_inspect.what_next(args, {"problems": problems}), file=sys.stderr)
     return EXIT_FAILED if problems else EXIT_OK
 
 
@@ -342,6 +354,7 @@ def cmd_manifest(args: argparse.Namespace) -> int:
         writer = csv.writer(out)
         writer.writerow(manifest_header(store))
         writer.writerows(manifest_rows(store))
+    print(cli_inspect.what_next(args, {}), file=sys.stderr)
     return EXIT_OK
 
 
@@ -353,6 +366,7 @@ COMMANDS = {
     "verify": cmd_verify,
     "manifest": cmd_manifest,
     **cli_export.COMMANDS,
+    **cli_inspect.COMMANDS,
 }
 
 

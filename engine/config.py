@@ -374,3 +374,25 @@ def load_config(path: str | Path | None = None) -> EngineConfig:
     with open(path, "rb") as fh:
         values = tomllib.load(fh)
     return from_dict(EngineConfig, values, str(path))
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string of printable text is a TOML basic string
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    raise TypeError(f"no TOML form for {value!r}")
+
+
+def dumps_toml(sections: dict[str, dict[str, Any]]) -> str:
+    """Config sections (as `to_dict` gives them) as TOML text that `load_config` reads back."""
+    return "\n".join(
+        f"[{name}]\n" + "".join(f"{key} = {_toml_value(value)}\n" for key, value in values.items())
+        for name, values in sections.items()
+    )

@@ -96,8 +96,8 @@ def run_filter_on_dask(
                 bar.update(part.sources_read + part.sources_skipped)
         writer.clean_temporary()  # what tasks of lost workers left half-written
         bar.close()
-    summary.device_choice = summary.device_choice or {"workers": 0, "host_work": []}  # nothing was pending
-    summary.wall_seconds = time.perf_counter() - started
+        summary.device_choice = summary.device_choice or {"workers": 0, "host_work": []}  # nothing was pending
+        prepared.finish_summary(summary, writer, started)
     return summary
 
 

@@ -6,6 +6,7 @@ sources into the same parts and decode each part in the same batches, so they ma
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Iterator
@@ -25,6 +26,8 @@ from activessf_engine.sources import Source, find_sources
 from activessf_engine.store import FORMAT_VERSION, ROI_COLUMNS, PartData, RoiStore, StoreWriter, committed_parts
 
 log = logging.getLogger(__name__)
+
+REJECTION_COUNTS = ("regions_found", "rejected_size", "rejected_fill")  # per source in its table row, summed in a run
 
 
 @dataclass
@@ -47,6 +50,14 @@ class FilterSummary:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     decoders: dict[str, int] = field(default_factory=dict)
     tiles_below_min_box: int = 0  # tiles whose shorter side is under filter.min_box: no region can pass there
+    # What the filter did with the regions of the tiles read (kept ones are `rois`): components of the masks,
+    # rejected for a box under min_box, rejected for a fill rate under min_fill.
+    regions_found: int = 0
+    rejected_size: int = 0
+    rejected_fill: int = 0
+    sources_without_roi: list[str] = field(default_factory=list)  # read, but no region kept
+    store_rois: int = 0  # ROIs the store holds after the run (a resumed run's earlier parts included)
+    dry_run: bool = False  # `filter --limit N`: a few tiles filtered, no store written
     slides: int = 0  # whole slides among the inputs (each read as tiles, which count as sources)
     background_tiles: int = 0  # slide tiles not read: no smear on them on the slide's thumbnail
 
@@ -58,13 +69,13 @@ class FilterSummary:
     def megapixels_per_second(self) -> float:
         return self.megapixels / self.wall_seconds if self.wall_seconds else 0.0
 
-    def record(self, sources: list[Source], images: list[DecodedImage], min_box: int) -> None:
-        """Count a decoded batch: sources read (with their pixels and decoder) and skipped (with why)."""
-        for source, image in zip(sources, images, strict=True):
-            row = source_record(source, image, 0)
+    def record(self, rows: list[dict[str, Any]], min_box: int) -> None:
+        """Count the sources-table rows of a filtered batch: sources read (with their pixels, decoder and
+        regions) and skipped (with why)."""
+        for row in rows:
             self._count(row, min_box)
             if row["status"] != "ok":
-                log.warning("skipped %s: %s", source.relpath, image.error)
+                log.warning("skipped %s: %s", row["path"], row["error"])
 
     def record_committed(self, part_attrs: dict[str, Any], min_box: int) -> None:
         """Count a part already committed, from its attributes (the sources table written with it)."""
@@ -73,9 +84,13 @@ class FilterSummary:
         self.rois += int(part_attrs["rois"])
 
     def _count(self, row: dict[str, Any], min_box: int) -> None:
-        """Count one row of a sources table (`source_record`)."""
+        """Count one row of a sources table (`source_record`; stores made before the rejection counts lack them)."""
         if row["status"] == "ok":
             self.tiles_below_min_box += min(row["width"], row["height"]) < min_box
+            for name in REJECTION_COUNTS:
+                setattr(self, name, getattr(self, name) + row.get(name, 0))
+            if not row["rois"]:
+                self.sources_without_roi.append(row["path"])
             self.sources_read += 1
             self.megapixels += row["width"] * row["height"] / 1e6
             self.decoders[row["decoder"]] = self.decoders.get(row["decoder"], 0) + 1
@@ -87,9 +102,10 @@ class FilterSummary:
 
     def absorb(self, part: FilterSummary) -> None:
         """Add the counts of one part's summary (a Dask task's) to this run's."""
-        for name in ("sources_read", "sources_skipped", "rois", "megapixels", "tiles_below_min_box"):
+        for name in ("sources_read", "sources_skipped", "rois", "megapixels", "tiles_below_min_box", *REJECTION_COUNTS):
             setattr(self, name, getattr(self, name) + getattr(part, name))
         self.skipped += part.skipped
+        self.sources_without_roi += part.sources_without_roi
         for mine, theirs in ((self.skip_reasons, part.skip_reasons), (self.decoders, part.decoders)):
             for key, count in theirs.items():
                 mine[key] = mine.get(key, 0) + count
@@ -154,11 +170,32 @@ class FilterPlan:
             background_tiles=sum(row["background_tiles"] for row in self.attrs["slides"]),
         )
 
+    def finish_summary(self, summary: FilterSummary, writer: StoreWriter, started: float) -> None:
+        """Close the run's summary (wall time, the ROIs the store now holds) and record it in the store's
+        attributes (`runs`), where `report` reads the throughput of each stage."""
+        summary.wall_seconds = time.perf_counter() - started
+        summary.store_rois = len(RoiStore(writer.root))
+        record = summary.to_json()
+        for name in ("skipped", "sources_without_roi"):  # in the parts' sources tables already
+            record[name] = len(record[name])
+        writer.record_run(record)
+
     def pending(self, root: str | Path) -> list[tuple[int, list[Source]]]:
         """(part index, sources) of every part of the plan not committed in the store at `root`."""
         done = set(committed_parts(root))
         by_path = {s.relpath: s for s in self.sources}
         return [(i, [by_path[p] for p in paths]) for i, paths in enumerate(self.plan) if i not in done]
+
+
+def find_inputs(
+    input_path: str | Path, config: EngineConfig, exclude: Path | None = None
+) -> tuple[list[Source], list[dict[str, Any]]]:
+    """The sources under `input_path`, each slide as its tiles, and the slides' records."""
+    suffixes = (*config.input.extensions, *config.input.slide_extensions)
+    found = find_sources(input_path, suffixes, exclude=exclude)
+    if not found:
+        raise FileNotFoundError(f"no images or slides ({', '.join(suffixes)}) found under {input_path}")
+    return expand_slides(found, config.input)
 
 
 def prepare_filter(input_path: str | Path, out: str | Path, config: EngineConfig) -> FilterPlan:
@@ -167,11 +204,7 @@ def prepare_filter(input_path: str | Path, out: str | Path, config: EngineConfig
     input_root, store_root = Path(input_path).resolve(), Path(out).resolve()
     if store_root == input_root or store_root in input_root.parents:
         raise ValueError(f"--out {out} holds the input {input_path}: choose an --out outside the input folder")
-    suffixes = (*config.input.extensions, *config.input.slide_extensions)
-    found = find_sources(input_path, suffixes, exclude=store_root)
-    if not found:
-        raise FileNotFoundError(f"no images or slides ({', '.join(suffixes)}) found under {input_path}")
-    sources, slides = expand_slides(found, config.input)
+    sources, slides = find_inputs(input_path, config, exclude=store_root)
     plan = plan_parts(sources, config.store.sources_per_part)
     return FilterPlan(sources, plan, {"config": to_dict(config), "input_root": str(input_root), "slides": slides})
 
@@ -191,8 +224,7 @@ def filter_part(
     times = StageTimes()
     part = PartBuilder(config.crop.size)
     for batch, images in decode_part(sources, config, device, decoder):
-        filter_batch(batch, images, config, times, part)
-        summary.record(batch, images, config.filter.min_box)
+        summary.record(filter_batch(batch, images, config, times, part), config.filter.min_box)
     data = part.finish()
     start = time.perf_counter()
     writer.commit_part(index, data)
@@ -217,8 +249,11 @@ def decode_part(
         done += len(images)
 
 
-def source_record(source: Source, image: DecodedImage, rois: int) -> dict[str, Any]:
-    """One row of a part's sources table."""
+def source_record(source: Source, image: DecodedImage, regions: TileRegions | None) -> dict[str, Any]:
+    """One row of a part's sources table: the source, how it was decoded, and what the filter found in it."""
+    counts = (
+        (0, 0, 0, 0) if regions is None else (len(regions.boxes), regions.found, regions.too_small, regions.low_fill)
+    )
     return {
         "path": source.relpath,
         "id": source.id,
@@ -228,9 +263,19 @@ def source_record(source: Source, image: DecodedImage, rois: int) -> dict[str, A
         "error": image.error,
         "decoder": image.decoder,
         "exif_orientation": image.orientation,
-        "rois": rois,
+        **dict(zip(("rois", *REJECTION_COUNTS), counts, strict=True)),
         **(source.tile.record() if source.tile is not None else {}),
     }
+
+
+def owned_regions(source: Source, regions: TileRegions | None) -> TileRegions | None:
+    """The regions a source keeps: all of a tile file's; of a slide tile, those whose centre lies in its core
+    (its counts of regions found and rejected stay those of the whole tile, overlap included)."""
+    if regions is None or source.tile is None:
+        return regions
+    owned = source.tile.owns(regions.boxes)
+    kept = {"boxes": regions.boxes[owned], "areas": regions.areas[owned], "fill_rates": regions.fill_rates[owned]}
+    return dataclasses.replace(regions, **kept)
 
 
 class PartBuilder:
@@ -241,12 +286,13 @@ class PartBuilder:
         self.columns = {name: [np.zeros((0, *shape), dtype)] for name, (dtype, shape) in ROI_COLUMNS.items()}
         self.table: list[dict[str, Any]] = []
 
-    def add(self, source: Source, image: DecodedImage, regions: TileRegions | None, config: EngineConfig) -> None:
-        """The ROIs of one tile; of a slide tile, only those of the regions whose centre lies in its core."""
+    def add(
+        self, source: Source, image: DecodedImage, regions: TileRegions | None, config: EngineConfig
+    ) -> dict[str, Any]:
+        """Crop the regions of one tile into the part (`owned_regions`); returns the source's row of the sources
+        table."""
         tile = source.tile
-        if regions is not None and tile is not None:
-            owned = tile.owns(regions.boxes)
-            regions = TileRegions(regions.boxes[owned], regions.areas[owned], regions.fill_rates[owned])
+        regions = owned_regions(source, regions)
         count = 0 if regions is None else len(regions.boxes)
         if count:
             cut, crop_boxes, padding = cut_rois(image.image, regions.boxes, config.crop)
@@ -261,7 +307,8 @@ class PartBuilder:
                 ("level0_box", regions.boxes if tile is None else tile.level0_boxes(regions.boxes)),
             ):
                 self.columns[name].append(values)
-        self.table.append(source_record(source, image, count))
+        self.table.append(source_record(source, image, regions))
+        return self.table[-1]
 
     def finish(self) -> PartData:
         return PartData(
@@ -273,13 +320,24 @@ class PartBuilder:
 
 def filter_batch(
     sources: list[Source], images: list[DecodedImage], config: EngineConfig, times: StageTimes, part: PartBuilder
-) -> None:
-    """Regions of every decoded tile of a batch, cut into ROIs and added to its part. The tiles of a batch are of
-    one part, so of one slide (whose level scales the filter's pixel sizes) or tile files."""
+) -> list[dict[str, Any]]:
+    """Regions of every decoded tile of a batch, cut into ROIs and added to its part; the batch's sources rows."""
+    found = batch_regions(sources, images, config, times)
+    t0 = time.perf_counter()
+    rows = [
+        part.add(source, image, found.get(i), config)
+        for i, (source, image) in enumerate(zip(sources, images, strict=True))
+    ]
+    times.lap("crops", t0)
+    return rows
+
+
+def batch_regions(
+    sources: list[Source], images: list[DecodedImage], config: EngineConfig, times: StageTimes
+) -> dict[int, TileRegions]:
+    """The regions of each decoded image of a batch, by its index in the batch (images not decoded are absent).
+    The tiles of a batch are of one part, so of one slide (whose level scales the filter's pixel sizes) or tile
+    files."""
     ok = [i for i, img in enumerate(images) if img.image is not None]
     filter_config = scaled_filter(config.filter, sources[0].tile if sources else None)
-    found = dict(zip(ok, find_regions([images[i].image for i in ok], filter_config, times), strict=True))
-    t0 = time.perf_counter()
-    for i, (source, image) in enumerate(zip(sources, images, strict=True)):
-        part.add(source, image, found.get(i), config)
-    times.lap("crops", t0)
+    return dict(zip(ok, find_regions([images[i].image for i in ok], filter_config, times), strict=True))

@@ -7,6 +7,7 @@ themselves (plan, filtering, summary) are in `parts`, shared with the Dask run i
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -21,7 +22,18 @@ import torch
 from activessf_engine.config import EngineConfig
 from activessf_engine.decode import DecodedImage, make_decoder
 from activessf_engine.device import DeviceChoice, as_choice, host_work
-from activessf_engine.parts import FilterSummary, PartBuilder, decode_part, filter_batch, prepare_filter
+from activessf_engine.parts import (
+    FilterSummary,
+    PartBuilder,
+    batch_regions,
+    decode_part,
+    filter_batch,
+    find_inputs,
+    owned_regions,
+    plan_parts,
+    prepare_filter,
+    source_record,
+)
 from activessf_engine.progress import Progress, make_progress
 from activessf_engine.regions import StageTimes
 from activessf_engine.sources import Source
@@ -142,12 +154,56 @@ def run_filter(
     torch's intra-op thread count is set to `config.input.torch_threads` for the run and restored.
     `device` is a choice made by `device.resolve_device` (or a name, resolved here), and fixes the decoder.
     """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, config.input.torch_threads))
-    try:
+    with torch_threads(config.input.torch_threads):
         return _run_filter(input_path, out, config, as_choice(device), progress, overwrite)
+
+
+@contextlib.contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """torch's intra-op thread count set to `count` (at least 1) inside the block, restored after it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, count))
+    try:
+        yield
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(before)
+
+
+def dry_run_filter(
+    input_path: str | Path,
+    config: EngineConfig,
+    limit: int,
+    *,
+    device: DeviceChoice | str | torch.device = "cpu",
+    progress: bool | Progress = False,
+) -> FilterSummary:
+    """Cell Region Filtering of the first `limit` sources under `input_path` (in path order), writing nothing:
+    the summary of `run_filter` (rejection counts, sources without ROI), to try settings on a few tiles."""
+    if limit < 1:
+        raise ValueError(f"--limit must be at least 1, got {limit}")
+    started = time.perf_counter()
+    device = as_choice(device)
+    sources = find_inputs(input_path, config)[0][:limit]
+    summary = FilterSummary(store="", device=str(device.torch_device), sources_total=len(sources), dry_run=True)
+    summary.device_choice = {**device.describe(), "host_work": host_work(config, device)}
+    times = StageTimes(sync=torch.cuda.synchronize if device.kind == "cuda" else (lambda: None))
+    bar = make_progress(progress, len(sources), "img", "filter (dry run)")
+    with torch_threads(config.input.torch_threads), contextlib.closing(bar):
+        decoder = make_decoder(config.input.batch_size, config.input.threads, device)
+        by_path = {s.relpath: s for s in sources}
+        for paths in plan_parts(sources, config.store.sources_per_part):  # a part: tile files, or one slide's tiles
+            for batch, images in decode_part([by_path[p] for p in paths], config, device, decoder):
+                found = batch_regions(batch, images, config, times)
+                rows = [
+                    source_record(s, image, owned_regions(s, found.get(i)))
+                    for i, (s, image) in enumerate(zip(batch, images, strict=True))
+                ]
+                summary.record(rows, config.filter.min_box)
+                summary.rois += sum(row["rois"] for row in rows)
+                bar.update(len(batch))
+    summary.stage_seconds = {k: round(v, 4) for k, v in times.seconds.items()}
+    summary.wall_seconds = time.perf_counter() - started
+    return summary
 
 
 def _run_filter(
@@ -165,7 +221,7 @@ def _run_filter(
         summary = prepared.start_summary(out, str(device.torch_device), pending)
         summary.device_choice = {**device.describe(), "host_work": host_work(config, device)}
         _filter_into(writer, pending, config, device, progress, summary)
-    summary.wall_seconds = time.perf_counter() - started
+        prepared.finish_summary(summary, writer, started)
     return summary
 
 
@@ -196,9 +252,9 @@ def _filter_into(
     committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="commit")
     try:
         for index, batch, images, last in _consume(handoff):
-            filter_batch(batch, images, config, times, part)
+            rows = filter_batch(batch, images, config, times, part)
             in_flight.done(_pixels(images))
-            summary.record(batch, images, config.filter.min_box)
+            summary.record(rows, config.filter.min_box)
             bar.update(len(batch))
             if last:
                 data = part.finish()

@@ -34,6 +34,9 @@ class TileRegions:
     fill_rates: np.ndarray  # (n,) float32, area / box area
     mask: torch.Tensor | None = None  # (H, W) bool composite HSV mask, when asked for (QC overlays)
     palette: np.ndarray | None = None  # (m, 3) uint8 colours of G' (m <= merged_clusters)
+    found: int = 0  # connected components of the mask, before the size and fill tests
+    too_small: int = 0  # of those, rejected because the box is under min_box on a side
+    low_fill: int = 0  # rejected because the fill rate is under min_fill (after passing the size test)
 
 
 @dataclass
@@ -57,13 +60,18 @@ def _sample_indices(pixels: int, size: int, device: torch.device) -> torch.Tenso
     return torch.randint(0, pixels, (size,), generator=gen).to(device)
 
 
-def cell_masks(tiles: torch.Tensor, config: FilterConfig, times: StageTimes) -> tuple[torch.Tensor, list[np.ndarray]]:
-    """The composite HSV mask of each tile of a (B, H, W, 3) uint8 batch, and the palettes of G'.
+@dataclass
+class Quantized:
+    """A batch after blur and the two-stage K-means: what the HSV masks are then read from."""
 
-    Steps of II-B: normalize, Eq. 1 blur, Eq. 2-3 K-means on a pixel sample, merge 20 -> 10, HSV
-    of the merged colours, then every pixel assigned to its cluster and so to its colour's mask
-    (the HSV mask of G'). With hsv_source="blurred" the mask is read from the HSV of G instead.
-    """
+    smooth: torch.Tensor  # (B, H, W, 3) uint8 G: normalized and blurred
+    centres: torch.Tensor  # (B, k, 3) the K-means centres, in kernels.FIXED_POINT units
+    mappings: list[np.ndarray]  # per tile: K-means cluster -> merged colour
+    palettes: list[np.ndarray]  # per tile: (m, 3) uint8 merged colours of G' (m <= merged_clusters)
+
+
+def quantize(tiles: torch.Tensor, config: FilterConfig, times: StageTimes) -> Quantized:
+    """Normalize, Eq. 1 blur, Eq. 2-3 K-means on a pixel sample and merging 20 -> 10 of a (B, H, W, 3) batch."""
     start = time.perf_counter()
     batch, height, width, _ = tiles.shape
     smooth = kernels.normalize_blur(tiles, config.normalize, config.blur_kernel, config.blur_sigma)
@@ -76,7 +84,6 @@ def cell_masks(tiles: torch.Tensor, config: FilterConfig, times: StageTimes) -> 
     centres, counts = kernels.lloyd(sample, centres, config.kmeans_iterations, config.kmeans_tolerance)
     start = times.lap("kmeans_fit", start)
 
-    ranges = (config.purple, config.deep_blue)
     centres_np = centres.cpu().numpy() / kernels.FIXED_POINT
     counts_np = counts.cpu().numpy()
     mappings, palettes = [], []
@@ -86,22 +93,42 @@ def cell_masks(tiles: torch.Tensor, config: FilterConfig, times: StageTimes) -> 
         )
         mappings.append(mapping)
         palettes.append(np.clip(np.rint(merged), 0, 255).astype(np.uint8))
-    # G' holds only the merged colours, so its mask is decided per colour: one HSV conversion of
-    # every palette colour of the batch, then a lookup table per tile.
-    colours = torch.from_numpy(np.concatenate(palettes)).T[:, None, :]  # (3, 1, total colours)
-    keep = in_hsv_ranges(hsv_opencv(colours), ranges)[0].numpy()
-    offsets = np.cumsum([0] + [len(p) for p in palettes])
-    luts = [keep[offsets[b] : offsets[b + 1]][mappings[b]] for b in range(batch)]
-    start = times.lap("merge", start)
+    times.lap("merge", start)
+    return Quantized(smooth, centres, mappings, palettes)
 
+
+def hsv_masks(quantized: Quantized, config: FilterConfig, times: StageTimes) -> torch.Tensor:
+    """The composite HSV mask (B, H, W) of a quantized batch under the config's HSV ranges and source."""
+    start = time.perf_counter()
+    ranges = (config.purple, config.deep_blue)
+    batch, height, width, _ = quantized.smooth.shape
+    pixels = quantized.smooth.reshape(batch, height * width, 3)
     if config.hsv_source == "quantized":
-        table = torch.from_numpy(np.stack(luts)).to(tiles.device)
-        masks = kernels.assign_lookup(pixels, centres, table)
+        # G' holds only the merged colours, so its mask is decided per colour: one HSV conversion of
+        # every palette colour of the batch, then a lookup table per tile.
+        palettes, mappings = quantized.palettes, quantized.mappings
+        colours = torch.from_numpy(np.concatenate(palettes)).T[:, None, :]  # (3, 1, total colours)
+        keep = in_hsv_ranges(hsv_opencv(colours), ranges)[0].numpy()
+        offsets = np.cumsum([0] + [len(p) for p in palettes])
+        luts = [keep[offsets[b] : offsets[b + 1]][mappings[b]] for b in range(batch)]
+        table = torch.from_numpy(np.stack(luts)).to(pixels.device)
+        masks = kernels.assign_lookup(pixels, quantized.centres, table)
         times.lap("kmeans_assign", start)
     else:
-        masks = in_hsv_ranges(hsv_opencv(smooth.permute(0, 3, 1, 2)), ranges).reshape(batch, -1)
+        masks = in_hsv_ranges(hsv_opencv(quantized.smooth.permute(0, 3, 1, 2)), ranges).reshape(batch, -1)
         times.lap("hsv_mask", start)
-    return masks.reshape(batch, height, width), palettes
+    return masks.reshape(batch, height, width)
+
+
+def cell_masks(tiles: torch.Tensor, config: FilterConfig, times: StageTimes) -> tuple[torch.Tensor, list[np.ndarray]]:
+    """The composite HSV mask of each tile of a (B, H, W, 3) uint8 batch, and the palettes of G'.
+
+    Steps of II-B: normalize, Eq. 1 blur, Eq. 2-3 K-means on a pixel sample, merge 20 -> 10 (`quantize`),
+    HSV of the merged colours, then every pixel assigned to its cluster and so to its colour's mask
+    (the HSV mask of G'). With hsv_source="blurred" the mask is read from the HSV of G instead (`hsv_masks`).
+    """
+    quantized = quantize(tiles, config, times)
+    return hsv_masks(quantized, config, times), quantized.palettes
 
 
 def regions_of_masks(masks: torch.Tensor, config: FilterConfig) -> list[TileRegions]:
@@ -115,6 +142,8 @@ def regions_of_masks(masks: torch.Tensor, config: FilterConfig) -> list[TileRegi
     for first in range(0, batch, step):
         labels, count = kernels.label(masks[first : first + step], config.connectivity)
         boxes, areas, tiles = kernels.batch_region_stats(labels, count)
+        tiles_here = min(step, batch - first)
+        found = np.bincount(tiles, minlength=tiles_here)
         widths, heights = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
         big = np.flatnonzero((widths >= config.min_box) & (heights >= config.min_box))
         boxes, areas, tiles = boxes[big], areas[big], tiles[big]
@@ -125,10 +154,21 @@ def regions_of_masks(masks: torch.Tensor, config: FilterConfig) -> list[TileRegi
         box_area = np.maximum((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), 1)
         fill = (areas / box_area).astype(np.float32)
         keep = fill >= config.min_fill
+        sized = np.bincount(tiles, minlength=tiles_here)
         boxes, areas, fill, tiles = boxes[keep], areas[keep], fill[keep], tiles[keep]
-        for tile in range(min(step, batch - first)):
+        kept = np.bincount(tiles, minlength=tiles_here)
+        for tile in range(tiles_here):
             mine = tiles == tile  # labels run tile after tile, so each tile's regions stay in raster order
-            results.append(TileRegions(boxes[mine], areas[mine], fill[mine]))
+            results.append(
+                TileRegions(
+                    boxes[mine],
+                    areas[mine],
+                    fill[mine],
+                    found=int(found[tile]),
+                    too_small=int(found[tile] - sized[tile]),
+                    low_fill=int(sized[tile] - kept[tile]),
+                )
+            )
     return results
 
 

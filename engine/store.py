@@ -254,6 +254,12 @@ class StoreWriter:
         partial.write_text(json.dumps(document, indent=2, default=str))
         os.replace(partial, self.root / "zarr.json")
 
+    def record_run(self, summary: dict[str, Any]) -> None:
+        """Append a run's summary to the store's attributes (`runs`: every run that wrote into it, in order)."""
+        meta = read_attrs(self.root)
+        meta["runs"] = [*meta.get("runs", []), summary]
+        self._write_root(meta)
+
     def clean_temporary(self) -> list[Path]:
         """Remove what an interrupted writer left half-written; returns what was removed.
 

@@ -197,3 +197,17 @@ def test_empty_cluster_does_not_flood_the_background():
     tile[100, 140] = (0, 255, 0)  # one odd pixel: no stretch by min-max, and a few mixed colours
     found = regions(tile, FilterConfig(kmeans_sample=2048))
     assert found.boxes.tolist() == [[100, 60, 180, 140]]  # got [[0, 0, 320, 240], [100, 60, 180, 140]]
+
+
+def test_rejection_counts_say_why_each_region_went():
+    mask = np.zeros((240, 320), dtype=bool)
+    mask[20:120, 200:230] = True  # an L: box 100 x 100, fill 0.51 -> rejected for fill rate
+    mask[90:120, 200:300] = True
+    tile = draw_tile([("mask", mask), ("disk", 80, 120, 50), ("rect", 20, 200, 40, 220), ("rect", 250, 180, 300, 230)])
+    found = regions(tile)
+    # four components: the disk passes, the L fails the fill test, the 20x20 and 50x50 squares the size test
+    assert (found.found, found.too_small, found.low_fill, len(found.boxes)) == (4, 2, 1, 1)
+    looser = regions(tile, FilterConfig(min_box=50, min_fill=0.3))
+    assert (looser.found, looser.too_small, looser.low_fill, len(looser.boxes)) == (4, 1, 0, 3)
+    empty = regions(draw_tile([]))
+    assert (empty.found, empty.too_small, empty.low_fill) == (0, 0, 0)

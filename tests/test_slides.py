@@ -388,3 +388,16 @@ def test_a_tile_left_out_of_a_sparse_tiff_reads_as_bare_glass(tmp_path, level0):
         slide.close()
     assert (region[:128, :128] == 255).all()
     assert np.array_equal(region[128:, 128:], planes[0][256:384, 256:384])
+
+
+def test_dry_run_of_a_slide_keeps_what_the_store_keeps(slide_dir, slide_store):
+    """`filter --limit`: the slide's tiles filtered with its scaled filter, each keeping the regions it owns."""
+    from activessf_engine.pipeline import dry_run_filter
+
+    out, summary = slide_store
+    rows = RoiStore(out).sources()
+    dry = dry_run_filter(slide_dir, slide_config(), limit=len(rows))
+    assert dry.rois == summary.rois == len(RoiStore(out)) > 0
+    for name in ("regions_found", "rejected_size", "rejected_fill"):
+        assert getattr(dry, name) == getattr(summary, name) == sum(r[name] for r in rows), name
+    assert dry.sources_without_roi == summary.sources_without_roi

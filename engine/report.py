@@ -1,0 +1,196 @@
+"""`report`: one self-contained HTML page about a store, with its PNG plots and contact sheets beside it.
+
+The page needs no network: no script, no web font, no remote image; every image is a file in the same
+folder. What it shows: the engine version and config; the sources read and skipped (with reasons); ROIs
+per source; the filter's rejection counts; contact sheets; for a selected store the clusters' n_i, LB,
+UB and thresholds and the distance histograms; the throughput of each stage of every recorded run.
+"""
+
+from __future__ import annotations
+
+import html
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from activessf_engine import plots
+from activessf_engine.config import dumps_toml
+from activessf_engine.contact import StoredDecisions, candidates_of, read_summary, write_contact_sheets
+from activessf_engine.parts import REJECTION_COUNTS
+from activessf_engine.store import RoiStore
+
+STYLE = """
+body { font-family: sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
+h1 { font-size: 1.5em; } h2 { border-bottom: 1px solid #ccc; margin-top: 2em; }
+table { border-collapse: collapse; margin: 0.5em 0; } td, th { border: 1px solid #ccc; padding: 2px 8px; }
+th { background: #f0f0f0; text-align: left; } td.n { text-align: right; }
+pre { background: #f6f6f6; padding: 0.8em; overflow-x: auto; font-size: 0.85em; }
+img { max-width: 100%; border: 1px solid #ddd; margin: 0.3em 0; }
+"""
+SKIPPED_LISTED = 200  # rows of the skipped-sources table; the rest are counted
+
+
+def _table(headers: list[str] | None, rows: list[list[Any]]) -> str:
+    head = "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in headers) + "</tr>" if headers else ""
+    body = "".join(
+        "<tr>"
+        + "".join(
+            f'<td class="n">{v}</td>' if isinstance(v, int | float) else f"<td>{html.escape(str(v))}</td>" for v in row
+        )
+        + "</tr>"
+        for row in rows
+    )
+    return f"<table>{head}{body}</table>"
+
+
+def _image(path: Path, alt: str) -> str:
+    return f'<p><img src="{html.escape(path.name)}" alt="{html.escape(alt)}"></p>'
+
+
+def rejection_counts(sources: list[dict[str, Any]]) -> dict[str, int] | None:
+    """Regions found / rejected for size / rejected for fill / kept over the sources read, from the sources
+    tables; None for a store written before the engine recorded rejections."""
+    read = [s for s in sources if s["status"] == "ok"]
+    if any(name not in s for s in read for name in REJECTION_COUNTS):
+        return None
+    total = {name: sum(s[name] for s in read) for name in REJECTION_COUNTS}
+    return {
+        "regions found": total["regions_found"],
+        "rejected: box under min_box": total["rejected_size"],
+        "rejected: fill rate under min_fill": total["rejected_fill"],
+        "kept (ROIs)": sum(s["rois"] for s in read),
+    }
+
+
+def _sources_section(store: RoiStore, out: Path) -> str:
+    sources = store.sources()
+    read = [s for s in sources if s["status"] == "ok"]
+    skipped = [s for s in sources if s["status"] != "ok"]
+    reasons = Counter(s["error"].split(":", 1)[0] for s in skipped)
+    parts = f"{len(store.parts)} of {len(store.meta.get('plan', []))} parts committed"
+    text = [
+        f"<p>{len(sources)} sources in the committed parts ({parts}): {len(read)} read, {len(skipped)} skipped.</p>"
+    ]
+    if skipped:
+        text.append(_table(["reason", "sources"], [[r, n] for r, n in reasons.most_common()]))
+        rows = [[s["path"], s["error"]] for s in skipped[:SKIPPED_LISTED]]
+        more = len(skipped) - len(rows)
+        text.append(_table(["skipped source", "why"], rows) + (f"<p>... and {more} more.</p>" if more else ""))
+    text.append(
+        _image(plots.rois_per_source([s["rois"] for s in read], out / "rois-per-source.png"), "ROIs per source")
+    )
+    counts = rejection_counts(sources)
+    text.append("<h2>Rejection counts</h2>")
+    if counts is None:
+        text.append("<p>Not recorded: this store was written before the engine counted rejections.</p>")
+    else:
+        text.append(_table(["", "count"], [[k, v] for k, v in counts.items()]))
+        text.append(_image(plots.rejections(counts, out / "rejections.png"), "rejection counts"))
+        empty = [s["path"] for s in read if not s["rois"]]
+        if empty:
+            shown = ", ".join(empty[:SKIPPED_LISTED]) + (" ..." if len(empty) > SKIPPED_LISTED else "")
+            text.append(f"<p>{len(empty)} source(s) read gave no ROI: {html.escape(shown)}</p>")
+    return "".join(text)
+
+
+def _throughput_section(runs: list[dict[str, Any]], select: dict[str, Any] | None, out: Path) -> str:
+    text = []
+    if runs:
+        rows = [
+            [
+                i + 1,
+                r.get("device", ""),
+                r["sources_read"],
+                r["rois"],
+                round(r["wall_seconds"], 2),
+                r["images_per_second"],
+                r["megapixels_per_second"],
+            ]
+            for i, r in enumerate(runs)
+        ]
+        text.append("<p>Filter runs recorded in the candidates store:</p>")
+        text.append(_table(["run", "device", "sources read", "ROIs", "wall s", "images/s", "megapixels/s"], rows))
+        stages: Counter = Counter()
+        for r in runs:
+            stages.update(r.get("stage_seconds", {}))
+        text.append(_image(plots.stage_seconds(dict(stages), out / "filter-stages.png"), "filter stages"))
+    else:
+        text.append("<p>No filter run recorded in the store (written before the engine recorded runs).</p>")
+    if select is not None:
+        rows = [[k, v] for k, v in select["seconds"].items()]
+        rows += [["features per second", select.get("features_per_second") or ""]]
+        rows += [["assignments per second", select.get("assignments_per_second") or ""]]
+        text.append("<p>The select run:</p>" + _table(["stage", "seconds"], rows))
+        text.append(_image(plots.stage_seconds(select["seconds"], out / "select-stages.png"), "select stages"))
+    return "".join(text)
+
+
+def _selection_section(store: RoiStore, select: dict[str, Any], out: Path) -> str:
+    clusters = select["clusters"]
+    rows = [
+        [
+            c["cluster"],
+            c["dominant_class"],
+            c["n"],
+            c["lb"],
+            c["ub"],
+            c.get("threshold", ""),
+            c["candidates"],
+            c["selected"],
+        ]
+        for c in clusters
+    ]
+    text = [
+        f"<p>Strategy {html.escape(select['strategy'])}, alpha {select['alpha']}, {select['threshold_mode']} "
+        f"thresholds, {select['bounds']} bounds: {select['selected']} of {select['candidates']} candidates kept.</p>",
+        _table(["cluster", "dominant class", "n_i", "LB", "UB", "threshold", "candidates", "kept"], rows),
+        _image(plots.cluster_bounds(clusters, out / "clusters.png"), "clusters"),
+    ]
+    if select.get("untrained_weights"):
+        text.append("<p><b>The features came from an untrained network (--weights random).</b></p>")
+    decisions = StoredDecisions.load(store.root)
+    path = plots.distance_histograms(decisions.cluster, decisions.distance, clusters, out / "distances.png")
+    text.append(_image(path, "distance histograms"))
+    return "".join(text)
+
+
+def build_report(store_path: str | Path, out_dir: str | Path) -> Path:
+    """Write the report of the store at `store_path` into `out_dir` (index.html and PNGs); returns the page."""
+    store = RoiStore(store_path)
+    out = Path(out_dir)
+    if out.resolve() == store.root.resolve() or store.root.resolve() in out.resolve().parents:
+        raise ValueError(f"--out {out_dir} lies inside the store {store_path}: choose a folder outside it")
+    out.mkdir(parents=True, exist_ok=True)
+    select = read_summary(store) if store.kind == "selected" else None
+    candidates = candidates_of(store) if select is not None else store
+    runs = candidates.meta.get("runs", []) if candidates is not None else []
+    sheets = write_contact_sheets(store.root, out)
+    meta = store.meta
+    sections = [
+        f"<h1>activessf-engine report: {html.escape(str(store.root))}</h1>",
+        _table(
+            None,
+            [
+                ["store kind", meta["kind"]],
+                ["ROIs", len(store)],
+                ["engine version", meta.get("engine_version", "?")],
+                ["input", meta.get("input_root", meta.get("candidates", ""))],
+            ],
+        ),
+        "<h2>Sources</h2>",
+        _sources_section(store, out),
+        "<h2>Contact sheets</h2>",
+        *(_image(p, p.stem) for p in sheets),
+    ]
+    if select is not None:
+        sections += ["<h2>Selection</h2>", _selection_section(store, select, out)]
+    sections += ["<h2>Throughput</h2>", _throughput_section(runs, select, out)]
+    config = html.escape(dumps_toml(meta.get("config", {})))
+    sections += ["<h2>Config</h2>", f"<p>As TOML, for <code>--config</code>:</p><pre>{config}</pre>"]
+    page = out / "index.html"
+    page.write_text(
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>activessf-engine report</title>"
+        f"<style>{STYLE}</style></head><body>{''.join(sections)}</body></html>",
+        encoding="utf-8",
+    )
+    return page

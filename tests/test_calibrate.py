@@ -1,0 +1,109 @@
+"""calibrate: the three annotation formats, the search on real tiles with boxes, the TOML that `filter` takes."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from activessf_engine import calibrate as calibration
+from activessf_engine.annotations import read_annotations
+from activessf_engine.cli import main
+from activessf_engine.config import FilterConfig, HsvRange, load_config
+from activessf_engine.demo import SAMPLE_DATA
+
+TILES, VOC = SAMPLE_DATA / "tiles" / "bccd", SAMPLE_DATA / "annotations"
+
+
+def _voc_as_coco_and_csv(tmp_path: Path) -> tuple[Path, Path]:
+    """The sample's VOC boxes (all labels) written as a COCO JSON and as a CSV."""
+    every = read_annotations(VOC)
+    wbc = read_annotations(VOC, {"WBC"})
+    images, annotations, rows = [], [], []
+    for i, (stem, boxes) in enumerate(sorted(every.items())):
+        images.append({"id": i, "file_name": f"{stem}.jpg"})
+        wanted = {tuple(b) for b in wbc[stem].tolist()}
+        for x0, y0, x1, y1 in boxes.tolist():
+            label = 1 if (x0, y0, x1, y1) in wanted else 2
+            annotations.append({"image_id": i, "category_id": label, "bbox": [x0, y0, x1 - x0, y1 - y0]})
+            rows.append([f"{stem}.jpg", x0, y0, x1, y1, "WBC" if label == 1 else "other"])
+    coco = tmp_path / "boxes.json"
+    categories = [{"id": 1, "name": "WBC"}, {"id": 2, "name": "other"}]
+    coco.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    table = tmp_path / "boxes.csv"
+    with open(table, "w", newline="") as fh:
+        csv.writer(fh).writerows([["filename", "xmin", "ymin", "xmax", "ymax", "class"], *rows])
+    return coco, table
+
+
+def test_voc_coco_and_csv_give_the_same_boxes(tmp_path):
+    voc = read_annotations(VOC, {"WBC"})
+    assert len(voc) == 16 and all(len(b) == 1 for b in voc.values())  # one WBC per sample tile
+    for other in _voc_as_coco_and_csv(tmp_path):
+        got = read_annotations(other, {"WBC"})
+        assert got.keys() == voc.keys()
+        for stem, boxes in voc.items():
+            np.testing.assert_array_equal(got[stem], boxes)
+    assert sum(len(b) for b in read_annotations(VOC).values()) > 16 * 5  # all labels: red cells and platelets too
+
+
+def test_unknown_label_names_the_labels_found():
+    with pytest.raises(ValueError, match=r"labels found: \['Platelets', 'RBC', 'WBC'\]"):
+        read_annotations(VOC, {"wbc"})
+
+
+def test_learned_ranges_cover_the_stain_of_the_boxes():
+    """A tile where the boxed cell is a stain the paper's ranges miss (green): the learned range finds it."""
+    import torch
+
+    from activessf_engine.regions import StageTimes, quantize
+
+    tile = np.full((120, 160, 3), (235, 200, 210), np.uint8)
+    yy, xx = np.mgrid[:120, :160]
+    tile[(xx - 50) ** 2 + (yy - 60) ** 2 <= 30**2] = (40, 150, 60)  # OpenCV hue about 64: outside deep blue
+    sample = calibration.Annotated("green", torch.from_numpy(tile), np.array([[18, 28, 83, 93]]))
+    ranges = calibration.learned_ranges([quantize(sample.image[None], FilterConfig(), StageTimes())], [sample])
+    assert ranges and all(r.h[0] <= 64 <= r.h[1] for r in ranges)
+    config = FilterConfig(purple=ranges[0], deep_blue=ranges[0], min_box=40)
+    assert calibration.evaluate([sample], config, 0.5).found == 1
+    assert calibration.evaluate([sample], FilterConfig(purple=HsvRange((140, 179), (0, 255), (0, 255))), 0.5).found == 0
+
+
+def test_calibrate_improves_held_out_f1_and_filter_takes_its_toml(tmp_path, capsys, monkeypatch):
+    # a smaller grid keeps the test short; the full grid is what the README's BCCD figures used
+    monkeypatch.setattr(calibration, "NORMALIZE", ("minmax",))
+    monkeypatch.setattr(calibration, "KMEANS", ((20, 10),))
+    toml = tmp_path / "calibrated.toml"
+    args = ["calibrate", "--input", str(TILES), "--annotations", str(VOC), "--label", "WBC", "--out", str(toml)]
+    assert main([*args, "--fit", "5", "--json", "--quiet"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["held_out_tiles"] == 11 and len(summary["fit_tiles"]) == 5
+    fit, held = summary["fit"], summary["held_out"]
+    assert fit["after"]["f1"] >= fit["before"]["f1"]
+    assert held["after"]["f1"] > held["before"]["f1"]  # better on tiles it did not see
+    calibrated = load_config(toml).filter
+    assert calibrated != FilterConfig() and set(summary["changed"]) <= set(FilterConfig.__dataclass_fields__)
+    store = tmp_path / "store"
+    assert main(["filter", "--config", str(toml), "--input", str(TILES), "--out", str(store), "--quiet"]) == 0
+    assert "next: look at it" in capsys.readouterr().err
+
+
+def test_calibrate_needs_tiles_to_hold_out(tmp_path, capsys):
+    args = ["calibrate", "--input", str(TILES), "--annotations", str(VOC), "--out", str(tmp_path / "c.toml")]
+    assert main([*args, "--fit", "16"]) == 2
+    assert "need more annotated tiles than --fit 16" in capsys.readouterr().err
+    assert not (tmp_path / "c.toml").exists()
+
+
+def test_dumps_toml_loads_back_as_the_same_config(tmp_path):
+    from activessf_engine.config import EngineConfig, dumps_toml, replace_section, to_dict
+
+    purple = {"h": [100, 150], "s": [40, 255], "v": [0, 200]}
+    config = replace_section(EngineConfig(), "filter", purple=purple, min_fill=0.45)
+    config = replace_section(config, "features", weights='C:\\weights "v2".pt')  # quotes and backslashes survive
+    path = tmp_path / "all.toml"
+    path.write_text(dumps_toml(to_dict(config)))
+    assert load_config(path) == config
