@@ -44,7 +44,9 @@ def run_demo(
     filtered = run_filter(
         SAMPLE_DATA / "tiles", out / "candidates", config, device=device, progress=progress, overwrite=True
     )
-    prototypes = run_prototypes(SAMPLE_DATA / "labeled", out / "prototypes", config, device=device, progress=progress)
+    prototypes = run_prototypes(
+        SAMPLE_DATA / "labeled", out / "prototypes", config, device=device, progress=progress, overwrite=True
+    )
     paths = (out / "candidates", out / "prototypes", out / "selected")
     selected = run_select(*paths, config, device=device, progress=progress, overwrite=True)
     page = build_report(out / "selected", out / "report")

@@ -142,6 +142,7 @@ def test_demo_makes_a_selected_store_and_a_report(demo_run):
     out, code, summary = demo_run
     assert code == 0
     assert summary["filter"]["sources_read"] == 40 and summary["filter"]["rois"] > 0
+    assert summary["prototypes"]["weights"] == "pretrained" and not summary["prototypes"]["untrained_weights"]
     assert summary["select"]["candidates"] == summary["filter"]["rois"] == len(RoiStore(out / "candidates"))
     assert len(RoiStore(out / "selected")) == summary["select"]["selected"]
     page = Path(summary["report"])
@@ -234,3 +235,14 @@ def test_overlay_verdicts_are_the_filters(tmp_path, capsys):
     assert drawn.shape == (480 + 22, 2 * 640 + 8, 3)  # caption, tile with verdicts, components
     assert ((drawn == (30, 200, 60)).all(-1)).sum() > 100  # a green box round the kept cell
     assert "kept 1" in capsys.readouterr().err
+
+
+def test_demo_runs_again_over_its_own_output(demo_run):
+    """A second `demo` into the same folder replaces its stores and prototypes (last: it rewrites demo_run's)."""
+    out, _, first = demo_run
+    stdout = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sys, "stdout", stdout)
+        assert main(["demo", "--out", str(out), "--quiet", "--json"]) == 0
+    again = json.loads(stdout.getvalue())
+    assert again["select"]["selected"] == first["select"]["selected"] == len(RoiStore(out / "selected"))
