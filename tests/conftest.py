@@ -208,3 +208,17 @@ def synthetic_store(
             writer.commit_part(k, PartData(rois, cols, table))
             first += n
     return root
+
+
+def run_cli(argv: list[str]) -> tuple[int, str]:
+    """`activessf-engine ARGV` in this process: (exit code, what it printed on stdout)."""
+    import io
+    import sys
+
+    from activessf_engine.cli import main
+
+    stdout = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sys, "stdout", stdout)
+        code = main(argv)
+    return code, stdout.getvalue()

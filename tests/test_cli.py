@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import BCCD
+from conftest import BCCD, run_cli
 
 from activessf_engine import __version__
 from activessf_engine.cli import COMMANDS, main
@@ -25,11 +25,7 @@ FAST = ["--quiet", "--roi-size", "64", "--threads", "1"]
 def bccd_store(tmp_path_factory):
     """The bundled BCCD tiles filtered once, through the CLI, with its JSON summary."""
     out = tmp_path_factory.mktemp("cli") / "store"
-    stdout = io.StringIO()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(sys, "stdout", stdout)
-        code = main(["filter", "--input", str(BCCD), "--out", str(out), "--json", *FAST])
-    return out, code, stdout.getvalue()
+    return out, *run_cli(["filter", "--input", str(BCCD), "--out", str(out), "--json", *FAST])
 
 
 def test_filter_json_summary(bccd_store):

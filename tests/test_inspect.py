@@ -3,13 +3,11 @@ lines, preview contact sheets, the HTML report (opened in headless Chromium) and
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
 import shutil
 import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -17,7 +15,7 @@ import numpy as np
 import pytest
 import scipy.ndimage as ndi
 import torch
-from conftest import BCCD
+from conftest import BCCD, run_cli
 from PIL import Image
 
 from activessf_engine.cli import main
@@ -34,11 +32,10 @@ SHOTS = Path(os.environ.get("ACTIVESSF_SCREENSHOTS", Path(__file__).parent / "sc
 def bccd_run(tmp_path_factory):
     """The bundled BCCD tiles filtered through the CLI, 2 sources per part, with its JSON summary."""
     out = tmp_path_factory.mktemp("inspect") / "store"
-    stdout = io.StringIO()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(sys, "stdout", stdout)
-        code = main(["filter", "--input", str(BCCD), "--out", str(out), "--json", "--sources-per-part", "2", *FAST])
-    return out, code, json.loads(stdout.getvalue())
+    code, text = run_cli(
+        ["filter", "--input", str(BCCD), "--out", str(out), "--json", "--sources-per-part", "2", *FAST]
+    )
+    return out, code, json.loads(text)
 
 
 def test_rejection_counts_match_the_masks_components(bccd_run):
@@ -131,11 +128,8 @@ def test_verify_says_what_next(bccd_run, capsys):
 def demo_run(tmp_path_factory):
     """`activessf-engine demo` once: filter, prototypes, select and report on the shipped sample data."""
     out = tmp_path_factory.mktemp("demo") / "demo"
-    stdout = io.StringIO()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(sys, "stdout", stdout)
-        code = main(["demo", "--out", str(out), "--quiet", "--json"])
-    return out, code, json.loads(stdout.getvalue())
+    code, text = run_cli(["demo", "--out", str(out), "--quiet", "--json"])
+    return out, code, json.loads(text)
 
 
 def test_demo_makes_a_selected_store_and_a_report(demo_run):
@@ -240,9 +234,7 @@ def test_overlay_verdicts_are_the_filters(tmp_path, capsys):
 def test_demo_runs_again_over_its_own_output(demo_run):
     """A second `demo` into the same folder replaces its stores and prototypes (last: it rewrites demo_run's)."""
     out, _, first = demo_run
-    stdout = io.StringIO()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(sys, "stdout", stdout)
-        assert main(["demo", "--out", str(out), "--quiet", "--json"]) == 0
-    again = json.loads(stdout.getvalue())
+    code, text = run_cli(["demo", "--out", str(out), "--quiet", "--json"])
+    assert code == 0
+    again = json.loads(text)
     assert again["select"]["selected"] == first["select"]["selected"] == len(RoiStore(out / "selected"))
