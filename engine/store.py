@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 #    each records its box in level-0 pixels of its slide (`level0_box`; the box itself for tile files).
 FORMAT_VERSION = 3
 CHECKSUM_COLUMN = "roi_crc32"
+ROOT_PARTIAL = ".zarr.json.partial"  # the root metadata being written, before it is renamed to zarr.json
 PART_NAME = re.compile(r"^p(\d{6})$")
 # The per-ROI columns every store has: dtype and shape of one row.
 ROI_COLUMNS: dict[str, tuple[type, tuple[int, ...]]] = {
@@ -178,7 +179,8 @@ class StoreWriter:
         if root.exists() and not root.is_dir():
             raise FileExistsError(f"{root} is a file, not a store; choose another --out")
         is_store = _is_store(root)
-        if root.exists() and not is_store and any(p.name != LOCK_NAME for p in root.iterdir()):
+        # the lock, and root metadata a killed creation left unrenamed, are all a store's folder holds at first
+        if root.exists() and not is_store and any(p.name not in (LOCK_NAME, ROOT_PARTIAL) for p in root.iterdir()):
             raise FileExistsError(
                 f"{root} exists and is not an activessf-engine store; choose another --out "
                 "(--overwrite replaces only stores, never other folders)"
@@ -250,7 +252,7 @@ class StoreWriter:
         """
         self.root.mkdir(parents=True, exist_ok=True)
         document = {"zarr_format": 3, "node_type": "group", "attributes": {"activessf_engine": meta}}
-        partial = self.root / ".zarr.json.partial"
+        partial = self.root / ROOT_PARTIAL
         partial.write_text(json.dumps(document, indent=2, default=str))
         os.replace(partial, self.root / "zarr.json")
 

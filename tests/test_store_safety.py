@@ -132,6 +132,26 @@ def test_writers_close_and_release(tmp_path: Path) -> None:
     assert not (tmp_path / "s" / LOCK_NAME).exists()
 
 
+def test_a_store_killed_while_its_root_metadata_is_written_is_created_again(tiles, tmp_path, small_config, monkeypatch):
+    """The root zarr.json appears whole or not at all: a kill before its rename leaves only the partial
+    file (and no half-written metadata), which the next run replaces."""
+    real_replace = os.replace
+
+    def killed_at_the_root(source, target):
+        if Path(target).name == "zarr.json" and Path(target).parent == tmp_path / "s":
+            raise KeyboardInterrupt
+        real_replace(source, target)
+
+    monkeypatch.setattr("activessf_engine.store.os.replace", killed_at_the_root)
+    with pytest.raises(KeyboardInterrupt):
+        run_filter(tiles, tmp_path / "s", small_config)
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == [".zarr.json.partial"]
+    monkeypatch.undo()
+    summary = run_filter(tiles, tmp_path / "s", small_config)
+    assert summary.parts_already_done == 0 and summary.sources_read == summary.sources_total > 0
+    assert not verify_store(tmp_path / "s", deep=True)
+
+
 # --- verify finds damage, repair sets it aside, resume redoes it ----------------------------------------
 
 
