@@ -15,11 +15,11 @@ import io
 import logging
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -27,6 +27,8 @@ from PIL import Image, UnidentifiedImageError
 
 from activessf_engine.config import InputConfig
 from activessf_engine.device import DeviceChoice, as_choice
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -306,19 +308,29 @@ def decode_batches(
         yield [probe.failed(probe.error) if probe.error is not None else next(decoded) for probe in probes]
 
 
-def _probe_batches(paths: Sequence[Path], config: InputConfig, batch_size: int) -> Iterator[list[_Probe]]:
-    batch: list[_Probe] = []
+def pixel_bounded_batches(
+    items: Iterable[T], pixels_of: Callable[[T], int], batch_size: int, max_pixels: int
+) -> Iterator[list[T]]:
+    """Consecutive batches of `items`, each of at most `batch_size` items and `max_pixels` pixels (by
+    `pixels_of`); an item larger than `max_pixels` makes a batch alone."""
+    batch: list[T] = []
     pixels = 0
-    for path in paths:
-        probe = _probe(Path(path), config)
-        size = probe.width * probe.height if probe.error is None else 0
-        if batch and (len(batch) == batch_size or pixels + size > config.max_batch_pixels):
+    for item in items:
+        size = pixels_of(item)
+        if batch and (len(batch) == batch_size or pixels + size > max_pixels):
             yield batch
             batch, pixels = [], 0
-        batch.append(probe)
+        batch.append(item)
         pixels += size
     if batch:
         yield batch
+
+
+def _probe_batches(paths: Sequence[Path], config: InputConfig, batch_size: int) -> Iterator[list[_Probe]]:
+    probes = (_probe(Path(path), config) for path in paths)
+    return pixel_bounded_batches(
+        probes, lambda p: p.width * p.height if p.error is None else 0, batch_size, config.max_batch_pixels
+    )
 
 
 def decode_files(

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from activessf_engine.config import FilterConfig, InputConfig
-from activessf_engine.decode import DecodedImage
+from activessf_engine.decode import DecodedImage, pixel_bounded_batches
 from activessf_engine.kernels.hsv import hsv_opencv
 from activessf_engine.slide_readers import SlideReader, open_slide, slide_reader_for
 from activessf_engine.sources import SlideTile, Source
@@ -256,19 +256,13 @@ def read_tile_batches(sources: list[Source], config: InputConfig, device: torch.
         readers.close()
 
 
+def _window_pixels(source: Source) -> int:
+    x0, y0, x1, y1 = source.tile.window
+    return (x1 - x0) * (y1 - y0)
+
+
 def _batches(sources: list[Source], config: InputConfig) -> Iterator[list[Source]]:
-    batch: list[Source] = []
-    pixels = 0
-    for source in sources:
-        x0, y0, x1, y1 = source.tile.window
-        size = (x1 - x0) * (y1 - y0)
-        if batch and (len(batch) == config.batch_size or pixels + size > config.max_batch_pixels):
-            yield batch
-            batch, pixels = [], 0
-        batch.append(source)
-        pixels += size
-    if batch:
-        yield batch
+    return pixel_bounded_batches(sources, _window_pixels, config.batch_size, config.max_batch_pixels)
 
 
 def plan_groups(sources: list[Source]) -> list[list[Source]]:
