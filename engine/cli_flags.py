@@ -55,20 +55,16 @@ def field_comments(cls: type) -> dict[str, str]:
         if token.type == tokenize.COMMENT:
             text = token.string.lstrip("#").strip()
             if line_start is not None:
-                comments[line_start] = " ".join([*above, text]) if above else text
+                comments[line_start] = " ".join([*above, text])
                 above = []
             else:
                 above.append(text)
         elif token.type == tokenize.NAME and token.start[1] == 4 and token.string in names and line_start is None:
             line_start = token.string
-        elif token.type == tokenize.NEWLINE:
+        elif token.type == tokenize.NEWLINE:  # a statement ended; comment-only lines end with NL instead
             if line_start is not None and line_start not in comments and above:
                 comments[line_start] = " ".join(above)
-            if line_start is not None:
-                above = []
-            line_start = None
-        elif token.type == tokenize.NL and line_start is None and not above:
-            continue
+            above, line_start = [], None
     return comments
 
 

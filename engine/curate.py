@@ -22,7 +22,7 @@ from activessf_engine.config import EngineConfig, FeatureConfig, to_dict
 from activessf_engine.crops import cut_rois, fit_to_square
 from activessf_engine.decode import decode_files
 from activessf_engine.device import DeviceChoice, as_choice
-from activessf_engine.features import Backbone, iter_extract, load_backbone, resolve_features, weights_source
+from activessf_engine.features import Backbone, iter_extract, load_backbone, resolve_features
 from activessf_engine.labeled import scan_labeled
 from activessf_engine.progress import Progress, make_progress
 from activessf_engine.prototypes import META_FILE, Prototypes, fit_prototypes, load_prototypes
@@ -157,16 +157,15 @@ def run_prototypes(
 ) -> dict[str, Any]:
     """Features of the labeled set, K-means prototypes (Eq. 4-6) with n_i, LB, UB; saved to `out`.
 
-    An `out` that already holds prototypes is refused unless `overwrite`; the weights are checked
-    before the labeled set is read.
+    An `out` that already holds prototypes is refused unless `overwrite`; the backbone (and so its weights)
+    is loaded before the labeled set is read.
     """
     started = time.perf_counter()
     check_prototypes_out(out, overwrite)
     device = as_choice(device)
     feature_config = resolve_features(config.features)
-    weights_source(feature_config)
-    rois, labels, class_names, report = labeled_rois(labeled_root, config, device, progress)
     backbone = load_backbone(feature_config, device)
+    rois, labels, class_names, report = labeled_rois(labeled_root, config, device, progress)
     bar = make_progress(progress, len(rois), "img", "labeled features")
     outputs = []
     for feats in iter_extract(backbone, _batches(rois, config.features.batch_size)):

@@ -284,7 +284,7 @@ def load_backbone(config: FeatureConfig, device: DeviceChoice | str | torch.devi
     The compute dtype is `config.dtype`, or the device choice's when that is "auto". `config.threads` > 0
     sets torch's intra-op thread count (a process-wide setting) first.
     """
-    config = resolve_features(config) if "auto" in (config.model, config.weights) else config
+    config = resolve_features(config)
     choice = as_choice(device)
     dtype = getattr(torch, choice.feature_dtype if config.dtype == "auto" else config.dtype)
     if config.threads > 0:
