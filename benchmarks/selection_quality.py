@@ -47,7 +47,7 @@ import numpy as np
 import torch
 import zarr
 from realistic_pool import BCCD_CELL, JUNK, bccd_tiles, concat_stores, filter_junk, junk_truth, pool_key
-from ssl_probe import DownstreamInputs, SslSchedule, downsample, print_table, run_table
+from ssl_probe import DownstreamInputs, SslSchedule, downsample, print_table, run_table, to_images
 
 from activessf_engine.config import EngineConfig, load_config, replace_section, to_dict
 from activessf_engine.curate import labeled_rois, run_prototypes, run_select
@@ -313,11 +313,10 @@ def downstream_inputs(
     rois, labels, class_names, _ = labeled_rois(labeled, config, args.device)
     store = RoiStore(pool)
     small = [downsample(store.part_rois(p), args.ssl_resolution) for p in store.parts]
-    as_uint8 = lambda t: t.mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()  # noqa: E731
     return DownstreamInputs(
-        pool=as_uint8(torch.cat(small)),
+        pool=to_images(torch.cat(small)),
         sets=chosen,
-        labeled=as_uint8(downsample(rois, args.ssl_resolution)),
+        labeled=to_images(downsample(rois, args.ssl_resolution)),
         labels=labels,
         class_names=class_names,
         rare=rare,

@@ -231,6 +231,11 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255)
 
 
+def to_images(pixels: torch.Tensor) -> np.ndarray:
+    """(n, 3, r, r) float in [0, 1] -> (n, r, r, 3) uint8: the inverse of `to_tensor`, for saving."""
+    return pixels.mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
 def run_table(
     inputs: DownstreamInputs, schedule: SslSchedule, seeds: int, device: str = "cpu", only: list[str] | None = None
 ) -> dict[str, Any]:
