@@ -49,9 +49,8 @@ class _StoreItems:
         return {**self.__dict__, "_store": None}
 
     def item(self, index: int, roi: np.ndarray) -> Any:
-        """(3, S, S) uint8 tensor of an (S, S, 3) ROI, transformed; with its metadata if asked."""
-        # numpy's transposing copy: torch's (multithreaded) took 20 ms per 224 px ROI beside busy threads, numpy 0.2
-        image = torch.from_numpy(np.ascontiguousarray(roi.transpose(2, 0, 1)))
+        """(3, S, S) uint8 tensor of a (3, S, S) ROI, transformed; with its metadata if asked."""
+        image = torch.from_numpy(roi)
         if self.transform is not None:
             image = self.transform(image)
         if not self.with_meta:
@@ -93,7 +92,7 @@ class RoiDataset(_StoreItems, Dataset):
 
     def __getitem__(self, index: int) -> Any:
         roi_index = int(self.indices[index])  # IndexError for an index out of range, negative ones count back
-        return self.item(roi_index, self.store.roi(roi_index))
+        return self.item(roi_index, self.store.roi(roi_index, channels_first=True))
 
 
 def _distributed_default(replicas: int | None, rank: int | None) -> tuple[int, int]:
@@ -167,10 +166,13 @@ class ShardedRoiDataset(_StoreItems, IterableDataset):
             drop_last=self.drop_last,
         )
 
-    def iter_rois(self, workers: int = 1, worker: int = 0) -> Iterator[tuple[int, np.ndarray]]:
-        """(store index, (S, S, 3) uint8 ROI) for the ROIs worker `worker` of `workers` reads this epoch,
-        untransformed: what `__iter__` and the DALI source (`dali_source.RoiSource`) build on."""
-        rois = iter_segments(self.store, self.segments(workers, worker))
+    def iter_rois(
+        self, workers: int = 1, worker: int = 0, channels_first: bool = False
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """(store index, (S, S, 3) uint8 ROI, or (3, S, S) with `channels_first`) for the ROIs worker `worker`
+        of `workers` reads this epoch, untransformed: what `__iter__` and the DALI source
+        (`dali_source.RoiSource`, which takes HWC images) build on."""
+        rois = iter_segments(self.store, self.segments(workers, worker), channels_first)
         if self.shuffle:
             rois = buffer_shuffle(
                 rois, self.buffer_size, random.Random(hash((self.seed, self.epoch, self.rank, worker)))
@@ -180,5 +182,5 @@ class ShardedRoiDataset(_StoreItems, IterableDataset):
     def __iter__(self) -> Iterator[Any]:
         info = get_worker_info()
         workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
-        for index, roi in self.iter_rois(workers, worker):
+        for index, roi in self.iter_rois(workers, worker, channels_first=True):
             yield self.item(index, roi)

@@ -218,7 +218,7 @@ def host_work(config: EngineConfig, choice: DeviceChoice) -> list[str]:
         return []
     work = [
         "pixel K-means merge 20 -> 10 and the HSV verdict of each merged colour: numpy, a few dozen numbers a tile",
-        "store writes: zstd compression and file I/O",
+        "store writes: lz4 (or zstd) compression and file I/O",
     ]
     if config.filter.fill_holes:
         work.append("fill_holes: scipy binary_fill_holes per kept region, on one host copy of each batch's labels")

@@ -34,7 +34,7 @@ from PIL import Image
 from activessf_engine.manifest import manifest_header, manifest_rows
 from activessf_engine.progress import Progress, make_progress
 from activessf_engine.query import RoiQuery, query_rows
-from activessf_engine.shards import read_segment, store_shards
+from activessf_engine.shards import store_shards
 from activessf_engine.store import RoiStore
 
 ExportFormat = Literal["imagefolder", "webdataset"]
@@ -77,7 +77,7 @@ def _encoded(
     encode_one = functools.partial(encode, image_format=image_format, quality=quality)
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="export-encode") as pool:
         for segment in store_shards(store, indices):
-            encoded = pool.map(encode_one, read_segment(store, segment))
+            encoded = pool.map(encode_one, store.part_rois(segment.part, segment.rows))
             yield from zip(segment.indices.tolist(), encoded, strict=True)
 
 

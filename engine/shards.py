@@ -14,9 +14,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-import zarr
 
-from activessf_engine.store import SPARSE_ROWS, ZARR_IO_SETTINGS, RoiStore
+from activessf_engine.store import RoiStore
 
 
 @dataclass(frozen=True)
@@ -87,21 +86,13 @@ def epoch_segments(
     return mine[worker::workers]
 
 
-def read_segment(store: RoiStore, segment: Segment) -> np.ndarray:
-    """The ROIs of a segment, (n, S, S, 3) uint8 in segment order: the whole shard in one read unless
-    only a few of its rows are wanted."""
-    with zarr.config.set(ZARR_IO_SETTINGS):  # the engine's measured I/O settings, for these reads only
-        array = store.part_array(segment.part, "rois")
-        if len(segment.rows) * SPARSE_ROWS < segment.stop - segment.start:
-            return np.stack([np.asarray(array[int(row)]) for row in segment.rows])
-        rois = np.asarray(array[segment.start : segment.stop])
-        return rois if len(segment.rows) == len(rois) else rois[segment.rows - segment.start]
-
-
-def iter_segments(store: RoiStore, segments: list[Segment]) -> Iterator[tuple[int, np.ndarray]]:
-    """(global index, (S, S, 3) uint8 ROI) for every ROI of the segments, shard by shard."""
+def iter_segments(
+    store: RoiStore, segments: list[Segment], channels_first: bool = False
+) -> Iterator[tuple[int, np.ndarray]]:
+    """(global index, ROI) for every ROI of the segments, shard by shard: (S, S, 3) uint8, or (3, S, S)
+    with `channels_first`; each ROI its own array, so a shuffle buffer holds only the ROIs in it."""
     for segment in segments:
-        rois = read_segment(store, segment)
+        rois = store.iter_part_rois(segment.part, segment.rows, channels_first)
         yield from zip(segment.indices.tolist(), rois, strict=True)
 
 

@@ -188,11 +188,10 @@ def _check_pixels(store: RoiStore, part: int, n: int, expected: np.ndarray | Non
 
 
 def _read_one_by_one(store: RoiStore, part: int, n: int) -> tuple[dict[int, np.ndarray], list[int]]:
-    array = store.part_array(part, "rois")
     pixels, unreadable = {}, []
     for row in range(n):
         try:
-            pixels[row] = np.asarray(array[row])
+            pixels[row] = store.part_rois(part, np.array([row]))[0]
         except Exception:
             unreadable.append(row)
     return pixels, unreadable

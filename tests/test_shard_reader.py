@@ -1,0 +1,200 @@
+"""`ShardReader` reads what zarr-python reads, for every layout it accepts, and refuses the others."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from zarr.codecs import BloscCodec, BytesCodec, GzipCodec, ShardingCodec, TransposeCodec, ZstdCodec
+
+from activessf_engine.config import StoreConfig
+from activessf_engine.shard_reader import CHANNELS_FIRST, ShardReader
+from activessf_engine.store import PartData, RoiStore, StoreWriter
+
+SIZE = 12
+COMPRESSORS = {
+    "lz4": BloscCodec(cname="lz4", clevel=9, shuffle="noshuffle", typesize=1),
+    "zstd": ZstdCodec(level=1),
+    "none": None,
+}
+
+
+def rois_like_cells(n: int, seed: int = 0) -> np.ndarray:
+    """Smooth ROIs (they compress, as cells do) with noise (so no two chunks are alike)."""
+    rng = np.random.default_rng(seed)
+    ramp = np.linspace(0, 200, SIZE, dtype=np.float32)
+    base = ramp[None, :, None, None] + ramp[None, None, :, None] * np.array([0.2, 0.5, 0.9])
+    return (base + rng.integers(0, 40, (n, SIZE, SIZE, 3))).clip(0, 255).astype(np.uint8)
+
+
+def write_array(path: Path, rois: np.ndarray, shard_rows: int, compressor: str, channels_first: bool, **kw) -> Path:
+    array = zarr.create_array(
+        str(path),
+        shape=rois.shape,
+        chunks=(1, *rois.shape[1:]),
+        shards=(shard_rows, *rois.shape[1:]),
+        dtype="uint8",
+        filters=[TransposeCodec(order=CHANNELS_FIRST)] if channels_first else None,
+        compressors=COMPRESSORS[compressor],
+        **kw,
+    )
+    array[:] = rois
+    return path
+
+
+@pytest.mark.parametrize("compressor", list(COMPRESSORS))
+@pytest.mark.parametrize("stored_channels_first", [True, False])
+@pytest.mark.parametrize("channels_first", [True, False])
+def test_reads_what_zarr_reads(tmp_path, compressor, stored_channels_first, channels_first) -> None:
+    rois = rois_like_cells(11)  # shards of 4: the last holds 3
+    path = write_array(tmp_path / "rois", rois, 4, compressor, stored_channels_first)
+    reader = ShardReader.open(path)
+    assert reader is not None and reader.layout.channels_first == stored_channels_first
+    rows = np.array([10, 0, 5, 5, 3, 8, 1])  # across shards, out of order, one twice
+    want = np.asarray(zarr.open_array(str(path), mode="r")[:])[rows]
+    assert np.array_equal(want, rois[rows])
+    got = reader.read(rows, channels_first=channels_first)
+    assert got.dtype == np.uint8 and got.flags.c_contiguous
+    assert np.array_equal(got, want.transpose(0, 3, 1, 2) if channels_first else want)
+    assert reader.read([], channels_first).shape == (0, *got.shape[1:])
+
+
+def test_index_at_the_start_of_a_shard(tmp_path) -> None:
+    rois = rois_like_cells(6)
+    sharding = ShardingCodec(
+        chunk_shape=(1, SIZE, SIZE, 3), codecs=[BytesCodec(), COMPRESSORS["zstd"]], index_location="start"
+    )
+    array = zarr.create(
+        shape=rois.shape, chunks=(4, SIZE, SIZE, 3), dtype="uint8", codecs=[sharding], store=str(tmp_path / "a")
+    )
+    array[:] = rois
+    reader = ShardReader.open(tmp_path / "a")
+    assert reader is not None and not reader.layout.index_at_end
+    assert np.array_equal(reader.read(np.arange(6)), rois)
+
+
+def test_unwritten_chunks_and_shards_read_as_the_fill_value(tmp_path) -> None:
+    rois = rois_like_cells(8)
+    rois[2] = 0  # zarr skips writing a chunk equal to the fill value
+    rois[4:] = 0  # and a whole shard of them
+    path = write_array(tmp_path / "rois", rois, 4, "lz4", True)
+    assert not (path / "c" / "1" / "0" / "0" / "0").exists()
+    assert np.array_equal(ShardReader.open(path).read(np.arange(8)), np.asarray(zarr.open_array(str(path))[:]))
+
+
+def test_rows_out_of_range_raise(tmp_path) -> None:
+    reader = ShardReader.open(write_array(tmp_path / "rois", rois_like_cells(3), 4, "lz4", True))
+    for rows in ([3], [-1]):
+        with pytest.raises(IndexError, match="outside"):
+            reader.read(rows)
+
+
+def test_a_damaged_index_or_a_cut_file_is_an_error(tmp_path) -> None:
+    path = write_array(tmp_path / "rois", rois_like_cells(4), 4, "lz4", True)
+    shard = path / "c" / "0" / "0" / "0" / "0"
+    data = bytearray(shard.read_bytes())
+    data[-10] ^= 0xFF  # inside the index
+    shard.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="crc32c"):
+        ShardReader.open(path).read([0])
+    shard.write_bytes(b"\0" * 20)
+    with pytest.raises(ValueError, match="too short"):
+        ShardReader.open(path).read([0])
+
+
+def layouts_not_read(tmp_path: Path) -> list[Path]:
+    rois = rois_like_cells(4)
+    unsharded = zarr.create_array(str(tmp_path / "plain"), shape=rois.shape, chunks=(1, SIZE, SIZE, 3), dtype="uint8")
+    unsharded[:] = rois
+    two_per_chunk = zarr.create_array(
+        str(tmp_path / "two"), shape=rois.shape, chunks=(2, SIZE, SIZE, 3), shards=(4, SIZE, SIZE, 3), dtype="uint8"
+    )
+    two_per_chunk[:] = rois
+    gzip = zarr.create_array(
+        str(tmp_path / "gzip"),
+        shape=rois.shape,
+        chunks=(1, SIZE, SIZE, 3),
+        shards=(4, SIZE, SIZE, 3),
+        dtype="uint8",
+        compressors=GzipCodec(),
+    )
+    gzip[:] = rois
+    other_order = write_array(tmp_path / "hwc-swapped", rois, 4, "lz4", False)
+    meta = json.loads((other_order / "zarr.json").read_text())
+    meta["codecs"][0]["configuration"]["codecs"].insert(
+        0, {"name": "transpose", "configuration": {"order": [0, 2, 1, 3]}}
+    )
+    (other_order / "zarr.json").write_text(json.dumps(meta))
+    return [tmp_path / "plain", tmp_path / "two", tmp_path / "gzip", other_order]
+
+
+def test_other_layouts_are_left_to_zarr(tmp_path) -> None:
+    for path in layouts_not_read(tmp_path):
+        assert ShardReader.open(path) is None, path
+
+
+def part(rois: np.ndarray, name: str) -> PartData:
+    n = len(rois)
+    box = np.tile(np.array([0, 0, SIZE, SIZE], np.int32), (n, 1))
+    columns = {
+        "box": box,
+        "crop_box": box,
+        "area": np.full(n, SIZE * SIZE, np.int64),
+        "fill_rate": np.ones(n, np.float32),
+        "source": np.zeros(n, np.int32),
+        "level0_box": box.astype(np.int64),
+        "pad": np.zeros((n, 4), np.int16),
+    }
+    source = {"path": name, "id": name, "width": SIZE, "height": SIZE, "status": "ok", "error": None, "rois": n}
+    return PartData(rois, columns, [source])
+
+
+def test_a_store_with_parts_of_each_codec_reads_back_exactly(tmp_path) -> None:
+    """A resume may change the codec (it changes no pixel): each part is read by its own metadata."""
+    plan = [["a.png"], ["b.png"]]
+    rois = [rois_like_cells(5, seed=1), rois_like_cells(3, seed=2)]
+    root = tmp_path / "store"
+    StoreWriter.create(root, "candidates", {}, plan, layout=StoreConfig(codec="lz4", rois_per_shard=2)).commit_part(
+        0, part(rois[0], "a.png")
+    )
+    StoreWriter(root, StoreConfig(codec="zstd", rois_per_shard=2)).commit_part(1, part(rois[1], "b.png"))
+    names = [json.loads((root / "parts" / p / "rois" / "zarr.json").read_text()) for p in ("p000000", "p000001")]
+    inner = [[c["name"] for c in m["codecs"][0]["configuration"]["codecs"]] for m in names]
+    assert inner == [["transpose", "bytes", "blosc"], ["transpose", "bytes", "zstd"]]
+    store = RoiStore(root)
+    everything = np.concatenate(rois)
+    assert np.array_equal(np.stack([store.roi(i) for i in range(8)]), everything)
+    assert np.array_equal(store.roi(6, channels_first=True), everything[6].transpose(2, 0, 1))
+    assert np.array_equal(store.part_rois(0, np.array([4, 0])), rois[0][[4, 0]])
+
+
+def test_the_store_reads_other_layouts_through_zarr(tmp_path) -> None:
+    """A part whose `rois` this reader does not know (written by another tool, say) reads the same."""
+    rois = rois_like_cells(5)
+    root = tmp_path / "store"
+    StoreWriter.create(root, "candidates", {}, [["a.png"]], layout=StoreConfig(rois_per_shard=2)).commit_part(
+        0, part(rois, "a.png")
+    )
+    folder = root / "parts" / "p000000" / "rois"
+    shutil.rmtree(folder)
+    plain = zarr.create_array(str(folder), shape=rois.shape, chunks=(2, SIZE, SIZE, 3), dtype="uint8")
+    plain[:] = rois
+    assert ShardReader.open(folder) is None
+    store = RoiStore(root)
+    assert np.array_equal(store.part_rois(0), rois)
+    assert np.array_equal(store.part_rois(0, np.array([3, 1]), channels_first=True), rois[[3, 1]].transpose(0, 3, 1, 2))
+    assert np.array_equal(store.roi(4), rois[4])
+
+
+@pytest.mark.parametrize("channels_first", [True, False])
+def test_iter_rois_gives_each_roi_its_own_memory(tmp_path, channels_first) -> None:
+    """A shuffle buffer keeps some ROIs a while: views of one shard's array would keep the whole shard."""
+    reader = ShardReader.open(write_array(tmp_path / "rois", rois_like_cells(6), 4, "lz4", True))
+    rows = [5, 0, 3, 4]
+    rois = list(reader.iter_rois(rows, channels_first))
+    assert all(roi.base is None and roi.flags.c_contiguous for roi in rois)
+    assert np.array_equal(np.stack(rois), reader.read(rows, channels_first))
