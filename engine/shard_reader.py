@@ -74,9 +74,10 @@ class ShardLayout:
         shard_shape = tuple(grid["configuration"]["chunk_shape"])
         if shard_shape[1:] != shape[1:] or tuple(config["chunk_shape"]) != (1, *shape[1:]):
             return None  # the engine's chunks are one whole ROI, its shards whole ROIs
-        index_codecs = [c.get("name") for c in config.get("index_codecs", [])]
-        endian = config.get("index_codecs", [{}])[0].get("configuration", {}).get("endian", "little")
-        if index_codecs != ["bytes", "crc32c"] or endian != "little":
+        index_codecs = config.get("index_codecs", [])
+        if [c.get("name") for c in index_codecs] != ["bytes", "crc32c"]:
+            return None
+        if index_codecs[0].get("configuration", {}).get("endian", "little") != "little":
             return None
         inner = list(config.get("codecs", []))
         order = tuple(range(4))

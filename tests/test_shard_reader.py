@@ -9,10 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from conftest import synthetic_store
 from zarr.codecs import BloscCodec, BytesCodec, GzipCodec, ShardingCodec, TransposeCodec, ZstdCodec
 
-from activessf_engine.config import StoreConfig
+from activessf_engine.config import EngineConfig, StoreConfig, output_differences, replace_section, to_dict
 from activessf_engine.shard_reader import CHANNELS_FIRST, ShardReader
+from activessf_engine.shards import iter_segments, store_shards
 from activessf_engine.store import PartData, RoiStore, StoreWriter
 
 SIZE = 12
@@ -129,7 +131,11 @@ def layouts_not_read(tmp_path: Path) -> list[Path]:
         0, {"name": "transpose", "configuration": {"order": [0, 2, 1, 3]}}
     )
     (other_order / "zarr.json").write_text(json.dumps(meta))
-    return [tmp_path / "plain", tmp_path / "two", tmp_path / "gzip", other_order]
+    no_index_codecs = write_array(tmp_path / "no-index-codecs", rois, 4, "lz4", True)
+    meta = json.loads((no_index_codecs / "zarr.json").read_text())
+    meta["codecs"][0]["configuration"]["index_codecs"] = []
+    (no_index_codecs / "zarr.json").write_text(json.dumps(meta))
+    return [tmp_path / "plain", tmp_path / "two", tmp_path / "gzip", other_order, no_index_codecs]
 
 
 def test_other_layouts_are_left_to_zarr(tmp_path) -> None:
@@ -198,3 +204,23 @@ def test_iter_rois_gives_each_roi_its_own_memory(tmp_path, channels_first) -> No
     rois = list(reader.iter_rois(rows, channels_first))
     assert all(roi.base is None and roi.flags.c_contiguous for roi in rois)
     assert np.array_equal(np.stack(rois), reader.read(rows, channels_first))
+
+
+def test_shard_order_items_hold_only_their_own_pixels(tmp_path) -> None:
+    """What `ShardedRoiDataset` buffers: each ROI its own array, none a view that keeps its shard alive."""
+    store = RoiStore(synthetic_store(tmp_path / "store", (7, 5), rois_per_shard=4))
+    segments = store_shards(store, np.arange(len(store)))
+    items = list(iter_segments(store, segments, channels_first=True))
+    assert [index for index, _ in items] == list(range(len(store)))
+    assert all(roi.base is None for _, roi in items)
+    assert all(np.array_equal(roi, store.roi(index).transpose(2, 0, 1)) for index, roi in items)
+
+
+def test_a_run_may_resume_under_another_codec() -> None:
+    """The codec changes no pixel (each part's metadata says how it is stored): not a difference that
+    refuses a resume."""
+    lz4 = EngineConfig()
+    stored = json.loads(json.dumps(to_dict(lz4)))  # as the store keeps it
+    zstd = replace_section(lz4, "store", codec="zstd", compression_level=3)
+    assert output_differences(stored, to_dict(zstd)) == []
+    assert output_differences(stored, to_dict(replace_section(lz4, "crop", size=64))) == ["crop.size 224 -> 64"]
