@@ -49,10 +49,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from activessf_engine.annotations import greedy_match, iou_matrix
 from activessf_engine.config import FilterConfig, InputConfig, to_dict
-from activessf_engine.decode import decode_files
-from activessf_engine.regions import StageTimes, TileRegions, cell_masks, find_regions, regions_of_masks
+from activessf_engine.filter.decode import decode_files
+from activessf_engine.filter.regions import StageTimes, TileRegions, cell_masks, find_regions, regions_of_masks
+from activessf_engine.inspect.annotations import greedy_match, iou_matrix
 
 CLASSES = ("WBC", "RBC", "Platelets")
 LOOSE_IOU = 0.3

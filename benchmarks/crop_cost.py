@@ -29,12 +29,13 @@ from types import ModuleType
 import numpy as np
 import torch
 
-from activessf_engine import crops, parts
+from activessf_engine import parts
 from activessf_engine.config import EngineConfig
-from activessf_engine.decode import decode_files
-from activessf_engine.pipeline import run_filter
-from activessf_engine.regions import find_regions
-from activessf_engine.sources import find_sources
+from activessf_engine.filter import crops
+from activessf_engine.filter.decode import decode_files
+from activessf_engine.filter.regions import find_regions
+from activessf_engine.filter.run import run_filter
+from activessf_engine.filter.sources import find_sources
 
 REPO = Path(__file__).resolve().parents[1]
 BASELINE = "951b822"  # the last commit before clean crops

@@ -10,7 +10,7 @@ What is measured, for every (dtype, batch size) of the sweep:
 - ``compiled`` (``--compile``): the ``device`` measurement with ``torch.compile(model)``, for the first
   dtype and the largest batch size only; its compile time (the first call) is reported apart.
 
-Then nearest-prototype assignment (Eq. 7): `selection.nearest_prototype` of ``--assign-count`` random
+Then nearest-prototype assignment (Eq. 7): `select.nearest_prototype` of ``--assign-count`` random
 2048-d features against ``--clusters`` centres on ``--device``, best of ``--repeats``.
 
 The weights do not change the cost, so the default is an untrained resnet50 (``--weights random``). The
@@ -37,8 +37,8 @@ import numpy as np
 import torch
 
 from activessf_engine.config import FeatureConfig
-from activessf_engine.features import Backbone, iter_extract, load_backbone, prepare_batch
-from activessf_engine.selection import nearest_prototype
+from activessf_engine.select.features import Backbone, iter_extract, load_backbone, prepare_batch
+from activessf_engine.select.nearest import nearest_prototype
 
 
 def device_name(device: torch.device) -> str:

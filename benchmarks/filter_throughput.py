@@ -27,10 +27,10 @@ import torch
 from PIL import Image
 
 from activessf_engine.config import EngineConfig, InputConfig, replace_section
-from activessf_engine.decode import decode_files, make_decoder
-from activessf_engine.pipeline import run_filter
-from activessf_engine.sources import find_sources
-from activessf_engine.store import configure_zarr
+from activessf_engine.filter.decode import decode_files, make_decoder
+from activessf_engine.filter.run import run_filter
+from activessf_engine.filter.sources import find_sources
+from activessf_engine.store.layout import configure_zarr
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_IMAGES = [REPO.parent / "shared" / "data" / "bccd" / "JPEGImages", REPO / "tests" / "data" / "bccd"]

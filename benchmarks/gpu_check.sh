@@ -57,7 +57,7 @@ map_package() {  # map_package TREE DEST: DEST/activessf_engine -> TREE/engine, 
 }
 map_package "$repo" "$work/pkg"
 export PYTHONPATH="$work/pkg:$site${PYTHONPATH:+:$PYTHONPATH}"
-if ! "$python" -c 'import activessf_engine.pipeline, activessf_engine.kernels' 2>&1 | tee -a "$log"; then
+if ! "$python" -c 'import activessf_engine.filter.run, activessf_engine.kernels' 2>&1 | tee -a "$log"; then
     echo "gpu_check: the package does not import (see above); nothing else can run" | tee -a "$log"
     exit 1
 fi

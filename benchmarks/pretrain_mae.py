@@ -43,7 +43,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 from torchvision.transforms import v2
 
-from activessf_engine.data import ShardedRoiDataset
+from activessf_engine.feed.datasets import ShardedRoiDataset
 
 CHECKPOINT = "encoder.safetensors"
 

@@ -40,12 +40,14 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.io import decode_image, read_file
 
 from activessf_engine.config import EngineConfig, StoreConfig, replace_section
-from activessf_engine.crops import cut_rois
-from activessf_engine.data import RoiDataset, ShardedRoiDataset
-from activessf_engine.decode import decode_files
-from activessf_engine.export import export_store
-from activessf_engine.sources import find_sources
-from activessf_engine.store import LZ4_LEVEL, RoiStore, configure_zarr
+from activessf_engine.feed.datasets import RoiDataset, ShardedRoiDataset
+from activessf_engine.feed.export import export_store
+from activessf_engine.filter.crops import cut_rois
+from activessf_engine.filter.decode import decode_files
+from activessf_engine.filter.sources import find_sources
+from activessf_engine.store.layout import configure_zarr
+from activessf_engine.store.reader import RoiStore
+from activessf_engine.store.writer import LZ4_LEVEL
 
 REPO = Path(__file__).resolve().parents[1]
 PBC = REPO.parent / "shared" / "data" / "pbc-longtail" / "unlabeled"

@@ -20,8 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from activessf_engine.config import EngineConfig, HsvRange, replace_section, to_dict
-from activessf_engine.pipeline import run_filter
-from activessf_engine.store import ROI_COLUMNS, PartData, RoiStore, StoreWriter
+from activessf_engine.filter.run import run_filter
+from activessf_engine.store.layout import ROI_COLUMNS
+from activessf_engine.store.reader import RoiStore
+from activessf_engine.store.writer import PartData, StoreWriter
 
 JUNK = "junk"
 BCCD_CELL = "bccd-cell"  # a white cell or platelet of a BCCD smear: a real cell whose type is not annotated

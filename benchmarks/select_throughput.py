@@ -13,7 +13,7 @@ Steps, each timed:
    read rate.
 3. **Prototypes.** Features of ``--labeled`` of these ROIs with made-up labels; `fit_prototypes`
    (K = 11) with scikit-learn, and with cuML where it runs: seconds of each on the same features.
-4. **select.** `curate.run_select` on the store: reading every ROI, features, nearest prototype
+4. **select.** `select.run_select` on the store: reading every ROI, features, nearest prototype
    (Eq. 7-9) and writing the selected store, end to end, with the seconds of each phase.
 5. **bf16 vs fp32.** On ``--agreement`` ROIs: features in both dtypes, the nearest prototype of each,
    and the number of ROIs whose nearest prototype differs.
@@ -40,13 +40,15 @@ import numpy as np
 import torch
 
 from activessf_engine.config import EngineConfig, replace_section, to_dict
-from activessf_engine.curate import run_select
 from activessf_engine.device import resolve_device
-from activessf_engine.features import extract, load_backbone
-from activessf_engine.pipeline import run_filter
-from activessf_engine.prototypes import fit_prototypes
-from activessf_engine.selection import nearest_prototype
-from activessf_engine.store import ROI_COLUMNS, PartData, RoiStore, StoreWriter, configure_zarr, part_name
+from activessf_engine.filter.run import run_filter
+from activessf_engine.select.features import extract, load_backbone
+from activessf_engine.select.nearest import nearest_prototype
+from activessf_engine.select.prototypes import fit_prototypes
+from activessf_engine.select.run import run_select
+from activessf_engine.store.layout import ROI_COLUMNS, configure_zarr, part_name
+from activessf_engine.store.reader import RoiStore
+from activessf_engine.store.writer import PartData, StoreWriter
 
 REPO = Path(__file__).resolve().parents[1]
 

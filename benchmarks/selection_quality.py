@@ -50,14 +50,14 @@ from realistic_pool import BCCD_CELL, JUNK, bccd_tiles, concat_stores, filter_ju
 from ssl_probe import DownstreamInputs, SslSchedule, downsample, print_table, run_table, to_images
 
 from activessf_engine.config import EngineConfig, load_config, replace_section, to_dict
-from activessf_engine.curate import labeled_rois, run_prototypes, run_select
-from activessf_engine.features import resolve_features, weights_source
-from activessf_engine.labeled import scan_labeled
-from activessf_engine.pipeline import run_filter
-from activessf_engine.prototypes import load_prototypes
-from activessf_engine.selection import cluster_thresholds
-from activessf_engine.sources import find_sources
-from activessf_engine.store import RoiStore
+from activessf_engine.filter.run import run_filter
+from activessf_engine.filter.sources import find_sources
+from activessf_engine.select.features import resolve_features, weights_source
+from activessf_engine.select.labeled_set import scan_labeled
+from activessf_engine.select.prototypes import load_prototypes
+from activessf_engine.select.run import labeled_rois, run_prototypes, run_select
+from activessf_engine.select.thresholds import cluster_thresholds
+from activessf_engine.store.reader import RoiStore
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"

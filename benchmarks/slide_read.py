@@ -29,10 +29,10 @@ import torch
 from PIL import Image
 
 from activessf_engine.config import InputConfig
-from activessf_engine.decode import decode_batches, make_decoder
-from activessf_engine.slide_readers import list_slide_readers
-from activessf_engine.slides import expand_slides, read_tile_batches
-from activessf_engine.sources import Source, find_sources
+from activessf_engine.filter.decode import decode_batches, make_decoder
+from activessf_engine.filter.slide_readers import list_slide_readers
+from activessf_engine.filter.slides import expand_slides, read_tile_batches
+from activessf_engine.filter.sources import Source, find_sources
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_IMAGES = [REPO.parent / "shared" / "data" / "bccd" / "JPEGImages", REPO / "tests" / "data" / "bccd"]

@@ -26,6 +26,9 @@ ThresholdMode = Literal["density", "fixed"]
 BoundsMode = Literal["cluster", "global"]
 
 KMEANS_MAX_CLUSTERS = 32  # the CUDA pixel K-means keeps this many centres in shared memory (kernels/cupy_source.py)
+# Pixel K-means centres are integers in units of 1/FIXED_POINT colour level, on the CPU (kernels/pixel_kmeans.py)
+# and in the CUDA sources alike (a compile-time constant there, kernels/cupy_source.py).
+FIXED_POINT = 8
 
 
 def _require(

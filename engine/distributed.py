@@ -25,11 +25,9 @@ from typing import Any
 import torch
 
 from activessf_engine.config import EngineConfig, FeatureConfig, from_dict, to_dict
-from activessf_engine.decode import Decoder, make_decoder
 from activessf_engine.device import DeviceChoice, resolve_device
-from activessf_engine.parts import FilterSummary, filter_part, prepare_filter
+from activessf_engine.filter import Decoder, FilterSummary, Source, filter_part, make_decoder, prepare_filter
 from activessf_engine.progress import Progress, make_progress
-from activessf_engine.sources import Source
 from activessf_engine.store import RoiStore, StoreWriter
 
 try:
@@ -79,7 +77,7 @@ def run_filter_on_dask(
     progress: bool | Progress = False,
     overwrite: bool = False,
 ) -> FilterSummary:
-    """`pipeline.run_filter` with one Dask task per pending part; resumes like it. `device` is resolved by
+    """`filter.run_filter` with one Dask task per pending part; resumes like it. `device` is resolved by
     each worker for itself (its GPU, under dask-cuda)."""
     started = time.perf_counter()
     prepared = prepare_filter(input_path, out, config)
@@ -111,11 +109,10 @@ def features_on_dask(
     device: str = "cpu",
 ) -> dict[str, int]:
     """The costly half of `select`: the features of every part of a candidates store not yet in its feature
-    cache, one Dask task per part, each cached by its worker (atomically, as `curate.store_features` does).
-    `curate.run_select` then finds them all cached, when it computes in the same dtype (returned: "dtype").
+    cache, one Dask task per part, each cached by its worker (atomically, as `select.run.store_features` does).
+    `select.run_select` then finds them all cached, when it computes in the same dtype (returned: "dtype").
     Returns how many ROIs were computed and were found cached."""
-    from activessf_engine.curate import selection_features_config
-    from activessf_engine.prototypes import load_prototypes
+    from activessf_engine.select import load_prototypes, selection_features_config
 
     store = RoiStore(candidates)
     feature_config = selection_features_config(config, load_prototypes(Path(prototypes_dir)))
@@ -151,8 +148,7 @@ def _worker_tools(device: str, config: EngineConfig) -> tuple[DeviceChoice, Deco
 def _features_task(root: str, part: int, feature_values: dict[str, Any], device: str) -> tuple[int, str]:
     """Features of one part, in a worker, into the store's feature cache: how many were computed (0 if they
     were cached already) and in which dtype."""
-    from activessf_engine.curate import feature_cache
-    from activessf_engine.features import extract, load_backbone
+    from activessf_engine.select import extract, feature_cache, load_backbone
 
     feature_config = from_dict(FeatureConfig, feature_values)
     choice = _kept("choice", device, lambda: resolve_device(device))

@@ -7,6 +7,7 @@ The CPU reference defines the answer; the GPU path is tested against it.
 
 from activessf_engine.kernels.blur import normalize_blur
 from activessf_engine.kernels.components import batch_region_stats, label, region_stats
+from activessf_engine.kernels.cupy_source import LAUNCH_ELEMENT_LIMIT
 from activessf_engine.kernels.hsv import hsv_opencv, in_hsv_ranges
 from activessf_engine.kernels.pixel_kmeans import (
     FIXED_POINT,
@@ -19,6 +20,7 @@ from activessf_engine.kernels.pixel_kmeans import (
 
 __all__ = [
     "FIXED_POINT",
+    "LAUNCH_ELEMENT_LIMIT",
     "assign",
     "assign_lookup",
     "batch_region_stats",

@@ -16,8 +16,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
-from activessf_engine.config import KMEANS_MAX_CLUSTERS
-from activessf_engine.kernels.pixel_kmeans import FIXED_POINT
+from activessf_engine.config import FIXED_POINT, KMEANS_MAX_CLUSTERS
 
 if TYPE_CHECKING:
     import cupy

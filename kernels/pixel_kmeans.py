@@ -17,7 +17,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-FIXED_POINT = 8  # centres are stored as integers in units of 1/8 colour level
+from activessf_engine.config import FIXED_POINT
+
 _ASSIGN_CHUNK = 1 << 16  # pixels per chunk of the CPU assignment (bounds its memory)
 
 

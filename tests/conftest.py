@@ -130,7 +130,7 @@ def needs_gpu() -> None:
 
 def store_contents(root: Path) -> list[tuple]:
     """Every ROI of a store in store order: all its columns (but the part number) and its pixel bytes."""
-    from activessf_engine.store import RoiStore
+    from activessf_engine.store.reader import RoiStore
 
     store = RoiStore(root)
     cols = store.columns()
@@ -181,7 +181,7 @@ def synthetic_store(
     noise seeded by i, or `pixels[i]` when given. `columns(global indices)` adds per-ROI columns (e.g. a
     selected store's `cluster`)."""
     from activessf_engine.config import StoreConfig
-    from activessf_engine.store import PartData, StoreWriter
+    from activessf_engine.store.writer import PartData, StoreWriter
 
     plan = [[f"pat{k % 2}/tile{k}.png", f"pat{k % 2}/tile{k}b.png"] for k in range(len(counts))]
     layout = StoreConfig(rois_per_shard=rois_per_shard)

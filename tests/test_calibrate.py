@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from activessf_engine import calibrate as calibration
-from activessf_engine.annotations import read_annotations
 from activessf_engine.cli import main
+from activessf_engine.cli.demo import SAMPLE_DATA
 from activessf_engine.config import FilterConfig, HsvRange, load_config
-from activessf_engine.demo import SAMPLE_DATA
+from activessf_engine.inspect import calibration
+from activessf_engine.inspect.annotations import read_annotations
 
 TILES, VOC = SAMPLE_DATA / "tiles" / "bccd", SAMPLE_DATA / "annotations"
 
@@ -59,7 +59,7 @@ def test_learned_ranges_cover_the_stain_of_the_boxes():
     """A tile where the boxed cell is a stain the paper's ranges miss (green): the learned range finds it."""
     import torch
 
-    from activessf_engine.regions import StageTimes, quantize
+    from activessf_engine.filter.regions import StageTimes, quantize
 
     tile = np.full((120, 160, 3), (235, 200, 210), np.uint8)
     yy, xx = np.mgrid[:120, :160]

@@ -15,8 +15,9 @@ from conftest import BCCD, run_cli
 
 from activessf_engine import __version__
 from activessf_engine.cli import COMMANDS, main
-from activessf_engine.crops import crop_box
-from activessf_engine.store import RoiStore, read_attrs
+from activessf_engine.filter.crops import crop_box
+from activessf_engine.store.layout import read_attrs
+from activessf_engine.store.reader import RoiStore
 
 FAST = ["--quiet", "--roi-size", "64", "--threads", "1"]
 
@@ -212,7 +213,7 @@ def test_sigterm_ends_a_run_cleanly_with_exit_130(tmp_path, monkeypatch):
     import os
     import signal
 
-    from activessf_engine import pipeline
+    from activessf_engine import filter as pipeline  # the CLI calls the package's run_filter
 
     def terminated(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGTERM)
@@ -238,6 +239,6 @@ def test_a_failure_inside_the_run_exits_1(tmp_path, capsys, monkeypatch):
     def broken_decoder(*args, **kwargs):
         raise RuntimeError("the decoder's library is broken")
 
-    monkeypatch.setattr("activessf_engine.pipeline.make_decoder", broken_decoder)
+    monkeypatch.setattr("activessf_engine.filter.run.make_decoder", broken_decoder)
     assert main(["filter", "--input", str(BCCD), "--out", str(tmp_path / "s"), *FAST]) == 1
     assert "failed: RuntimeError: the decoder's library is broken" in capsys.readouterr().err

@@ -8,9 +8,9 @@ import torch
 from conftest import draw_tile, write_image
 
 from activessf_engine.config import CropConfig
-from activessf_engine.crops import crop_box, cut_rois, fit_to_square
-from activessf_engine.pipeline import run_filter
-from activessf_engine.store import RoiStore
+from activessf_engine.filter.crops import crop_box, cut_rois, fit_to_square
+from activessf_engine.filter.run import run_filter
+from activessf_engine.store.reader import RoiStore
 
 W, H = 320, 240
 

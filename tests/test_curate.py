@@ -9,11 +9,12 @@ import pytest
 import torch
 from PIL import Image
 
-from activessf_engine import curate
 from activessf_engine.cli import main
 from activessf_engine.config import EngineConfig, replace_section
-from activessf_engine.data import RoiDataset
-from activessf_engine.store import PartData, RoiStore, StoreWriter
+from activessf_engine.feed.datasets import RoiDataset
+from activessf_engine.select import run as curate
+from activessf_engine.store.reader import RoiStore
+from activessf_engine.store.writer import PartData, StoreWriter
 
 SIZE = 64
 COLOURS = {"blue": (40, 60, 200), "green": (40, 180, 60), "red": (200, 40, 50)}
@@ -117,7 +118,7 @@ def test_select_refuses_prototypes_of_other_weights(tmp_path: Path, labeled: Pat
     other = replace_section(_config(), "features", model="test_resnet", weights="random")
     torch.manual_seed(123)
     # a weights file with different values gives a different fingerprint
-    from activessf_engine.features import load_backbone
+    from activessf_engine.select.features import load_backbone
 
     backbone = load_backbone(other.features)
     state = {k: v + 1.0 if v.is_floating_point() else v for k, v in backbone.model.state_dict().items()}
@@ -181,7 +182,7 @@ def test_cli_json_toml_sections_and_manifest_of_a_selected_store(
 def test_hsv_range_flags_reach_the_config(tmp_path: Path) -> None:
     from conftest import tile_folder
 
-    from activessf_engine.store import read_attrs
+    from activessf_engine.store.layout import read_attrs
 
     tiles = tile_folder(tmp_path / "tiles", 1)
     flags = ["--purple", "100-120,50-255,0-255", "--deep-blue", "0-10,0-20,30-40", "--roi-size", "64", "--quiet"]
@@ -241,8 +242,8 @@ def test_labeled_images_are_framed_like_candidates(tmp_path: Path) -> None:
     rois, labels, names, report = curate.labeled_rois(root, _config())
     assert labels.tolist() == [0, 0]
     assert names == ["cell"] and report["filter_crops"] == 1 and report["whole_images"] == 1
-    from activessf_engine.crops import cut_rois
-    from activessf_engine.regions import find_regions
+    from activessf_engine.filter.crops import cut_rois
+    from activessf_engine.filter.regions import find_regions
 
     regions = find_regions([torch.from_numpy(tile)], _config().filter)[0]
     central = regions.boxes[np.argmin(np.abs(regions.boxes[:, 0] - 110))]
@@ -342,7 +343,7 @@ def test_a_selection_of_nothing_says_so(tmp_path: Path, labeled: Path, candidate
 def test_help_shows_the_config_comments_and_only_the_flags_a_command_reads(capsys) -> None:
     import dataclasses
 
-    from activessf_engine.cli_flags import field_comments
+    from activessf_engine.cli.flags import field_comments
     from activessf_engine.config import EngineConfig
 
     for section in dataclasses.fields(EngineConfig):

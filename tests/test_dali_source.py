@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from conftest import synthetic_store
 
-from activessf_engine.dali_source import RoiSource, roi_pipeline
-from activessf_engine.query import RoiQuery
-from activessf_engine.store import RoiStore
+from activessf_engine.feed.dali_source import RoiSource, roi_pipeline
+from activessf_engine.feed.query import RoiQuery
+from activessf_engine.store.reader import RoiStore
 
 pytest.importorskip("nvidia.dali")
 

@@ -11,10 +11,10 @@ import torch
 import zarr
 from conftest import synthetic_store
 
-from activessf_engine.data import RoiDataset, ShardedRoiDataset
-from activessf_engine.query import RoiQuery, query_rows
-from activessf_engine.shards import epoch_segments, store_shards
-from activessf_engine.store import RoiStore
+from activessf_engine.feed.datasets import RoiDataset, ShardedRoiDataset
+from activessf_engine.feed.query import RoiQuery, query_rows
+from activessf_engine.feed.shard_order import epoch_segments, store_shards
+from activessf_engine.store.reader import RoiStore
 
 COUNTS = (7, 0, 9, 5)  # 21 ROIs in 4 parts, one of them empty; shards of 4 ROIs
 

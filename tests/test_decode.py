@@ -15,8 +15,8 @@ from conftest import BCCD, PURPLE, draw_tile, write_image
 from PIL import Image
 
 from activessf_engine.config import InputConfig
-from activessf_engine.decode import DaliDecoder, TorchvisionDecoder, _first_line, decode_files
-from activessf_engine.sources import Source, find_sources
+from activessf_engine.filter.decode import DaliDecoder, TorchvisionDecoder, _first_line, decode_files
+from activessf_engine.filter.sources import Source, find_sources
 
 CONFIG = InputConfig(batch_size=4, threads=1)
 
@@ -231,7 +231,7 @@ def test_source_ids_are_stable_and_distinct(tmp_path):
 
 
 def test_pillow_decoded_images_are_writable():
-    from activessf_engine.decode import _to_rgb8  # torch hides the flag and warns only once per process
+    from activessf_engine.filter.decode import _to_rgb8  # torch hides the flag and warns only once per process
 
     assert _to_rgb8(Image.fromarray(rgb_gradient()).convert("CMYK")).flags.writeable
 

@@ -117,7 +117,7 @@ def test_host_work_names_what_a_gpu_run_leaves_on_the_cpu(working_gpu: None) -> 
 
 
 def test_a_choice_is_passed_down_as_it_is(working_gpu: None) -> None:
-    from activessf_engine.prototypes import resolve_kmeans_backend
+    from activessf_engine.select.prototypes import resolve_kmeans_backend
 
     gpu = device.resolve_device("cuda")
     assert device.as_choice(gpu) is gpu

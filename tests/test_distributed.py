@@ -15,9 +15,10 @@ from conftest import store_contents, tile_folder
 
 from activessf_engine.config import replace_section
 from activessf_engine.distributed import run_filter_on_dask
-from activessf_engine.pipeline import run_filter
-from activessf_engine.store import RoiStore, committed_parts, part_name
-from activessf_engine.verify import verify_store
+from activessf_engine.filter.run import run_filter
+from activessf_engine.store.layout import committed_parts, part_name
+from activessf_engine.store.reader import RoiStore
+from activessf_engine.store.verify import verify_store
 
 distributed = pytest.importorskip("distributed")
 

@@ -15,9 +15,9 @@ from conftest import synthetic_store
 from PIL import Image
 
 from activessf_engine.cli import main
-from activessf_engine.export import export_store
-from activessf_engine.query import RoiQuery
-from activessf_engine.store import RoiStore
+from activessf_engine.feed.export import export_store
+from activessf_engine.feed.query import RoiQuery
+from activessf_engine.store.reader import RoiStore
 
 
 @pytest.fixture

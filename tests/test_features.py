@@ -10,7 +10,7 @@ import safetensors.torch
 import torch
 
 from activessf_engine.config import FeatureConfig
-from activessf_engine.features import (
+from activessf_engine.select.features import (
     Backbone,
     extract,
     iter_extract,
@@ -81,7 +81,7 @@ def test_fingerprint_covers_names_shapes_and_bytes() -> None:
 
 
 def test_random_weights_log_a_warning(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="activessf_engine.features"):
+    with caplog.at_level(logging.WARNING, logger="activessf_engine.select.features"):
         load_backbone(FeatureConfig(model=MODEL, weights="random"))
     assert "UNTRAINED" in caplog.text
 

@@ -14,11 +14,11 @@ from conftest import BCCD, BF16_FEATURE_BOUND, bccd_crops, per_roi_error
 
 from activessf_engine import kernels
 from activessf_engine.config import FeatureConfig, FilterConfig, InputConfig
-from activessf_engine.decode import decode_files
-from activessf_engine.features import extract, load_backbone
-from activessf_engine.regions import find_regions
-from activessf_engine.selection import nearest_prototype
-from activessf_engine.sources import find_sources
+from activessf_engine.filter.decode import decode_files
+from activessf_engine.filter.regions import find_regions
+from activessf_engine.filter.sources import find_sources
+from activessf_engine.select.features import extract, load_backbone
+from activessf_engine.select.nearest import nearest_prototype
 
 pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("needs_gpu")]
 
@@ -120,8 +120,8 @@ def test_filter_on_cuda_makes_the_cpu_store(tmp_path) -> None:
     from PIL import Image
 
     from activessf_engine.config import EngineConfig, replace_section
-    from activessf_engine.pipeline import run_filter
-    from activessf_engine.store import RoiStore
+    from activessf_engine.filter.run import run_filter
+    from activessf_engine.store.reader import RoiStore
 
     tiles = tmp_path / "tiles"
     tiles.mkdir()

@@ -20,9 +20,10 @@ from PIL import Image
 
 from activessf_engine.cli import main
 from activessf_engine.config import FilterConfig, InputConfig
-from activessf_engine.decode import decode_files
-from activessf_engine.regions import StageTimes, cell_masks
-from activessf_engine.store import RoiStore, read_attrs
+from activessf_engine.filter.decode import decode_files
+from activessf_engine.filter.regions import StageTimes, cell_masks
+from activessf_engine.store.layout import read_attrs
+from activessf_engine.store.reader import RoiStore
 
 FAST = ["--quiet", "--roi-size", "64", "--threads", "1"]
 SHOTS = Path(os.environ.get("ACTIVESSF_SCREENSHOTS", Path(__file__).parent / "screenshots"))
@@ -206,8 +207,8 @@ def test_report_opens_in_headless_chromium_with_every_image(demo_run, tmp_path):
 
 
 def test_overlay_verdicts_are_the_filters(tmp_path, capsys):
-    from activessf_engine.overlay import KEPT, LOW_FILL, TOO_SMALL, verdicts
-    from activessf_engine.regions import find_regions
+    from activessf_engine.filter.regions import find_regions
+    from activessf_engine.inspect.overlay import KEPT, LOW_FILL, TOO_SMALL, verdicts
 
     config = FilterConfig(min_fill=0.75)  # some BCCD white cells fail the fill test at 0.75
     reasons = {KEPT: 0, LOW_FILL: 0, TOO_SMALL: 0}

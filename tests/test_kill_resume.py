@@ -20,14 +20,17 @@ from pathlib import Path
 
 from conftest import store_contents, tile_folder
 
-from activessf_engine.verify import verify_store
+from activessf_engine.store.verify import verify_store
 
 FLAGS = ["--quiet", "--roi-size", "64", "--threads", "1", "--sources-per-part", "2", "--kmeans-sample", "2048"]
 
 # The child: the CLI, with SIGKILL planted where KILL_AT says (at the Nth call of the named step).
 CHILD = r"""
 import os, signal, sys
-from activessf_engine import cli, decode, lock, store
+from activessf_engine import cli
+from activessf_engine.filter import decode
+from activessf_engine.store import lock
+from activessf_engine.store import writer as store
 
 point, nth, how = (os.environ.get("KILL_AT", "") + "::").split(":")[:3]
 calls = {"n": 0}

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from activessf_engine.labeled import scan_labeled
+from activessf_engine.select.labeled_set import scan_labeled
 
 
 def _touch(root: Path, *names: str) -> None:
@@ -46,7 +46,7 @@ def test_scan_finds_classes_and_images(tmp_path: Path) -> None:
 
 def test_empty_class_is_skipped_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     _touch(tmp_path, "empty/readme.txt", "full/a.png")
-    with caplog.at_level(logging.WARNING, logger="activessf_engine.labeled"):
+    with caplog.at_level(logging.WARNING, logger="activessf_engine.select.labeled_set"):
         labeled = scan_labeled(tmp_path)
     assert labeled.class_names == ["full"]
     assert labeled.labels.tolist() == [0]

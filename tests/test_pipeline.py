@@ -6,11 +6,13 @@ import numpy as np
 import pytest
 from conftest import tile_folder, write_image
 
-from activessf_engine.parts import plan_parts
-from activessf_engine.pipeline import run_filter
-from activessf_engine.sources import find_sources
-from activessf_engine.store import RoiStore, StoreWriter, committed_parts
-from activessf_engine.verify import verify_store
+from activessf_engine.filter.plan import plan_parts
+from activessf_engine.filter.run import run_filter
+from activessf_engine.filter.sources import find_sources
+from activessf_engine.store.layout import committed_parts
+from activessf_engine.store.reader import RoiStore
+from activessf_engine.store.verify import verify_store
+from activessf_engine.store.writer import StoreWriter
 
 
 @pytest.fixture
@@ -66,7 +68,7 @@ def test_crops_come_from_the_original_tile(tmp_path, small_config):
     import torch
     from conftest import draw_tile
 
-    from activessf_engine.crops import fit_to_square
+    from activessf_engine.filter.crops import fit_to_square
 
     tile = draw_tile([("rect", 100, 60, 180, 140)])
     tile[90:110, 130:150] = (120, 60, 170)  # a lighter purple patch: merged away in G', kept in the crop

@@ -12,7 +12,7 @@ import torch
 from conftest import bccd_crops, synthetic_store
 
 from activessf_engine.config import FeatureConfig
-from activessf_engine.features import extract, load_backbone
+from activessf_engine.select.features import extract, load_backbone
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,7 +46,7 @@ def test_ci_run_lowers_the_loss_and_its_encoder_loads_in_the_engine(pretrain_mae
 def test_pretrain_takes_a_callers_dataset(pretrain_mae, tmp_path: Path) -> None:
     from dataclasses import replace
 
-    from activessf_engine.data import RoiDataset
+    from activessf_engine.feed.datasets import RoiDataset
 
     store = synthetic_store(tmp_path / "store", (6,), size=64, pixels=bccd_crops()[:6, ::2, ::2].copy())
     settings = replace(pretrain_mae.CI_SETTINGS, steps=2, batch_size=4)

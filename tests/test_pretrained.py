@@ -12,14 +12,12 @@ from sklearn.datasets import load_sample_image
 from timm.data import ImageNetInfo, create_transform, resolve_data_config
 
 from activessf_engine.config import FeatureConfig
-from activessf_engine.features import (
-    DEFAULT_MODEL,
-    extract,
-    load_backbone,
-    resolve_features,
-    weights_source,
+from activessf_engine.select.features import DEFAULT_MODEL, extract, load_backbone, resolve_features, weights_source
+from activessf_engine.select.packaged_weights import (
+    packaged_state_dict,
+    packaged_weights_file,
+    rename_efficientnet_pytorch,
 )
-from activessf_engine.pretrained import packaged_state_dict, packaged_weights_file, rename_efficientnet_pytorch
 
 PALACE = 698  # ImageNet-1k class of scikit-learn's sample photo china.jpg (a Chinese palace)
 

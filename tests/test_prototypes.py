@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from activessf_engine.config import PrototypeConfig
-from activessf_engine.prototypes import (
+from activessf_engine.select.prototypes import (
     ARRAYS_FILE,
     META_FILE,
     Prototypes,
@@ -84,7 +84,7 @@ def test_empty_cluster_is_dropped(caplog: pytest.LogCaptureFixture) -> None:
     features = np.repeat(np.array([[0.0, 0.0], [5.0, 5.0]], dtype=np.float32), 4, axis=0)
     labels = np.zeros(len(features), dtype=np.int64)
     config = PrototypeConfig(clusters=3, n_init=1, backend="sklearn")
-    with warnings.catch_warnings(), caplog.at_level(logging.WARNING, logger="activessf_engine.prototypes"):
+    with warnings.catch_warnings(), caplog.at_level(logging.WARNING, logger="activessf_engine.select.prototypes"):
         warnings.simplefilter("ignore")  # sklearn: fewer distinct points than clusters
         prototypes = fit_prototypes(features, labels, ["only"], config, model="m", fingerprint="f")
     assert prototypes.sizes.tolist() == [4, 4]

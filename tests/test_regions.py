@@ -12,7 +12,7 @@ from conftest import DEEP_BLUE, PINK, RED_CELL, draw_tile
 from PIL import Image
 
 from activessf_engine.config import FilterConfig, HsvRange
-from activessf_engine.regions import find_regions
+from activessf_engine.filter.regions import find_regions
 
 DEFAULT = FilterConfig()
 

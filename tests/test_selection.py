@@ -8,17 +8,10 @@ import pytest
 import torch
 
 from activessf_engine.config import SelectionConfig, StrategyName
-from activessf_engine.prototypes import Prototypes
-from activessf_engine.selection import (
-    apply_thresholds,
-    cluster_thresholds,
-    density_thresholds,
-    list_strategies,
-    nearest_prototype,
-    reselect,
-    select,
-    water_fill,
-)
+from activessf_engine.select.nearest import nearest_prototype
+from activessf_engine.select.prototypes import Prototypes
+from activessf_engine.select.strategies import list_strategies, reselect, select, water_fill
+from activessf_engine.select.thresholds import apply_thresholds, cluster_thresholds, density_thresholds
 
 SIZES = np.array([10, 5, 1], dtype=np.int64)
 LOWER = np.array([1.0, 2.0, 3.0], dtype=np.float32)

@@ -13,9 +13,10 @@ from conftest import synthetic_store
 from zarr.codecs import BloscCodec, BytesCodec, GzipCodec, ShardingCodec, TransposeCodec, ZstdCodec
 
 from activessf_engine.config import EngineConfig, StoreConfig, output_differences, replace_section, to_dict
-from activessf_engine.shard_reader import CHANNELS_FIRST, ShardReader
-from activessf_engine.shards import iter_segments, store_shards
-from activessf_engine.store import PartData, RoiStore, StoreWriter
+from activessf_engine.feed.shard_order import iter_segments, store_shards
+from activessf_engine.store.reader import RoiStore
+from activessf_engine.store.shard_reader import CHANNELS_FIRST, ShardReader
+from activessf_engine.store.writer import PartData, StoreWriter
 
 SIZE = 12
 COMPRESSORS = {

@@ -18,10 +18,10 @@ from slide_data import GLASS, MOSAIC_SIZE, mosaic, pyramid, write_slide
 
 from activessf_engine.cli import main
 from activessf_engine.config import EngineConfig, InputConfig, replace_section
-from activessf_engine.data import RoiDataset
-from activessf_engine.pipeline import run_filter
-from activessf_engine.slide_readers import list_slide_readers, open_slide, slide_reader_for
-from activessf_engine.slides import (
+from activessf_engine.feed.datasets import RoiDataset
+from activessf_engine.filter.run import run_filter
+from activessf_engine.filter.slide_readers import list_slide_readers, open_slide, slide_reader_for
+from activessf_engine.filter.slides import (
     choose_level,
     expand_slides,
     otsu_threshold,
@@ -30,9 +30,9 @@ from activessf_engine.slides import (
     thumbnail,
     tile_spans,
 )
-from activessf_engine.sources import Source
-from activessf_engine.store import RoiStore
-from activessf_engine.verify import verify_store
+from activessf_engine.filter.sources import Source
+from activessf_engine.store.reader import RoiStore
+from activessf_engine.store.verify import verify_store
 
 HAS_OPENSLIDE = "openslide" in list_slide_readers()
 # Level 1 of the mosaic (0.5 um/px) read with the filter's sizes stated at 0.25 um/px: min_box 70 -> 35 and
@@ -153,7 +153,7 @@ def test_only_pyramidal_tiffs_are_slides_and_a_missing_reader_is_named(tmp_path,
     if HAS_OPENSLIDE:
         assert slide_reader_for(tmp_path / "scan.ndpi", "auto", suffixes) == "openslide"
         assert slide_reader_for(tmp_path / "slide.tif", "openslide", suffixes) == "openslide"
-    monkeypatch.setattr("activessf_engine.slide_readers.list_slide_readers", lambda: ["tifffile"])
+    monkeypatch.setattr("activessf_engine.filter.slide_readers.list_slide_readers", lambda: ["tifffile"])
     with pytest.raises(ValueError, match=r"scan.mrxs.*openslide.*activessf-engine\[slides\]"):
         slide_reader_for(tmp_path / "scan.mrxs", "auto", suffixes)
 
@@ -331,7 +331,7 @@ def test_cucim_reads_what_tifffile_reads(tmp_path, level0, compression):
 
 
 def test_thumbnail_reads_strips_never_a_whole_level(tmp_path, level0, monkeypatch):
-    monkeypatch.setattr("activessf_engine.slides.STRIP_PIXELS", 1 << 20)  # strips of 256 rows of this slide
+    monkeypatch.setattr("activessf_engine.filter.slides.STRIP_PIXELS", 1 << 20)  # strips of 256 rows of this slide
     write_slide(tmp_path / "flat.tif", level0, levels=1)  # one level: the thumbnail must come from level 0
     slide = open_slide(tmp_path / "flat.tif", "tifffile")
     try:
@@ -392,7 +392,7 @@ def test_a_tile_left_out_of_a_sparse_tiff_reads_as_bare_glass(tmp_path, level0):
 
 def test_dry_run_of_a_slide_keeps_what_the_store_keeps(slide_dir, slide_store):
     """`filter --limit`: the slide's tiles filtered with its scaled filter, each keeping the regions it owns."""
-    from activessf_engine.pipeline import dry_run_filter
+    from activessf_engine.filter.run import dry_run_filter
 
     out, summary = slide_store
     rows = RoiStore(out).sources()

@@ -10,8 +10,10 @@ import pytest
 import zarr
 
 from activessf_engine.config import StoreConfig
-from activessf_engine.store import PartData, RoiStore, StoreWriter, committed_parts, part_name, read_attrs
-from activessf_engine.verify import verify_store
+from activessf_engine.store.layout import committed_parts, part_name, read_attrs
+from activessf_engine.store.reader import RoiStore
+from activessf_engine.store.verify import verify_store
+from activessf_engine.store.writer import PartData, StoreWriter
 
 PLAN = [["a.png", "b.png"], ["c.png"]]
 
@@ -250,7 +252,7 @@ def test_verify_not_a_store(tmp_path):
 def test_a_part_committed_by_another_writer_meanwhile_is_kept(tmp_path, parts, monkeypatch):
     """Two writers of one run racing on a part (a Dask task run again while the first still ran): the first
     rename wins, the second copy is dropped, nothing raises, nothing is left behind."""
-    import activessf_engine.store as store_module
+    import activessf_engine.store.writer as store_module
 
     real_rename = store_module._atomic_rename
 

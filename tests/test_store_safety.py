@@ -19,10 +19,12 @@ from conftest import BCCD, tile_folder
 
 from activessf_engine.cli import main
 from activessf_engine.config import replace_section
-from activessf_engine.lock import LOCK_NAME, StoreLock, StoreLockedError
-from activessf_engine.pipeline import run_filter
-from activessf_engine.store import RoiStore, StoreWriter, committed_parts, part_name
-from activessf_engine.verify import verify_store
+from activessf_engine.filter.run import run_filter
+from activessf_engine.store.layout import committed_parts, part_name
+from activessf_engine.store.lock import LOCK_NAME, StoreLock, StoreLockedError
+from activessf_engine.store.reader import RoiStore
+from activessf_engine.store.verify import verify_store
+from activessf_engine.store.writer import StoreWriter
 
 FAST = ["--quiet", "--roi-size", "64", "--threads", "1", "--sources-per-part", "2", "--kmeans-sample", "2048"]
 
@@ -99,7 +101,7 @@ def test_the_lock_is_released_after_a_run_and_after_an_interruption(tiles, tmp_p
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("activessf_engine.pipeline.filter_batch", interrupt)
+    monkeypatch.setattr("activessf_engine.filter.run.filter_batch", interrupt)
     with pytest.raises(KeyboardInterrupt):
         run_filter(tiles, tmp_path / "t", small_config)
     assert not (tmp_path / "t" / LOCK_NAME).exists()
@@ -142,7 +144,7 @@ def test_a_store_killed_while_its_root_metadata_is_written_is_created_again(tile
             raise KeyboardInterrupt
         real_replace(source, target)
 
-    monkeypatch.setattr("activessf_engine.store.os.replace", killed_at_the_root)
+    monkeypatch.setattr("activessf_engine.store.writer.os.replace", killed_at_the_root)
     with pytest.raises(KeyboardInterrupt):
         run_filter(tiles, tmp_path / "s", small_config)
     assert sorted(p.name for p in (tmp_path / "s").iterdir()) == [".zarr.json.partial"]
@@ -250,7 +252,7 @@ def test_an_interrupted_run_ends_its_decoder_thread(tiles, tmp_path, small_confi
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("activessf_engine.pipeline.filter_batch", interrupt)
+    monkeypatch.setattr("activessf_engine.filter.run.filter_batch", interrupt)
     with pytest.raises(KeyboardInterrupt):
         run_filter(tiles, tmp_path / "s", replace_section(small_config, "input", batch_size=1))
     assert not [t for t in threading.enumerate() if t.name == "decode"]
@@ -260,7 +262,7 @@ def test_a_decoder_failure_reaches_the_caller_instead_of_hanging(tiles, tmp_path
     def broken(*args, **kwargs):
         raise RuntimeError("decoder exploded")
 
-    monkeypatch.setattr("activessf_engine.pipeline.make_decoder", broken)
+    monkeypatch.setattr("activessf_engine.filter.run.make_decoder", broken)
     with pytest.raises(RuntimeError, match="decoder exploded"):
         run_filter(tiles, tmp_path / "s", small_config)
     assert not (tmp_path / "s" / LOCK_NAME).exists()
@@ -285,7 +287,7 @@ def test_exif_orientation_is_never_applied_and_is_recorded(tmp_path: Path, small
 
 def test_decode_batches_are_bounded_in_pixels(tmp_path: Path) -> None:
     from activessf_engine.config import InputConfig
-    from activessf_engine.decode import decode_batches
+    from activessf_engine.filter.decode import decode_batches
 
     paths = [tile_folder(tmp_path / "t", 5) / f"tile_{i:02d}.png" for i in range(5)]  # 320x240 each
     config = InputConfig(batch_size=4, threads=1, max_batch_pixels=2 * 320 * 240)
@@ -320,7 +322,7 @@ def test_bad_values_are_refused_before_any_store_is_made(tiles, tmp_path, capsys
 
 
 def test_roi_checksums_match_the_pixels(store: Path) -> None:
-    from activessf_engine.store import roi_checksums
+    from activessf_engine.store.writer import roi_checksums
 
     rois = RoiStore(store)
     for part, _ in rois.iter_parts():

@@ -33,7 +33,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from activessf_engine.config import FeatureConfig
 from activessf_engine.device import DeviceChoice, as_choice
-from activessf_engine.pretrained import packaged_state_dict, packaged_weights_file
+from activessf_engine.select.packaged_weights import packaged_state_dict, packaged_weights_file
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Active Sample Selection runs: labeled set -> prototypes; candidate store -> selected store.
 
 Orchestration only (I/O, caching, progress, summaries); the equations live in `prototypes` and
-`selection`, the network in `features`.
+`strategies` (Eq. 7-9 in `nearest` and `thresholds`), the network in `features`.
 """
 
 from __future__ import annotations
@@ -19,15 +19,14 @@ import torch
 import zarr
 
 from activessf_engine.config import EngineConfig, FeatureConfig, to_dict
-from activessf_engine.crops import cut_rois, fit_to_square
-from activessf_engine.decode import decode_files
 from activessf_engine.device import DeviceChoice, as_choice
-from activessf_engine.features import Backbone, iter_extract, load_backbone, resolve_features
-from activessf_engine.labeled import scan_labeled
+from activessf_engine.filter import TileRegions, cut_rois, decode_files, find_regions, fit_to_square
 from activessf_engine.progress import Progress, make_progress
-from activessf_engine.prototypes import META_FILE, Prototypes, fit_prototypes, load_prototypes
-from activessf_engine.regions import TileRegions, find_regions
-from activessf_engine.selection import Decisions, cluster_thresholds, select
+from activessf_engine.select.features import Backbone, iter_extract, load_backbone, resolve_features
+from activessf_engine.select.labeled_set import scan_labeled
+from activessf_engine.select.prototypes import META_FILE, Prototypes, fit_prototypes, load_prototypes
+from activessf_engine.select.strategies import Decisions, select
+from activessf_engine.select.thresholds import cluster_thresholds
 from activessf_engine.store import FeatureCache, PartData, RoiStore, StoreWriter, features_key, roi_column_names
 
 log = logging.getLogger(__name__)

@@ -15,18 +15,17 @@ from pathlib import Path
 
 import numpy as np
 
-from activessf_engine.lock import StoreLock
-from activessf_engine.store import (
+from activessf_engine.store.layout import (
     CHECKSUM_COLUMN,
     ROI_COLUMNS,
-    RoiStore,
-    column_checksum,
     damaged_parts,
     part_name,
     read_attrs,
-    roi_checksums,
     roi_column_names,
 )
+from activessf_engine.store.lock import StoreLock
+from activessf_engine.store.reader import RoiStore
+from activessf_engine.store.writer import column_checksum, roi_checksums
 
 QUARANTINE = "quarantine"  # where `repair_store` moves damaged parts, inside the store
 SHOWN = 10  # ROIs named per finding

@@ -33,21 +33,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from activessf_engine.annotations import match_boxes, read_annotations
 from activessf_engine.config import EngineConfig, FilterConfig, HsvRange, dumps_toml, load_config, to_dict
-from activessf_engine.decode import decode_files
 from activessf_engine.device import DeviceChoice, as_choice
-from activessf_engine.kernels.hsv import hsv_opencv
-from activessf_engine.regions import (
+from activessf_engine.filter import (
     Quantized,
     StageTimes,
     TileRegions,
+    decode_files,
     find_regions,
+    find_sources,
     hsv_masks,
     quantize,
     regions_of_masks,
 )
-from activessf_engine.sources import find_sources
+from activessf_engine.inspect.annotations import match_boxes, read_annotations
+from activessf_engine.kernels import hsv_opencv
 
 log = logging.getLogger(__name__)
 

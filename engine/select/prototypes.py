@@ -21,7 +21,7 @@ import safetensors.numpy
 
 from activessf_engine.config import PrototypeConfig, to_dict
 from activessf_engine.device import DeviceChoice, as_choice, cuml_usable
-from activessf_engine.selection import nearest_prototype
+from activessf_engine.select.nearest import nearest_prototype
 
 logger = logging.getLogger(__name__)
 

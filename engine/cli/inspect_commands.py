@@ -1,84 +1,23 @@
-"""The commands that show a person what a run did: preview, overlay, report, calibrate, demo; and the
-one line after every command that says what to do next.
+"""The commands that show a person what a run did: preview, overlay, report, calibrate, demo.
 
-`add_parsers(sub, common)` registers them on the main parser (`cli.build_parser`); `COMMANDS` maps each
-name to its handler. Handlers return the CLI's exit codes and raise ValueError/FileNotFoundError for bad
-input, which `cli.main` turns into exit 2.
+`add_parsers(sub)` registers them on the main parser (`main.build_parser`); `COMMANDS` maps each name to
+its handler. Handlers return the CLI's exit codes and raise ValueError/FileNotFoundError for bad input,
+which `main.main` turns into exit 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import shlex
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-SHOWN_WITHOUT_ROI = 10  # sources without ROI named in the terminal summary (--json lists all)
-
-
-def sources_without_roi_lines(paths: list[str]) -> list[str]:
-    """The summary lines naming the sources read in which no region was kept."""
-    if not paths:
-        return []
-    named = ", ".join(paths[:SHOWN_WITHOUT_ROI])
-    more = f" and {len(paths) - SHOWN_WITHOUT_ROI} more (--json lists all)" if len(paths) > SHOWN_WITHOUT_ROI else ""
-    return [f"no ROI in        {len(paths)} source(s): {named}{more}"]
-
-
-def _q(path: Any) -> str:
-    return shlex.quote(str(path))
-
-
-def what_next(args: argparse.Namespace, summary: dict[str, Any]) -> str:
-    """One line on what to do after `args.command` (printed on stderr after every command's summary)."""
-    command = args.command
-    if command == "filter" and summary.get("dry_run"):
-        return (
-            f"next: see why regions were kept or rejected: activessf-engine overlay --input {_q(args.input)} "
-            f"--out overlays --limit {args.limit}; then run without --limit and with --out"
-        )
-    if command == "filter":
-        return f"next: look at it: activessf-engine preview {_q(args.out)} (or report {_q(args.out)} --out report)"
-    if command == "prototypes":
-        return f"next: activessf-engine select --candidates STORE --prototypes {_q(args.out)} --out selected"
-    if command == "select":
-        return f"next: see what was kept and left out: activessf-engine report {_q(args.out)} --out report"
-    if command == "run":
-        return f"next: activessf-engine report {_q(args.out / 'selected')} --out {_q(args.out / 'report')}"
-    if command == "preview":
-        sheet = _q(summary["sheets"][0])
-        return f"next: open {sheet}; all of it: activessf-engine report {_q(args.store)} --out report"
-    if command == "overlay":
-        return (
-            f"next: open the PNGs in {_q(args.out)}; to fit the filter to your tiles: activessf-engine calibrate --help"
-        )
-    if command == "calibrate":
-        return f"next: activessf-engine filter --config {_q(args.out)} --input {_q(args.input)} --out STORE"
-    if command == "verify" and summary["problems"]:
-        return f"next: activessf-engine verify --repair {_q(args.store)}, then run the same filter again to redo"
-    if command in ("verify", "manifest"):
-        return f"next: look at it: activessf-engine report {_q(args.store)} --out report"
-    if command in ("report", "demo"):
-        return f"next: open {_q(summary['report'])} in a browser"
-    return "next: activessf-engine --help lists every command"
-
-
-def print_summary(args: argparse.Namespace, summary: dict[str, Any], lines: list[str]) -> None:
-    """The summary as JSON on stdout (--json) or as lines on stderr, then the what-next line."""
-    if getattr(args, "json", False):
-        json.dump(summary, sys.stdout, indent=2, default=str)
-        sys.stdout.write("\n")
-    else:
-        for line in lines:
-            print(line, file=sys.stderr)
-    print(what_next(args, summary), file=sys.stderr)
+from activessf_engine.cli.options import add_common_flags, run_config, run_device
+from activessf_engine.cli.summary import print_summary
 
 
 def cmd_preview(args: argparse.Namespace) -> int:
-    from activessf_engine.contact import write_contact_sheets
+    from activessf_engine.inspect import write_contact_sheets
 
     out = args.out or args.store.parent / f"{args.store.name}-preview"
     sheets = write_contact_sheets(args.store, out, rows=args.rows, per_row=args.per_row)
@@ -88,10 +27,9 @@ def cmd_preview(args: argparse.Namespace) -> int:
 
 
 def cmd_overlay(args: argparse.Namespace) -> int:
-    from activessf_engine.cli import _config, _device
-    from activessf_engine.overlay import write_overlays
+    from activessf_engine.inspect import write_overlays
 
-    tiles = write_overlays(args.input, args.out, _config(args), args.limit, _device(args))
+    tiles = write_overlays(args.input, args.out, run_config(args), args.limit, run_device(args))
     lines = [
         f"overlay          {t['overlay']}: kept {t['kept']}, fill rate {t['fill rate']}, too small {t['too small']}"
         for t in tiles
@@ -101,20 +39,19 @@ def cmd_overlay(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from activessf_engine.calibrate import calibrate
-    from activessf_engine.cli import _config, _device
+    from activessf_engine.inspect import calibrate
 
     labels = set(args.label) if args.label else None
     summary = calibrate(
         args.input,
         args.annotations,
         args.out,
-        _config(args),
+        run_config(args),
         labels=labels,
         fit=args.fit,
         seed=args.seed,
         iou=args.iou,
-        device=_device(args),
+        device=run_device(args),
     )
     lines = [
         f"fitted on        {len(summary['fit_tiles'])} tiles ({summary['configurations_tried']} configurations tried)",
@@ -136,7 +73,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from activessf_engine.report import build_report
+    from activessf_engine.inspect import build_report
 
     page = build_report(args.store, args.out)
     summary = {"store": str(args.store), "report": str(page)}
@@ -145,7 +82,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from activessf_engine.demo import DEMO_FEATURES, SAMPLE_DATA, run_demo
+    from activessf_engine.cli.demo import DEMO_FEATURES, SAMPLE_DATA, run_demo
 
     summary = run_demo(args.out, device=args.device, progress=not args.quiet)
     filtered, selected = summary["filter"], summary["select"]
@@ -166,9 +103,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser, tuple[str, ...]], None]) -> None:
-    """Register this module's commands on `sub` (the main parser's subparsers); `common` adds the shared flags
-    and the config sections' flags."""
+def add_parsers(sub: Any) -> None:
+    """Register this module's commands on `sub` (the main parser's subparsers)."""
     p = sub.add_parser("preview", help="contact sheets (PNG) of a store's ROIs: by source, and by cluster if selected")
     p.add_argument("store", type=Path, help="a store made by `filter` or `select`")
     p.add_argument("--out", type=Path, help="folder for the PNGs (default STORE-preview beside the store)")
@@ -178,13 +114,13 @@ def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser, tuple[str, 
 
     p = sub.add_parser("demo", help="filter, prototypes, select and report on the sample data shipped with the engine")
     p.add_argument("--out", type=Path, default=Path("activessf-demo"), help="folder for the demo's outputs")
-    common(p, ())
+    add_common_flags(p, ())
 
     p = sub.add_parser("overlay", help="tiles with their HSV mask, components and kept/rejected boxes with reasons")
     p.add_argument("--input", required=True, type=Path, help="folder of tiles, one image, or a .txt list of paths")
     p.add_argument("--out", required=True, type=Path, help="folder for one PNG per tile")
     p.add_argument("--limit", type=int, default=8, help="only the first N tiles, in path order (default 8)")
-    common(p, ("input", "filter"))
+    add_common_flags(p, ("input", "filter"))
 
     p = sub.add_parser("calibrate", help="fit the filter to a few tiles with boxes round the wanted cells; writes TOML")
     p.add_argument("--input", required=True, type=Path, help="folder of tiles, one image, or a .txt list of paths")
@@ -200,7 +136,7 @@ def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser, tuple[str, 
     p.add_argument("--fit", type=int, default=5, help="annotated tiles to fit on; the rest are held out (default 5)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random choice of the fit tiles")
     p.add_argument("--iou", type=float, default=0.5, help="IoU at which a kept box matches an annotated one")
-    common(p, ("input", "filter"))
+    add_common_flags(p, ("input", "filter"))
 
     p = sub.add_parser("report", help="one HTML page about a store: sources, rejections, ROIs, clusters, throughput")
     p.add_argument("store", type=Path, help="a store made by `filter` or `select`")

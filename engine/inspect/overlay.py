@@ -19,10 +19,8 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from activessf_engine.config import EngineConfig, FilterConfig
-from activessf_engine.decode import decode_files
 from activessf_engine.device import DeviceChoice, as_choice
-from activessf_engine.regions import find_regions, regions_of_masks
-from activessf_engine.sources import find_sources
+from activessf_engine.filter import decode_files, find_regions, find_sources, regions_of_masks
 
 log = logging.getLogger(__name__)
 

@@ -13,10 +13,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from activessf_engine import plots
 from activessf_engine.config import dumps_toml
-from activessf_engine.contact import StoredDecisions, candidates_of, read_summary, write_contact_sheets
-from activessf_engine.parts import REJECTION_COUNTS
+from activessf_engine.filter import REJECTION_COUNTS
+from activessf_engine.inspect import plots
+from activessf_engine.inspect.contact_sheets import StoredDecisions, candidates_of, read_summary, write_contact_sheets
 from activessf_engine.store import RoiStore
 
 STYLE = """

@@ -19,8 +19,15 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
-from activessf_engine.query import RoiQuery, query_rows
-from activessf_engine.shards import Segment, buffer_shuffle, epoch_segments, iter_segments, replica_bounds, store_shards
+from activessf_engine.feed.query import RoiQuery, query_rows
+from activessf_engine.feed.shard_order import (
+    Segment,
+    buffer_shuffle,
+    epoch_segments,
+    iter_segments,
+    replica_bounds,
+    store_shards,
+)
 from activessf_engine.store import RoiStore
 
 META_COLUMNS = ("cluster", "distance")  # columns of a selected store added to an item's metadata

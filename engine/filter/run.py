@@ -2,7 +2,7 @@
 
 This module owns the threads, queues, progress and I/O order of a single-process run: decoding runs in a
 producer thread, each part is committed in a writer thread while the next one is filtered. The parts
-themselves (plan, filtering, summary) are in `parts`, shared with the Dask run in `distributed`.
+themselves (plan, filtering, summary) are in `plan`, `part` and `summary`, shared with the Dask run in `distributed`.
 """
 
 from __future__ import annotations
@@ -20,23 +20,21 @@ from typing import Any
 import torch
 
 from activessf_engine.config import EngineConfig
-from activessf_engine.decode import DecodedImage, make_decoder
 from activessf_engine.device import DeviceChoice, as_choice, host_work
-from activessf_engine.parts import (
-    FilterSummary,
+from activessf_engine.filter.decode import DecodedImage, make_decoder
+from activessf_engine.filter.part import (
     PartBuilder,
     batch_regions,
     decode_part,
     filter_batch,
-    find_inputs,
     owned_regions,
-    plan_parts,
-    prepare_filter,
     source_record,
 )
+from activessf_engine.filter.plan import find_inputs, plan_parts, prepare_filter
+from activessf_engine.filter.regions import StageTimes
+from activessf_engine.filter.sources import Source
+from activessf_engine.filter.summary import FilterSummary
 from activessf_engine.progress import Progress, make_progress
-from activessf_engine.regions import StageTimes
-from activessf_engine.sources import Source
 from activessf_engine.store import PartData, StoreWriter
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from activessf_engine.store import RoiStore
+from activessf_engine.store.reader import RoiStore
 
 # Table columns made from a store column with several values per ROI.
 SPLIT_COLUMNS = {

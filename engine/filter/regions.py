@@ -19,8 +19,6 @@ import torch
 
 from activessf_engine import kernels
 from activessf_engine.config import FilterConfig
-from activessf_engine.kernels.cupy_source import LAUNCH_ELEMENT_LIMIT
-from activessf_engine.kernels.hsv import hsv_opencv, in_hsv_ranges
 
 SAMPLE_SEED = 0  # the pixel sample that K-means is fitted on is drawn from this seed on every device
 
@@ -108,14 +106,15 @@ def hsv_masks(quantized: Quantized, config: FilterConfig, times: StageTimes) -> 
         # every palette colour of the batch, then a lookup table per tile.
         palettes, mappings = quantized.palettes, quantized.mappings
         colours = torch.from_numpy(np.concatenate(palettes)).T[:, None, :]  # (3, 1, total colours)
-        keep = in_hsv_ranges(hsv_opencv(colours), ranges)[0].numpy()
+        keep = kernels.in_hsv_ranges(kernels.hsv_opencv(colours), ranges)[0].numpy()
         offsets = np.cumsum([0] + [len(p) for p in palettes])
         luts = [keep[offsets[b] : offsets[b + 1]][mappings[b]] for b in range(batch)]
         table = torch.from_numpy(np.stack(luts)).to(pixels.device)
         masks = kernels.assign_lookup(pixels, quantized.centres, table)
         times.lap("kmeans_assign", start)
     else:
-        masks = in_hsv_ranges(hsv_opencv(quantized.smooth.permute(0, 3, 1, 2)), ranges).reshape(batch, -1)
+        hsv = kernels.hsv_opencv(quantized.smooth.permute(0, 3, 1, 2))
+        masks = kernels.in_hsv_ranges(hsv, ranges).reshape(batch, -1)
         times.lap("hsv_mask", start)
     return masks.reshape(batch, height, width)
 
@@ -137,7 +136,7 @@ def regions_of_masks(masks: torch.Tensor, config: FilterConfig) -> list[TileRegi
     min_fill. The stack is labelled at once (no region joins two tiles) and its statistics come back to
     the host in one copy; stacks past the kernels' 2^31-element launch limit go in slices of whole tiles."""
     batch, height, width = masks.shape
-    step = max(1, (LAUNCH_ELEMENT_LIMIT - 1) // max(1, height * width))
+    step = max(1, (kernels.LAUNCH_ELEMENT_LIMIT - 1) // max(1, height * width))
     results: list[TileRegions] = []
     for first in range(0, batch, step):
         labels, count = kernels.label(masks[first : first + step], config.connectivity)

@@ -1,15 +1,17 @@
-"""`activessf-engine export`: a store's ROIs as an ImageFolder or WebDataset tars, with the metadata beside."""
+"""The commands that check, list and export a store: verify, manifest, export."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import csv
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
-from activessf_engine.export import EXPORT_FORMATS, IMAGE_FORMATS, export_store
-from activessf_engine.query import RoiQuery
+from activessf_engine.cli.options import EXIT_FAILED, EXIT_OK
+from activessf_engine.cli.summary import what_next
 
 
 def _clusters(text: str) -> tuple[int, ...]:
@@ -20,7 +22,23 @@ def _clusters(text: str) -> tuple[int, ...]:
 
 
 def add_parsers(sub: Any) -> None:
-    """Add the `export` command to the CLI's subparsers."""
+    """Register verify, manifest and export on `sub` (the main parser's subparsers)."""
+    from activessf_engine.feed import EXPORT_FORMATS, IMAGE_FORMATS
+
+    p = sub.add_parser("verify", help="check a store and say what is wrong with it")
+    p.add_argument("store", type=Path)
+    p.add_argument("--deep", action="store_true", help="also read every ROI and compare it with its checksum")
+    p.add_argument(
+        "--repair",
+        action="store_true",
+        help="move damaged parts of a candidates store to STORE/quarantine/ (a resume then redoes them)",
+    )
+    p.add_argument("--json", action="store_true", help="print the findings as JSON")
+
+    p = sub.add_parser("manifest", help="print the per-ROI table of a store as CSV")
+    p.add_argument("store", type=Path)
+    p.add_argument("--output", type=Path, help="write to this file instead of stdout")
+
     p = sub.add_parser("export", help="write a store's ROIs as an ImageFolder or WebDataset tars, with metadata.csv")
     p.add_argument("store", type=Path, help="a candidates or selected store")
     p.add_argument("--out", required=True, type=Path, help="folder to create (ImageFolder: OUT/train/<class>/)")
@@ -44,7 +62,42 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    from activessf_engine.store import repair_store, verify_store
+
+    if args.repair:
+        problems, repaired = repair_store(args.store)
+    else:
+        problems, repaired = verify_store(args.store, deep=args.deep), []
+    if args.json:
+        summary = {"store": str(args.store), "ok": not problems, "problems": problems, "repaired": repaired}
+        json.dump(summary, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        for line in problems or [f"{args.store}: OK"]:
+            print(line)
+        for line in repaired:
+            print(f"repaired: {line}")
+    print(what_next(args, {"problems": problems}), file=sys.stderr)
+    return EXIT_FAILED if problems else EXIT_OK
+
+
+def cmd_manifest(args: argparse.Namespace) -> int:
+    from activessf_engine.store import RoiStore, manifest_header, manifest_rows
+
+    store = RoiStore(args.store)
+    sink = open(args.output, "w", newline="") if args.output else contextlib.nullcontext(sys.stdout)  # noqa: SIM115
+    with sink as out:
+        writer = csv.writer(out)
+        writer.writerow(manifest_header(store))
+        writer.writerows(manifest_rows(store))
+    print(what_next(args, {}), file=sys.stderr)
+    return EXIT_OK
+
+
 def cmd_export(args: argparse.Namespace) -> int:
+    from activessf_engine.feed import RoiQuery, export_store
+
     query = RoiQuery(
         clusters=args.clusters,
         sources=tuple(args.sources),
@@ -71,4 +124,4 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"export": cmd_export}
+COMMANDS = {"verify": cmd_verify, "manifest": cmd_manifest, "export": cmd_export}

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from activessf_engine.data import ShardedRoiDataset
-from activessf_engine.query import RoiQuery
+from activessf_engine.feed.datasets import ShardedRoiDataset
+from activessf_engine.feed.query import RoiQuery
 
 
 class RoiSource:

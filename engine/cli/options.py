@@ -1,0 +1,77 @@
+"""What every command shares: exit codes, the common flags, and the config and device of a run from its flags.
+
+Exit codes: 0 done; 1 failed (or `verify` found problems); 2 bad usage, config or input path;
+3 done, but some inputs were skipped (see the summary); 130 interrupted (run again to resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from activessf_engine.cli.flags import add_section_flags, apply_flags
+from activessf_engine.config import EngineConfig, load_config
+from activessf_engine.device import DeviceChoice, resolve_device
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SKIPPED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+log = logging.getLogger("activessf_engine")
+
+
+def add_common_flags(parser: argparse.ArgumentParser, sections: tuple[str, ...]) -> None:
+    """--config, --device, --json, --quiet, -v, and a flag for every field of the config `sections`."""
+    parser.add_argument("--config", type=Path, help="TOML file with [section] tables of parameters")
+    parser.add_argument(
+        "--device", default="cpu", choices=("auto", "cpu", "cuda"), help="where to compute (default cpu)"
+    )
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    for section in sections:
+        add_section_flags(parser, section)
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def add_dask_flags(parser: argparse.ArgumentParser, what: str = "filter") -> None:
+    """--workers N (a local Dask cluster) or --scheduler ADDRESS (a running one)."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--workers", type=positive_int, help=f"{what} on a local Dask cluster of N worker processes (a part per task)"
+    )
+    group.add_argument("--scheduler", help=f"{what} on the Dask cluster at this address (tcp://host:8786)")
+
+
+def setup_logging(verbose: int) -> None:
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def run_config(args: argparse.Namespace) -> EngineConfig:
+    """The config of a run: --config's TOML, then the flags given."""
+    return apply_flags(load_config(args.config), args)
+
+
+def run_device(args: argparse.Namespace) -> DeviceChoice:
+    """The device choice (logged); its `describe()` goes into every summary."""
+    choice = resolve_device(args.device)
+    log.info("device: %s (%s)", choice.kind, choice.reason)
+    return choice
+
+
+def on_dask(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "scheduler", None) or getattr(args, "workers", None))
+
+
+def dask_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The Dask options of a run: its cluster, and the device each worker resolves for itself."""
+    return {"scheduler": args.scheduler, "workers": args.workers or 0, "device": args.device}

@@ -1,0 +1,83 @@
+"""What a command prints when it is done: its summary (lines, or JSON with --json) and what to do next."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from typing import Any
+
+from activessf_engine.device import summary_line
+
+SHOWN_WITHOUT_ROI = 10  # sources without ROI named in the terminal summary (--json lists all)
+
+
+def sources_without_roi_lines(paths: list[str]) -> list[str]:
+    """The summary lines naming the sources read in which no region was kept."""
+    if not paths:
+        return []
+    named = ", ".join(paths[:SHOWN_WITHOUT_ROI])
+    more = f" and {len(paths) - SHOWN_WITHOUT_ROI} more (--json lists all)" if len(paths) > SHOWN_WITHOUT_ROI else ""
+    return [f"no ROI in        {len(paths)} source(s): {named}{more}"]
+
+
+def quoted(path: Any) -> str:
+    return shlex.quote(str(path))
+
+
+def what_next(args: argparse.Namespace, summary: dict[str, Any]) -> str:
+    """One line on what to do after `args.command` (printed on stderr after every command's summary)."""
+    command = args.command
+    if command == "filter" and summary.get("dry_run"):
+        return (
+            f"next: see why regions were kept or rejected: activessf-engine overlay --input {quoted(args.input)} "
+            f"--out overlays --limit {args.limit}; then run without --limit and with --out"
+        )
+    if command == "filter":
+        return (
+            f"next: look at it: activessf-engine preview {quoted(args.out)} (or report {quoted(args.out)} --out report)"
+        )
+    if command == "prototypes":
+        return f"next: activessf-engine select --candidates STORE --prototypes {quoted(args.out)} --out selected"
+    if command == "select":
+        return f"next: see what was kept and left out: activessf-engine report {quoted(args.out)} --out report"
+    if command == "run":
+        return f"next: activessf-engine report {quoted(args.out / 'selected')} --out {quoted(args.out / 'report')}"
+    if command == "preview":
+        sheet = quoted(summary["sheets"][0])
+        return f"next: open {sheet}; all of it: activessf-engine report {quoted(args.store)} --out report"
+    if command == "overlay":
+        return (
+            f"next: open the PNGs in {quoted(args.out)}; to fit the filter to your tiles: "
+            "activessf-engine calibrate --help"
+        )
+    if command == "calibrate":
+        return f"next: activessf-engine filter --config {quoted(args.out)} --input {quoted(args.input)} --out STORE"
+    if command == "verify" and summary["problems"]:
+        return f"next: activessf-engine verify --repair {quoted(args.store)}, then run the same filter again to redo"
+    if command in ("verify", "manifest"):
+        return f"next: look at it: activessf-engine report {quoted(args.store)} --out report"
+    if command in ("report", "demo"):
+        return f"next: open {quoted(summary['report'])} in a browser"
+    return "next: activessf-engine --help lists every command"
+
+
+def print_summary(args: argparse.Namespace, summary: dict[str, Any], lines: list[str]) -> None:
+    """The summary as JSON on stdout (--json) or as lines on stderr, then the what-next line."""
+    if getattr(args, "json", False):
+        json.dump(summary, sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+    else:
+        for line in lines:
+            print(line, file=sys.stderr)
+    print(what_next(args, summary), file=sys.stderr)
+
+
+def device_lines(described: dict[str, Any], host_work: list[str]) -> list[str]:
+    """The summary's device line (and what runs on the host) from a `DeviceChoice.describe()`."""
+    if "kind" not in described:  # a Dask run with nothing left to do
+        return []
+    workers = f" on each of {described['workers']} Dask workers" if described.get("workers") else ""
+    lines = [f"device           {summary_line(described)}{workers}"]
+    return lines + [f"  on the host    {work}" for work in host_work]
