@@ -10,7 +10,9 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+import zarr
 from conftest import store_contents, tile_folder
 
 from activessf_engine.config import replace_section
@@ -127,11 +129,29 @@ def test_select_features_on_dask_give_the_local_selection(tiles, reference, clus
     shutil.copytree(reference, candidates)
     model = ["--model", "test_resnet", "--weights", "random", "--roi-size", "64", "--quiet"]
     assert main(["prototypes", "--labeled", str(labeled), "--out", str(tmp_path / "p"), "--clusters", "2", *model]) == 0
+    # A fixed threshold: the random network's features of these tiles are nearly alike, so Eq. 8 gives LB = UB = 0,
+    # and float32 sums in other processes (1e-8 apart) would fall on either side of a zero threshold.
     select = ["select", "--candidates", str(candidates), "--prototypes", str(tmp_path / "p"), *model[:4], "--quiet"]
+    select += ["--threshold-mode", "fixed", "--fixed-threshold", "0.5"]
     capsys.readouterr()
     assert main([*select, "--out", str(tmp_path / "dask"), "--scheduler", cluster.scheduler_address, "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["dask_features"]["computed"] == len(RoiStore(candidates)) and summary["features_computed"] == 0
+    on_dask = cached_features(candidates)
     shutil.rmtree(candidates / "features")
     assert main([*select, "--out", str(tmp_path / "local")]) == 0
-    assert store_contents(tmp_path / "dask") == store_contents(tmp_path / "local")
+    local = cached_features(candidates)
+    assert on_dask.shape == local.shape and np.allclose(on_dask, local, rtol=0, atol=1e-6)
+    # the same ROIs kept, with the same columns; the distances within the features' float32 rounding
+    kept_on_dask, kept_here = RoiStore(tmp_path / "dask").columns(), RoiStore(tmp_path / "local").columns()
+    assert np.allclose(kept_on_dask.pop("distance"), kept_here.pop("distance"), rtol=0, atol=1e-5)
+    assert kept_on_dask.keys() == kept_here.keys()
+    assert all(np.array_equal(kept_on_dask[k], kept_here[k]) for k in kept_here)
+    assert len(RoiStore(tmp_path / "local")) > 0
+
+
+def cached_features(store: Path) -> np.ndarray:
+    """The feature cache of a store, every part in order (one model's cache)."""
+    (folder,) = (store / "features").iterdir()
+    parts = sorted(p for p in folder.iterdir() if p.name.startswith("p"))
+    return np.concatenate([np.asarray(zarr.open_array(str(p), mode="r")[:]) for p in parts])
