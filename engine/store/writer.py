@@ -138,6 +138,8 @@ class StoreWriter:
         if root.exists() and not root.is_dir():
             raise FileExistsError(f"{root} is a file, not a store; choose another --out")
         existing = is_store(root)
+        if not existing and (root / "zarr.json").is_file():
+            read_attrs(root)  # raises, naming the damaged (or foreign) root metadata and the fix
         # the lock, and root metadata a killed creation left unrenamed, are all a store's folder holds at first
         if root.exists() and not existing and any(p.name not in (LOCK_NAME, ROOT_PARTIAL) for p in root.iterdir()):
             raise FileExistsError(
