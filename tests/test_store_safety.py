@@ -238,7 +238,7 @@ def test_a_file_name_that_is_not_utf8_is_skipped_and_named(tiles: Path, tmp_path
     shutil.copyfile(tiles / "tile_00.png", bad)
     summary = run_filter(tiles, tmp_path / "s", small_config)
     assert summary.sources_read == 6 and summary.sources_skipped == 1
-    assert summary.skipped[0]["path"] == "bad\\xff name.png"
+    assert summary.skipped[0]["path"] == "bad\\xff name.png (name not UTF-8)"
     assert summary.skipped[0]["error"].startswith("file name is not valid UTF-8")
     assert verify_store(tmp_path / "s", deep=True) == []
 
