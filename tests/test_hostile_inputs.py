@@ -4,6 +4,7 @@ spreadsheet would run as formulas, and configs whose values no machine could hon
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
@@ -33,20 +34,22 @@ TRAILER = 64 << 20  # bytes of zeros after a small JPEG: far more than its metad
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
 def test_a_fifo_named_like_an_image_is_skipped_instead_of_hanging_the_run(tmp_path: Path, small_config) -> None:
     tiles = tile_folder(tmp_path / "tiles", 2)
-    fifo = tiles / "pipe.jpg"
-    os.mkfifo(fifo)
+    fifos = [tiles / "pipe.jpg", tiles / "scan.svs"]  # a tile's name and a slide's
+    for fifo in fifos:
+        os.mkfifo(fifo)
     done: list = []
     run = threading.Thread(target=lambda: done.append(run_filter(tiles, tmp_path / "s", small_config)), daemon=True)
     run.start()
     run.join(timeout=120)
-    if run.is_alive():  # blocked opening the FIFO: give it a writer, so that it ends, then fail
-        with open(fifo, "wb"):
-            pass
-        run.join(timeout=60)
+    if run.is_alive():  # blocked opening a FIFO: give each a writer, so that the run ends, then fail
+        for fifo in fifos:
+            with contextlib.suppress(OSError):
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
         pytest.fail("the run hung on a FIFO")
     (summary,) = done
-    assert summary.sources_read == 2 and summary.sources_skipped == 1
-    assert summary.skipped[0]["path"] == "pipe.jpg" and "not a regular file (a FIFO)" in summary.skipped[0]["error"]
+    assert summary.sources_read == 2 and summary.sources_skipped == 2
+    assert sorted(s["path"] for s in summary.skipped) == ["pipe.jpg", "scan.svs"]
+    assert all("not a regular file (a FIFO)" in s["error"] for s in summary.skipped)
 
 
 @pytest.mark.skipif(sys.platform == "darwin", reason="macOS refuses file names that are not UTF-8")

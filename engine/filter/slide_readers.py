@@ -213,7 +213,7 @@ def slide_reader_for(path: Path, preference: str, slide_suffixes: tuple[str, ...
     """
     suffix = path.suffix.lower()
     plain_tiff = suffix in PLAIN_TIFF
-    if not path.is_file():  # a FIFO would block any reader: left to the tile decoder, which refuses it
+    if path.exists() and not path.is_file():  # a FIFO would block any reader: left to the decoder, which refuses it
         return None
     if (suffix not in slide_suffixes and not plain_tiff) or (plain_tiff and not _is_slide_tiff(path)):
         return None
