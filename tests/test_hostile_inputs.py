@@ -104,3 +104,24 @@ def test_cells_a_spreadsheet_would_run_are_escaped_in_the_manifest_and_export(tm
     with open(tmp_path / "out" / "metadata.csv", newline="") as fh:
         exported = list(csv.DictReader(fh))
     assert exported[0]["source"] == '\'=HYPERLINK("http://x")' and exported[1]["source"] == "pat0/tile0b.png"
+
+
+@pytest.mark.parametrize(
+    ("toml", "named"),
+    [
+        ("[input]\nbatch_size = 1000000000\n", "input.batch_size"),
+        ("[features]\nbatch_size = 1000000000\n", "features.batch_size"),
+        ("[filter]\nmin_box = 100000000000000000000000\n", "filter.min_box"),
+        ("[crop]\nsize = 100000\n", "crop.size"),
+        ("[store]\nrois_per_shard = 100000000\n", "store.rois_per_shard"),
+        ("[prototypes]\nseed = 100000000000\n", "prototypes.seed"),
+        ("[input]\nextensions = " + "[" * 5000 + "]" * 5000 + "\n", "deep"),
+    ],
+)
+def test_configs_no_machine_could_honour_are_refused_with_exit_2(tmp_path, capsys, toml: str, named: str) -> None:
+    tiles = tile_folder(tmp_path / "tiles", 1)
+    config = tmp_path / "bad.toml"
+    config.write_text(toml)
+    assert main(["filter", "--input", str(tiles), "--out", str(tmp_path / "s"), "--config", str(config)]) == 2
+    assert named in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
