@@ -8,8 +8,9 @@ Tars are written with the standard library's tarfile: the format is plain POSIX 
 by key, so the `webdataset` package is needed only to read them. Both write ``OUT/metadata.csv`` (the
 manifest's columns plus the file of each ROI) and ``OUT/export.json`` (what was exported from where).
 
-The export is written into a temporary folder beside OUT and renamed into place when complete, so an
-interrupted export leaves no half-filled OUT; `overwrite` replaces only a previous export.
+The export is written into a temporary folder beside OUT, under a lock, and renamed into place when complete,
+so an interrupted export leaves no half-filled OUT, and the next export to OUT removes what a killed one left.
+`overwrite` replaces only a previous export that holds nothing but its own files (`store.check_overwrite`).
 """
 
 from __future__ import annotations
