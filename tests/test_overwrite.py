@@ -53,6 +53,8 @@ def test_select_overwrite_replaces_only_a_selected_store(tmp_path: Path) -> None
         curate.check_select_out(selected, True, ())
     (selected / "parts" / "notes.txt").unlink()
     assert curate.check_select_out(selected, True, ()) is True
+    (tmp_path / "empty").mkdir()  # nothing in it to lose
+    assert curate.check_select_out(tmp_path / "empty", True, ()) is True
 
 
 def test_a_killed_select_finishes_when_run_again(tmp_path, labeled, candidates, monkeypatch) -> None:  # noqa: F811

@@ -66,7 +66,7 @@ def input_inside(out: Path, inputs: Iterable[str | Path]) -> Path | None:
 
 
 def check_overwrite(out: str | Path, artefact: Artefact, inputs: Iterable[str | Path] = ()) -> None:
-    """Raise unless `out` may be deleted to be written again as `artefact` (an absent `out` may always be written).
+    """Raise unless `out` may be deleted to be written again as `artefact` (an absent or empty `out` may always be).
 
     ValueError when `out` is or holds one of `inputs`; FileExistsError when it is not such an artefact or holds
     a file the engine did not write there.
@@ -77,7 +77,7 @@ def check_overwrite(out: str | Path, artefact: Artefact, inputs: Iterable[str | 
         raise ValueError(
             f"--out {out} holds {held}, an input of this command: --overwrite would delete it; choose another --out"
         )
-    if not out.exists():
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):  # nothing would be deleted
         return
     if not out.is_dir() or not artefact.recognised(out):
         raise FileExistsError(
