@@ -25,6 +25,15 @@ BalanceBy = Literal["kmeans", "prototypes", "both"]
 ThresholdMode = Literal["density", "fixed"]
 BoundsMode = Literal["cluster", "global"]
 
+# Upper bounds of sizes and counts: far above any use, far below what would exhaust a machine's memory or overflow
+# the 64-bit integers of numpy, torch and DALI (a batch of 10^9 images asked for 8.5 GB before failing).
+MAX_BATCH = 65_536  # images or ROIs per batch
+MAX_THREADS = 4_096
+MAX_ROI_SIDE = 4_096  # a ROI of 4096^2 RGB pixels is 50 MB; 100000 would be 30 GB
+MAX_SIDE = 1 << 20  # any other length in pixels
+MAX_COUNT = 1 << 31  # any other count (pixels, parts, iterations)
+MAX_SEED = 2**32 - 1  # numpy's and scikit-learn's seeds
+NESTING_LIMIT = 64  # tables and arrays in a config file (it has two levels; deeper ones exhausted the stack)
 KMEANS_MAX_CLUSTERS = 32  # the CUDA pixel K-means keeps this many centres in shared memory (kernels/cupy_source.py)
 # Pixel K-means centres are integers in units of 1/FIXED_POINT colour level, on the CPU (kernels/pixel_kmeans.py)
 # and in the CUDA sources alike (a compile-time constant there, kernels/cupy_source.py).
@@ -101,9 +110,9 @@ class FilterConfig:
         if self.blur_kernel < 1 or self.blur_kernel % 2 == 0:
             raise ValueError(f"blur_kernel must be a positive odd number, got {self.blur_kernel}")
         _require("filter", "blur_sigma", self.blur_sigma, above=0)
-        _require("filter", "kmeans_iterations", self.kmeans_iterations, low=1)
+        _require("filter", "kmeans_iterations", self.kmeans_iterations, low=1, high=MAX_COUNT)
         _require("filter", "kmeans_tolerance", self.kmeans_tolerance, low=0)
-        _require("filter", "kmeans_sample", self.kmeans_sample, low=0)
+        _require("filter", "kmeans_sample", self.kmeans_sample, low=0, high=MAX_COUNT)
         if not 1 <= self.merged_clusters <= self.kmeans_clusters:
             raise ValueError(
                 f"need 1 <= merged_clusters <= kmeans_clusters, got {self.merged_clusters} and {self.kmeans_clusters}"
@@ -129,7 +138,7 @@ class CropConfig:
     pad_value: int = 0  # grey level of `constant` padding
 
     def __post_init__(self) -> None:
-        _require("crop", "size", self.size, low=8)
+        _require("crop", "size", self.size, low=8, high=MAX_ROI_SIDE)
         _require("crop", "margin", self.margin, low=0, high=10)
         _require("crop", "pad_value", self.pad_value, low=0, high=255)
 
@@ -182,17 +191,22 @@ class InputConfig:
     def __post_init__(self) -> None:
         if not self.extensions or not all(isinstance(e, str) and e.startswith(".") for e in self.extensions):
             raise ValueError(f"input.extensions must be a list of suffixes such as ['.png'], got {self.extensions!r}")
-        for name in ("max_pixels", "max_batch_pixels", "min_side", "batch_size", "torch_threads"):
-            _require("input", name, getattr(self, name), low=1)
-        _require("input", "threads", self.threads, low=0)
+        for name in ("max_pixels", "max_batch_pixels"):
+            _require("input", name, getattr(self, name), low=1, high=1 << 40)
+        _require("input", "min_side", self.min_side, low=1, high=MAX_SIDE)
+        _require("input", "batch_size", self.batch_size, low=1, high=MAX_BATCH)
+        _require("input", "torch_threads", self.torch_threads, low=1, high=MAX_THREADS)
+        _require("input", "threads", self.threads, low=0, high=MAX_THREADS)
         if not all(isinstance(e, str) and e.startswith(".") for e in self.slide_extensions):
             raise ValueError(f"input.slide_extensions must be suffixes such as ['.svs'], got {self.slide_extensions!r}")
-        for name in ("mpp", "reference_mpp", "base_mpp", "slide_level", "slide_overlap"):
+        for name in ("mpp", "reference_mpp", "base_mpp"):
             _require("input", name, getattr(self, name), low=0)
+        _require("input", "slide_level", self.slide_level, low=0, high=64)
+        _require("input", "slide_overlap", self.slide_overlap, low=0, high=MAX_SIDE)
         _require("input", "min_tissue", self.min_tissue, low=0, high=1)
         _require("input", "tissue_saturation", self.tissue_saturation, low=0, high=255)
-        _require("input", "slide_tile", self.slide_tile, low=64)
-        _require("input", "thumbnail_side", self.thumbnail_side, low=16)
+        _require("input", "slide_tile", self.slide_tile, low=64, high=MAX_SIDE)
+        _require("input", "thumbnail_side", self.thumbnail_side, low=16, high=MAX_SIDE)
 
 
 @dataclass(frozen=True)
@@ -210,8 +224,8 @@ class StoreConfig:
     compression_level: int = 1
 
     def __post_init__(self) -> None:
-        _require("store", "sources_per_part", self.sources_per_part, low=1)
-        _require("store", "rois_per_shard", self.rois_per_shard, low=1)
+        _require("store", "sources_per_part", self.sources_per_part, low=1, high=MAX_COUNT)
+        _require("store", "rois_per_shard", self.rois_per_shard, low=1, high=MAX_BATCH)
         _require("store", "compression_level", self.compression_level, low=-7, high=22)  # zstd's levels
 
 
@@ -233,8 +247,8 @@ class FeatureConfig:
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
 
     def __post_init__(self) -> None:
-        _require("features", "batch_size", self.batch_size, low=1)
-        _require("features", "threads", self.threads, low=0)
+        _require("features", "batch_size", self.batch_size, low=1, high=MAX_BATCH)
+        _require("features", "threads", self.threads, low=0, high=MAX_THREADS)
 
 
 @dataclass(frozen=True)
@@ -255,7 +269,8 @@ class PrototypeConfig:
 
     def __post_init__(self) -> None:
         for name in ("clusters", "n_init", "max_iter"):
-            _require("prototypes", name, getattr(self, name), low=1)
+            _require("prototypes", name, getattr(self, name), low=1, high=MAX_COUNT)
+        _require("prototypes", "seed", self.seed, low=0, high=MAX_SEED)
 
 
 @dataclass(frozen=True)
@@ -289,7 +304,8 @@ class SelectionConfig:
         if self.budget > 1 and self.budget != int(self.budget):
             raise ValueError(f"selection.budget above 1 is a count and must be whole, got {self.budget}")
         _require("selection", "fixed_threshold", self.fixed_threshold, low=0)
-        _require("selection", "balanced_subclusters", self.balanced_subclusters, low=1)
+        _require("selection", "balanced_subclusters", self.balanced_subclusters, low=1, high=MAX_COUNT)
+        _require("selection", "seed", self.seed, low=0, high=MAX_SEED)
 
 
 @dataclass(frozen=True)
@@ -354,6 +370,8 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         return float(value)
     if hint in (int, float, str, bool) and not isinstance(value, hint):
         raise ValueError(f"{where} must be {hint.__name__}, got {value!r}")
+    if isinstance(value, int) and not -(2**63) <= value < 2**63:
+        raise ValueError(f"{where} = {value} is out of range: integers must fit in 64 bits")
     return value
 
 
@@ -380,8 +398,23 @@ def load_config(path: str | Path | None = None) -> EngineConfig:
     if path is None:
         return EngineConfig()
     with open(path, "rb") as fh:
-        values = tomllib.load(fh)
+        text = fh.read().decode("utf-8")
+    if _nesting(text) > NESTING_LIMIT:
+        raise ValueError(f"{path} nests tables or arrays over {NESTING_LIMIT} deep; a config has sections of values")
+    values = tomllib.loads(text)
     return from_dict(EngineConfig, values, str(path))
+
+
+def _nesting(text: str) -> int:
+    """The deepest nesting of brackets and braces in TOML text (an upper bound: brackets in strings count)."""
+    depth = deepest = 0
+    for char in text:
+        if char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth = max(0, depth - 1)
+    return deepest
 
 
 def _toml_value(value: Any) -> str:

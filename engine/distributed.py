@@ -15,6 +15,7 @@ worker per GPU). Every worker must see the input and the store at the same paths
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 import uuid
@@ -36,22 +37,60 @@ except ImportError:  # the [dask] extra is not installed: dask_client says so wh
     Client = LocalCluster = as_completed = None
 
 RETRIES = 2  # extra runs of a task that raised (a worker that dies is handled by Dask's own rescheduling)
+START_ATTEMPTS = 3  # tries to start a local cluster whose worker died while starting ("Nanny failed to start")
+
+log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
-def dask_client(scheduler: str | None, workers: int) -> Iterator[Any]:
-    """A client of the cluster at `scheduler`, or of a local cluster of `workers` processes on 127.0.0.1."""
+def _dask_log_level(level: int) -> Iterator[None]:
+    """Dask's own loggers (`distributed` and below) at `level` in this process while the run lasts."""
+    logger = logging.getLogger("distributed")
+    before = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
+
+
+def _start_local_cluster(workers: int, log_level: int) -> Any:
+    """A local cluster of `workers` processes; started again when a worker dies while starting (killed, out
+    of memory), and after START_ATTEMPTS failures an error that names the cause and what to try."""
+    for attempt in range(1, START_ATTEMPTS + 1):
+        try:
+            return LocalCluster(
+                n_workers=workers,
+                threads_per_worker=1,
+                processes=True,
+                host="127.0.0.1",
+                dashboard_address=":0",
+                silence_logs=log_level,
+            )
+        except (RuntimeError, OSError, TimeoutError) as exc:
+            failure = exc
+            log.warning("the local Dask cluster did not start (try %d of %d): %s", attempt, START_ATTEMPTS, exc)
+    raise RuntimeError(
+        f"the local Dask cluster of {workers} worker(s) did not start in {START_ATTEMPTS} tries "
+        f"({type(failure).__name__}: {failure}): a worker process died while starting (killed, or out of memory: "
+        "each worker loads torch). Try fewer --workers, or start the cluster yourself and pass --scheduler"
+    ) from failure
+
+
+@contextlib.contextmanager
+def dask_client(scheduler: str | None, workers: int, quiet: bool = False) -> Iterator[Any]:
+    """A client of the cluster at `scheduler`, or of a local cluster of `workers` processes on 127.0.0.1.
+    `quiet`: Dask logs errors only (its warnings and notices too otherwise)."""
     if Client is None:
         raise ValueError("Dask is not installed: pip install 'activessf-engine[dask]'")
-    if scheduler:
-        with Client(scheduler) as client:
+    level = logging.ERROR if quiet else logging.WARNING
+    with _dask_log_level(level):
+        if scheduler:
+            with Client(scheduler) as client:
+                yield client
+            return
+        with _start_local_cluster(workers, level) as cluster, Client(cluster) as client:
             yield client
-        return
-    cluster = LocalCluster(
-        n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=":0"
-    )
-    with cluster, Client(cluster) as client:
-        yield client
 
 
 def _per_part(client: Any, name: str, function: Any, tasks: list[tuple[int, tuple]]) -> Iterator[Any]:
@@ -76,6 +115,7 @@ def run_filter_on_dask(
     device: str = "cpu",
     progress: bool | Progress = False,
     overwrite: bool = False,
+    quiet: bool = False,
 ) -> FilterSummary:
     """`filter.run_filter` with one Dask task per pending part; resumes like it. `device` is resolved by
     each worker for itself (its GPU, under dask-cuda)."""
@@ -85,7 +125,7 @@ def run_filter_on_dask(
         pending = prepared.pending(writer.root)
         summary = prepared.start_summary(out, device, pending)
         bar = make_progress(progress, sum(len(s) for _, s in pending), "img", "filter")
-        with dask_client(scheduler, workers) as client:
+        with dask_client(scheduler, workers, quiet) as client:
             workers_seen = len(client.scheduler_info()["workers"])
             tasks = [(index, (str(writer.root), index, sources, to_dict(config), device)) for index, sources in pending]
             for part, choice in _per_part(client, "filter", _filter_part_task, tasks):
@@ -107,6 +147,7 @@ def features_on_dask(
     scheduler: str | None = None,
     workers: int = 2,
     device: str = "cpu",
+    quiet: bool = False,
 ) -> dict[str, int]:
     """The costly half of `select`: the features of every part of a candidates store not yet in its feature
     cache, one Dask task per part, each cached by its worker (atomically, as `select.run.store_features` does).
@@ -116,7 +157,7 @@ def features_on_dask(
 
     store = RoiStore(candidates)
     feature_config = selection_features_config(config, load_prototypes(Path(prototypes_dir)))
-    with dask_client(scheduler, workers) as client:
+    with dask_client(scheduler, workers, quiet) as client:
         tasks = [(part, (str(store.root), part, to_dict(feature_config), device)) for part in store.parts]
         results = list(_per_part(client, "features", _features_task, tasks))
     dtypes = {dtype for _, dtype in results}

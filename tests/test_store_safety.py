@@ -74,9 +74,10 @@ def test_out_above_the_input_is_refused_and_out_inside_it_is_not_read_as_input(t
 
 
 def test_overwrite_replaces_a_store(store: Path, tiles: Path, small_config) -> None:
-    (store / "parts" / part_name(0) / "marker").write_text("old")
+    old_part = store / "parts" / part_name(99)  # a part of an older plan: the engine's own, so replaced
+    shutil.copytree(store / "parts" / part_name(0), old_part)
     run_filter(tiles, store, small_config, overwrite=True)
-    assert not (store / "parts" / part_name(0) / "marker").exists()
+    assert not old_part.exists()
     assert verify_store(store, deep=True) == []
 
 
@@ -237,7 +238,7 @@ def test_a_file_name_that_is_not_utf8_is_skipped_and_named(tiles: Path, tmp_path
     shutil.copyfile(tiles / "tile_00.png", bad)
     summary = run_filter(tiles, tmp_path / "s", small_config)
     assert summary.sources_read == 6 and summary.sources_skipped == 1
-    assert summary.skipped[0]["path"] == "bad\\xff name.png"
+    assert summary.skipped[0]["path"] == "bad\\xff name.png (name not UTF-8)"
     assert summary.skipped[0]["error"].startswith("file name is not valid UTF-8")
     assert verify_store(tmp_path / "s", deep=True) == []
 

@@ -74,4 +74,4 @@ def on_dask(args: argparse.Namespace) -> bool:
 
 def dask_options(args: argparse.Namespace) -> dict[str, Any]:
     """The Dask options of a run: its cluster, and the device each worker resolves for itself."""
-    return {"scheduler": args.scheduler, "workers": args.workers or 0, "device": args.device}
+    return {"scheduler": args.scheduler, "workers": args.workers or 0, "device": args.device, "quiet": args.quiet}

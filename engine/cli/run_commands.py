@@ -195,7 +195,7 @@ def _select(
     if on_dask(args):
         from activessf_engine.distributed import features_on_dask
 
-        check_select_out(out, overwrite)
+        check_select_out(out, overwrite, (candidates, prototypes))
         dask_features = features_on_dask(candidates, prototypes, config, **dask_options(args))
         config = replace_section(config, "features", dtype=dask_features["dtype"])
         choice = resolve_device("auto")

@@ -83,14 +83,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_manifest(args: argparse.Namespace) -> int:
-    from activessf_engine.store import RoiStore, manifest_header, manifest_rows
+    from activessf_engine.store import RoiStore, manifest_header, manifest_rows, spreadsheet_safe
 
     store = RoiStore(args.store)
     sink = open(args.output, "w", newline="") if args.output else contextlib.nullcontext(sys.stdout)  # noqa: SIM115
     with sink as out:
         writer = csv.writer(out)
         writer.writerow(manifest_header(store))
-        writer.writerows(manifest_rows(store))
+        writer.writerows(map(spreadsheet_safe, manifest_rows(store)))
     print(what_next(args, {}), file=sys.stderr)
     return EXIT_OK
 

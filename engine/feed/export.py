@@ -8,17 +8,21 @@ Tars are written with the standard library's tarfile: the format is plain POSIX 
 by key, so the `webdataset` package is needed only to read them. Both write ``OUT/metadata.csv`` (the
 manifest's columns plus the file of each ROI) and ``OUT/export.json`` (what was exported from where).
 
-The export is written into a temporary folder beside OUT and renamed into place when complete, so an
-interrupted export leaves no half-filled OUT; `overwrite` replaces only a previous export.
+The export is written into a temporary folder beside OUT, under a lock, and renamed into place when complete,
+so an interrupted export leaves no half-filled OUT, and the next export to OUT removes what a killed one left.
+`overwrite` replaces only a previous export that holds nothing but its own files (`store.check_overwrite`).
 """
 
 from __future__ import annotations
 
 import csv
 import functools
+import glob
 import io
 import json
+import logging
 import os
+import re
 import shutil
 import tarfile
 import uuid
@@ -34,7 +38,18 @@ from PIL import Image
 from activessf_engine.feed.query import RoiQuery, query_rows
 from activessf_engine.feed.shard_order import store_shards
 from activessf_engine.progress import Progress, make_progress
-from activessf_engine.store import RoiStore, manifest_header, manifest_rows
+from activessf_engine.store import (
+    Artefact,
+    RoiStore,
+    StoreLock,
+    StoreLockedError,
+    check_overwrite,
+    manifest_header,
+    manifest_rows,
+    spreadsheet_safe,
+)
+
+log = logging.getLogger(__name__)
 
 ExportFormat = Literal["imagefolder", "webdataset"]
 ImageFormat = Literal["png", "jpeg"]
@@ -54,18 +69,55 @@ def encode(roi: np.ndarray, image_format: ImageFormat, quality: int) -> bytes:
     return buffer.getvalue()
 
 
-def _check(out: Path, export_format: str, image_format: str, quality: int, overwrite: bool) -> None:
+def _check(
+    out: Path, export_format: str, image_format: str, quality: int, overwrite: bool, store_root: str | Path
+) -> None:
     if export_format not in EXPORT_FORMATS:
         raise ValueError(f"unknown export format {export_format!r}; choose one of {list(EXPORT_FORMATS)}")
     if image_format not in IMAGE_FORMATS:
         raise ValueError(f"unknown image format {image_format!r}; choose one of {list(IMAGE_FORMATS)}")
     if not 1 <= quality <= 100:
         raise ValueError(f"JPEG quality must lie in [1, 100], got {quality}")
-    if out.exists():
-        if not overwrite:
-            raise FileExistsError(f"{out} exists; choose another --out, or --overwrite to replace a previous export")
-        if not (out / MARKER).is_file():
-            raise FileExistsError(f"{out} exists and is not an export; --overwrite replaces only previous exports")
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; choose another --out, or --overwrite to replace a previous export")
+    if overwrite:
+        check_overwrite(out, EXPORT, [store_root])
+
+
+def _is_export(folder: Path) -> bool:
+    """Whether `folder` holds the record an export writes last (`MARKER`, JSON naming its store and format)."""
+    try:
+        record = json.loads((folder / MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and record.get("format") in EXPORT_FORMATS and "store" in record
+
+
+EXPORT = Artefact(
+    "previous export",
+    _is_export,
+    re.compile(rf"{re.escape(MARKER)}|metadata\.csv|rois-\d{{6}}\.tar|train/(?:rois|cluster_\d+)/\d{{8}}\.(?:png|jpg)"),
+)
+
+
+def _temporary_folders(out: Path) -> list[Path]:
+    """The temporary folders of exports to `out`: where each is written before it is renamed to `out`."""
+    return sorted(out.parent.glob(f".{glob.escape(out.name)}.tmp-*"))
+
+
+def _remove_abandoned(out: Path) -> None:
+    """Delete the temporary folders that killed exports to `out` left (each held a lock that outlived its
+    process); those of an export still at work are left alone."""
+    for tmp in _temporary_folders(out):
+        lock = StoreLock(tmp)
+        if not lock.path.exists():
+            continue  # not made by an export, or one finishing right now: not ours to judge
+        try:
+            lock.acquire()
+        except StoreLockedError:
+            continue
+        log.info("removing %s, left by an export that was interrupted", tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _encoded(
@@ -149,15 +201,18 @@ def export_store(
 
     `quality` applies to JPEG; `samples_per_tar` to webdataset; `threads` encoders (0: one per core)."""
     out = Path(out)
-    _check(out, export_format, image_format, quality, overwrite)
+    _check(out, export_format, image_format, quality, overwrite, store_root)
     if samples_per_tar < 1:
         raise ValueError(f"samples_per_tar must be >= 1, got {samples_per_tar}")
     store = RoiStore(store_root)
     indices = query_rows(store, query)
     clusters = store.columns().get("cluster")
     header = manifest_header(store)
+    _remove_abandoned(out)
     tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
     tmp.mkdir(parents=True)
+    lock = StoreLock(tmp)  # tells a later export that this folder is in use, until this process ends
+    lock.acquire()
     bar = make_progress(progress, total=len(indices), unit="roi", desc="export")
     if export_format == "imagefolder":
         writer: _FolderWriter | _TarWriter = _FolderWriter(tmp, SUFFIX[image_format], clusters)
@@ -169,7 +224,7 @@ def export_store(
             table.writerow([*header, "file"])
             encoded = _encoded(store, indices, image_format, quality, threads or os.cpu_count() or 1)
             for (index, data), row in zip(encoded, manifest_rows(store, indices), strict=True):
-                table.writerow([*row, writer.add(index, data, dict(zip(header, row, strict=True)))])
+                table.writerow(spreadsheet_safe([*row, writer.add(index, data, dict(zip(header, row, strict=True)))]))
                 bar.update(1)
         writer.close()
         summary = {
@@ -183,12 +238,14 @@ def export_store(
             "query": None if query is None else json.loads(json.dumps(asdict(query), default=str)),
         }
         (tmp / MARKER).write_text(json.dumps(summary, indent=2))
+        lock.release()
         if out.exists():
             shutil.rmtree(out)  # a previous export (checked above): replaced only now that this one is complete
         os.replace(tmp, out)
     finally:
         writer.close()
         bar.close()
+        lock.release()
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return summary

@@ -11,15 +11,17 @@ the orientation tag is recorded with each source (`DecodedImage.orientation`, 1 
 
 from __future__ import annotations
 
+import errno
 import io
 import logging
 import os
 import re
+import stat
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import BinaryIO, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -62,12 +64,12 @@ class Decoder(Protocol):
 
 
 def _without_addresses(text: str) -> str:
-    """Pillow names the in-memory file as `<_io.BytesIO object at 0x7f...>`: drop the address (it differs
-    on every run and tells the user nothing)."""
+    """Pillow names the file it read as `<_io.BytesIO object at 0x7f...>` or `<_io.BufferedReader name=7>`: drop
+    the address or descriptor (it differs on every run and tells the user nothing)."""
     return _ADDRESS.sub(r"<\1>", text)
 
 
-_ADDRESS = re.compile(r"<([\w.]+) object at 0x[0-9a-fA-F]+>")
+_ADDRESS = re.compile(r"<([\w.]+) (?:object at 0x[0-9a-fA-F]+|name=\d+)>")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -94,7 +96,18 @@ class _Probe:
         return DecodedImage(self.path, image, None, decoder, image.shape[1], image.shape[0], self.orientation)
 
 
+# The bytes an image file may hold: its pixels at 8 bytes each (16-bit RGBA, uncompressed) and this much more
+# for its metadata (ICC profile, EXIF, XMP, thumbnails). A file beyond it carries data after the image (a JPEG
+# with a trailer of gigabytes): it is refused from its header and size, before it is read.
+MAX_BYTES_PER_PIXEL = 8
+METADATA_BYTES = 16 << 20
+
+
 def _probe(path: Path, config: InputConfig) -> _Probe:
+    """What the header of `path` says (format, mode, size, orientation) and, if it passes every guard, its bytes.
+
+    Nothing is read beyond the header before the guards pass. The file is opened without blocking, so a FIFO
+    (or any file that is not a regular one) is refused instead of waiting forever for a writer."""
     probe = _Probe(path)
     try:
         str(path).encode("utf-8")
@@ -102,27 +115,58 @@ def _probe(path: Path, config: InputConfig) -> _Probe:
         probe.error = "file name is not valid UTF-8 (renaming the file lets it be read)"
         return probe
     try:
-        probe.data = path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as exc:
         probe.error = f"unreadable: {exc.strerror or exc}"
         return probe
-    if not probe.data:
-        probe.error = "empty file"
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        if stat.S_ISDIR(info.st_mode):
+            probe.error = f"unreadable: {os.strerror(errno.EISDIR)}"
+        else:
+            probe.error = f"not a regular file ({_file_kind(info.st_mode)}); only image files are read"
         return probe
+    with os.fdopen(fd, "rb") as fh:
+        if not info.st_size:
+            probe.error = "empty file"
+        else:
+            _read_header(probe, fh, config)
+        if probe.error is None:
+            most = probe.width * probe.height * MAX_BYTES_PER_PIXEL + METADATA_BYTES
+            if info.st_size > most:
+                probe.error = (
+                    f"{info.st_size} bytes for a {probe.width}x{probe.height} image, more than its pixels can take: "
+                    "data after the image (a damaged or padded file)"
+                )
+        if probe.error is None:
+            fh.seek(0)
+            probe.data = fh.read(info.st_size)
+    return probe
+
+
+def _file_kind(mode: int) -> str:
+    kinds = {stat.S_ISFIFO: "a FIFO", stat.S_ISSOCK: "a socket", stat.S_ISCHR: "a device", stat.S_ISBLK: "a device"}
+    return next((name for test, name in kinds.items() if test(mode)), "not a plain file")
+
+
+def _read_header(probe: _Probe, fh: BinaryIO, config: InputConfig) -> None:
+    """Format, mode, size and orientation from the file's header (Pillow opens lazily), and the size guards."""
     try:
-        with Image.open(io.BytesIO(probe.data)) as img:
+        with Image.open(fh) as img:
             probe.mode, probe.format = img.mode, img.format or ""
             probe.width, probe.height = img.size
-            probe.orientation = _orientation(img)
+            if probe.width * probe.height <= config.max_pixels:
+                probe.orientation = _orientation(img)
     except Image.DecompressionBombError:
         probe.error = (
             f"too large: over {2 * config.max_pixels} pixels, twice max_pixels={config.max_pixels} "
             "(decompression-bomb guard; raise input.max_pixels to accept it)"
         )
-        return probe
+        return
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         probe.error = f"not a readable image: {_without_addresses(str(exc))}"
-        return probe
+        return
     if probe.width * probe.height > config.max_pixels:
         probe.error = (
             f"too large: {probe.width}x{probe.height} pixels exceeds max_pixels={config.max_pixels} "
@@ -130,10 +174,11 @@ def _probe(path: Path, config: InputConfig) -> _Probe:
         )
     elif min(probe.width, probe.height) < config.min_side:
         probe.error = f"too small: {probe.width}x{probe.height}, the shorter side is below min_side={config.min_side}"
-    return probe
 
 
 def _orientation(img: Image.Image) -> int:
+    if img.format == "PNG" and "exif" not in img.info:
+        return 1  # Pillow would decode every pixel to look for an eXIf chunk after them (writers put it before)
     try:
         value = int(img.getexif().get(EXIF_ORIENTATION, 1))
     except Exception:  # a damaged EXIF block is no reason to refuse the pixels

@@ -45,7 +45,8 @@ class FilterPlan:
         return differences
 
     def open_store(self, out: str | Path, config: EngineConfig, overwrite: bool) -> StoreWriter:
-        """Create or reopen the candidates store at `out`, holding its lock."""
+        """Create or reopen the candidates store at `out`, holding its lock; `overwrite` never deletes a source
+        (a list may name images inside `out`)."""
         return StoreWriter.create(
             out,
             "candidates",
@@ -54,6 +55,7 @@ class FilterPlan:
             layout=config.store,
             overwrite=overwrite,
             same_output=self.same_output,
+            inputs=[source.path for source in self.sources] if overwrite else (),
         )
 
     def start_summary(self, out: str | Path, device: str, pending: list[tuple[int, list[Source]]]) -> FilterSummary:

@@ -102,10 +102,16 @@ class TiffSlideReader:
         for row in range(y // seg_h, (y + height - 1) // seg_h + 1):
             for col in range(x // seg_w, (x + width - 1) // seg_w + 1):
                 index = row * across + col
+                count = page.databytecounts[index]
                 handle.seek(page.dataoffsets[index])
-                raw = handle.read(page.databytecounts[index])
+                raw = handle.read(count)
                 top, left = row * seg_h, col * seg_w
-                if not raw:  # a tile the scanner left out (sparse TIFF): bare glass, as OpenSlide shows it
+                if len(raw) != count:  # the file ends before this tile: an error, never glass
+                    raise OSError(
+                        f"level {level} tile {index}: the file ends {count - len(raw)} bytes into its {count} "
+                        "(truncated slide)"
+                    )
+                if not count:  # a tile the scanner left out (sparse TIFF): bare glass, as OpenSlide shows it
                     segment = np.full((seg_h, seg_w, page.samplesperpixel), 255, np.uint8)
                 else:
                     segment = page.decode(raw, index, jpegtables=page.jpegtables)[0]
@@ -198,7 +204,8 @@ def open_slide(path: str | Path, reader: str) -> SlideReader:
 
 
 def slide_reader_for(path: Path, preference: str, slide_suffixes: tuple[str, ...]) -> str | None:
-    """Which reader reads `path` as a slide, or None when it is a tile file (a JPEG, a TIFF of one level ...).
+    """Which reader reads `path` as a slide, or None when it is a tile file (a JPEG, a TIFF of one level ...) or
+    not a regular file.
 
     A TIFF is a slide when it is pyramidal, OME, Aperio or Hamamatsu. `auto` reads .tif, .tiff and .svs with
     tifffile and the other formats with OpenSlide, else with cuCIM. A format whose library is not installed is
@@ -206,6 +213,8 @@ def slide_reader_for(path: Path, preference: str, slide_suffixes: tuple[str, ...
     """
     suffix = path.suffix.lower()
     plain_tiff = suffix in PLAIN_TIFF
+    if path.exists() and not path.is_file():  # a FIFO would block any reader: left to the decoder, which refuses it
+        return None
     if (suffix not in slide_suffixes and not plain_tiff) or (plain_tiff and not _is_slide_tiff(path)):
         return None
     installed = list_slide_readers()

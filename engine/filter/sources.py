@@ -61,7 +61,8 @@ class SlideTile:
 @dataclass(frozen=True)
 class Source:
     """One input image. `relpath` is the path as given under the input folder (POSIX separators); bytes of a
-    name that are not valid UTF-8 are shown as backslash escapes (the file itself is refused by the probe)."""
+    name that are not valid UTF-8 are shown as backslash escapes and the path marked (`_printable`; the file
+    itself is refused by the probe)."""
 
     relpath: str
     path: Path
@@ -91,9 +92,18 @@ def read_list(listing: Path) -> list[Source]:
     return [Source(relpath=rel, path=found[rel]) for rel in sorted(found)]
 
 
+NOT_UTF8 = " (name not UTF-8)"  # ends the shown path of a file whose name is not UTF-8
+
+
 def _printable(relpath: str) -> str:
-    """`relpath` as valid UTF-8: undecodable bytes (kept by Python as surrogates) become backslash escapes."""
-    return relpath.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    """`relpath` as valid UTF-8: undecodable bytes (kept by Python as surrogates) become backslash escapes, and
+    the path is marked with NOT_UTF8, so that it never equals the path of a valid file named with those escapes
+    (`zz_\\xff.jpg`): both would be one source, and the valid file would be lost with the other."""
+    raw = relpath.encode("utf-8", "surrogateescape")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("utf-8", "backslashreplace") + NOT_UTF8
 
 
 def find_sources(root: str | Path, extensions: tuple[str, ...], exclude: Path | None = None) -> list[Source]:

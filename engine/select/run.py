@@ -7,9 +7,10 @@ Orchestration only (I/O, caching, progress, summaries); the equations live in `p
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -24,10 +25,20 @@ from activessf_engine.filter import TileRegions, cut_rois, decode_files, find_re
 from activessf_engine.progress import Progress, make_progress
 from activessf_engine.select.features import Backbone, iter_extract, load_backbone, resolve_features
 from activessf_engine.select.labeled_set import scan_labeled
-from activessf_engine.select.prototypes import META_FILE, Prototypes, fit_prototypes, load_prototypes
+from activessf_engine.select.prototypes import ARRAYS_FILE, META_FILE, Prototypes, fit_prototypes, load_prototypes
 from activessf_engine.select.strategies import Decisions, select
 from activessf_engine.select.thresholds import cluster_thresholds
-from activessf_engine.store import FeatureCache, PartData, RoiStore, StoreWriter, features_key, roi_column_names
+from activessf_engine.store import (
+    Artefact,
+    FeatureCache,
+    PartData,
+    RoiStore,
+    StoreWriter,
+    check_overwrite,
+    features_key,
+    roi_column_names,
+    store_artefact,
+)
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +171,7 @@ def run_prototypes(
     is loaded before the labeled set is read.
     """
     started = time.perf_counter()
-    check_prototypes_out(out, overwrite)
+    check_prototypes_out(out, overwrite, labeled_root)
     device = as_choice(device)
     feature_config = resolve_features(config.features)
     backbone = load_backbone(feature_config, device)
@@ -231,16 +242,41 @@ def _write_decisions(root: Path, decisions: Decisions) -> None:
     group.attrs["strategy"] = decisions.strategy
 
 
-def check_prototypes_out(out: str | Path, overwrite: bool) -> None:
-    """Refuse to replace prototypes at `out` without `overwrite`, before any work."""
-    if (Path(out) / META_FILE).exists() and not overwrite:
+PROTOTYPES = Artefact(
+    "prototypes folder",
+    lambda folder: (folder / META_FILE).is_file(),
+    re.compile(rf"(?:{re.escape(META_FILE)}|{re.escape(ARRAYS_FILE)})(?:\.partial)?"),
+)
+SELECTED = store_artefact("selected")
+
+
+def check_prototypes_out(out: str | Path, overwrite: bool, labeled: str | Path | None = None) -> None:
+    """Refuse to replace prototypes at `out` without `overwrite`, or one that holds `labeled` or files the
+    engine did not write (`check_overwrite`), before any work."""
+    if not (Path(out) / META_FILE).exists():
+        return
+    if not overwrite:
         raise FileExistsError(f"{out} already holds prototypes; choose another --out or pass --overwrite")
+    check_overwrite(out, PROTOTYPES, [labeled] if labeled is not None else [])
 
 
-def check_select_out(out: str | Path, overwrite: bool) -> None:
-    """Refuse an existing --out without --overwrite, before any feature is computed."""
-    if Path(out).exists() and not overwrite:
+def interrupted_selection(out: str | Path) -> bool:
+    """Whether `out` is a selected store that its `select` did not finish (the summary is written last)."""
+    return SELECTED.recognised(Path(out)) and "summary" not in zarr.open_group(str(out), mode="r").attrs
+
+
+def check_select_out(out: str | Path, overwrite: bool, inputs: Iterable[str | Path] = ()) -> bool:
+    """Refuse an --out that may not be replaced (`check_overwrite`), before any feature is computed; returns
+    whether an existing one is replaced: with `overwrite`, or when it is a selection that was interrupted
+    (so that running the same command again finishes it)."""
+    out = Path(out)
+    if not out.exists():
+        return False
+    replace = overwrite or interrupted_selection(out)
+    if not replace:
         raise FileExistsError(f"{out} exists; choose another --out or pass --overwrite")
+    check_overwrite(out, SELECTED, inputs)
+    return True
 
 
 def run_select(
@@ -259,7 +295,8 @@ def run_select(
     alpha, threshold or strategy computes no features.
     """
     started = time.perf_counter()
-    check_select_out(out, overwrite)
+    inputs = (candidates, prototypes_dir)
+    replace = check_select_out(out, overwrite, inputs)
     store = RoiStore(candidates)
     if not store.complete:
         log.warning(
@@ -287,7 +324,8 @@ def run_select(
         "fingerprint": backbone.fingerprint,
     }
     plan = [[s["path"] for s in store.part_attrs(p)["sources"]] for p in store.parts]
-    with StoreWriter.create(out, "selected", attrs, plan, layout=config.store, overwrite=overwrite) as writer:
+    writer = StoreWriter.create(out, "selected", attrs, plan, layout=config.store, overwrite=replace, inputs=inputs)
+    with writer:
         write_start = time.perf_counter()
         for k, (part, first) in enumerate(store.iter_parts()):
             rows = np.flatnonzero(decisions.selected[first : first + int(store.offsets[k + 1] - first)])

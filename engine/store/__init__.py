@@ -10,7 +10,8 @@ from activessf_engine.store.layout import (
     roi_column_names,
 )
 from activessf_engine.store.lock import StoreLock, StoreLockedError
-from activessf_engine.store.manifest import manifest_header, manifest_rows
+from activessf_engine.store.manifest import manifest_header, manifest_rows, spreadsheet_safe
+from activessf_engine.store.overwrite import Artefact, check_overwrite, store_artefact
 from activessf_engine.store.reader import RoiStore
 from activessf_engine.store.verify import repair_store, verify_store
 from activessf_engine.store.writer import PartData, StoreWriter
@@ -18,12 +19,14 @@ from activessf_engine.store.writer import PartData, StoreWriter
 __all__ = [
     "FORMAT_VERSION",
     "ROI_COLUMNS",
+    "Artefact",
     "FeatureCache",
     "PartData",
     "RoiStore",
     "StoreLock",
     "StoreLockedError",
     "StoreWriter",
+    "check_overwrite",
     "committed_parts",
     "configure_zarr",
     "features_key",
@@ -32,5 +35,7 @@ __all__ = [
     "read_attrs",
     "repair_store",
     "roi_column_names",
+    "spreadsheet_safe",
+    "store_artefact",
     "verify_store",
 ]

@@ -83,33 +83,44 @@ def is_store(root: Path) -> bool:
     return True
 
 
-def damaged_parts(root: str | Path) -> list[str]:
-    """Part folders without their zarr.json: never made by a commit (which renames whole parts into
-    place), so made by damage; they block a resume until `verify --repair` sets them aside."""
+def _part_folders(root: str | Path) -> list[tuple[int, Path]]:
     parts = Path(root) / "parts"
-    return sorted(
-        e.name
-        for e in (parts.iterdir() if parts.exists() else ())
-        if PART_NAME.match(e.name) and not (e / "zarr.json").exists()
-    )
+    entries = parts.iterdir() if parts.exists() else ()
+    return sorted((int(match.group(1)), e) for e in entries if (match := PART_NAME.match(e.name)))
+
+
+def _readable_group(folder: Path) -> bool:
+    """Whether `folder/zarr.json` is a Zarr v3 group's metadata (present, JSON, a group with attributes)."""
+    try:
+        meta = json.loads((folder / "zarr.json").read_bytes())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("node_type") == "group" and isinstance(meta.get("attributes"), dict)
+
+
+def damaged_parts(root: str | Path) -> list[str]:
+    """Part folders whose zarr.json is missing or unreadable: never made by a commit (which renames whole,
+    written parts into place), so made by damage; they block a resume until `verify --repair` sets them aside."""
+    return [folder.name for _, folder in _part_folders(root) if not _readable_group(folder)]
 
 
 def read_attrs(root: str | Path) -> dict[str, Any]:
     path = Path(root) / "zarr.json"
     try:
-        meta = json.loads(path.read_text())["attributes"]["activessf_engine"]
+        meta = json.loads(path.read_bytes())["attributes"]["activessf_engine"]
     except FileNotFoundError:
         raise FileNotFoundError(f"{root} is not an activessf-engine store (no zarr.json)") from None
-    except (KeyError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{root}/zarr.json is not an activessf-engine store's metadata: {exc}") from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(
+            f"{path} is not an activessf-engine store's root metadata ({type(exc).__name__}: {exc}). If {root} is a "
+            f"store whose zarr.json was damaged, its parts are intact: restore {path} from a backup, or move "
+            f"{root} aside and run again with another --out"
+        ) from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path} is not an activessf-engine store's root metadata (its attributes are not a table)")
     return meta
 
 
 def committed_parts(root: str | Path) -> list[int]:
-    parts = Path(root) / "parts"
-    found = []
-    for entry in parts.iterdir() if parts.exists() else ():
-        match = PART_NAME.match(entry.name)
-        if match and (entry / "zarr.json").exists():
-            found.append(int(match.group(1)))
-    return sorted(found)
+    """The parts whose folder holds readable group metadata (a part is renamed into place whole)."""
+    return [index for index, folder in _part_folders(root) if _readable_group(folder)]

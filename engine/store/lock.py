@@ -4,12 +4,14 @@ The lock is ``<store>/.activessf.lock``, a small JSON file (process id, host, st
 with ``O_CREAT | O_EXCL``, so of two runs that start together exactly one gets it. A lock whose process is
 gone (same host, no such process id) is stale and is taken over, with a warning; a lock held by a live
 process, or by another host (whose processes cannot be checked from here), refuses the run with who holds
-it and how to clear it.
+it and how to clear it. Take-overs are serialised by an flock on the store's folder, so of two runs that find
+the same stale lock exactly one takes it over.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -77,6 +79,21 @@ class StoreLock:
         self.held = True
 
     def _take_over_stale(self) -> None:
+        """Replace a stale lock with this holder's, one contender at a time.
+
+        Each contender that found the lock stale replaces it only while it holds an flock on the store's
+        folder (released by the kernel when its process ends, so it never goes stale itself), and only if
+        the lock is still the stale one it judged: the first one in replaces it, and every later one then
+        finds a live holder and is refused. Without it, two contenders that both read the stale lock both
+        replaced it and both believed they held the store."""
+        folder = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            fcntl.flock(folder, fcntl.LOCK_EX)
+            self._replace_if_stale()
+        finally:
+            os.close(folder)  # releases the flock
+
+    def _replace_if_stale(self) -> None:
         holder = _read(self.path)
         if holder is None:
             raise StoreLockedError(
@@ -95,8 +112,6 @@ class StoreLock:
         replacement = self.path.with_name(f"{LOCK_NAME}.{self.token}")
         replacement.write_text(json.dumps(self._mine()))
         os.replace(replacement, self.path)
-        if (_read(self.path) or {}).get("token") != self.token:  # another run took it over at the same moment
-            raise StoreLockedError(f"{self.path.parent} was just taken by another run; start again when it ends")
 
     def release(self) -> None:
         """Remove the lock if this holder still holds it (a no-op otherwise)."""

@@ -20,6 +20,8 @@ SPLIT_COLUMNS = {
 LEADING = ("box", "area", "fill_rate", "crop_box", "part", "pad", "slide", "level", "level0_box")
 LATER = ("cluster", "distance", "threshold", "candidate")  # added by `select`, in this order
 UNLISTED = ("source", "source_path")  # the source's index in its part and its path: the table has the path
+# A spreadsheet reads a cell that starts with one of these as a formula (CSV injection, OWASP).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 def _order(columns: dict[str, np.ndarray]) -> list[str]:
@@ -50,3 +52,9 @@ def manifest_rows(store: RoiStore, indices: np.ndarray | None = None) -> Iterato
     names = _order(columns)
     for i in range(len(store)) if indices is None else indices.tolist():
         yield [i, str(columns["source_path"][i]), *(v for name in names for v in _cell(columns[name][i], name))]
+
+
+def spreadsheet_safe(row: list[Any]) -> list[Any]:
+    """A row for a CSV file: text that a spreadsheet would run as a formula (a source named ``=cmd|...``) gets a
+    leading ``'``, which spreadsheets show as text; numbers are left as they are."""
+    return [f"'{v}" if isinstance(v, str) and v.startswith(FORMULA_STARTS) else v for v in row]

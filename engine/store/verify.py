@@ -83,7 +83,7 @@ def _findings(root: str | Path, deep: bool) -> Iterator[tuple[int | None, str]]:
     if extra:
         yield None, f"parts outside the plan: {', '.join(part_name(p) for p in extra)}"
     for name in damaged_parts(root):
-        yield None, f"{name}: a part folder without its zarr.json (damaged); `verify --repair` sets it aside"
+        yield None, f"{name}: its zarr.json is missing or unreadable (damaged); `verify --repair` sets it aside"
     leftovers = list((Path(root) / "parts").glob(".tmp-*"))
     if leftovers:
         yield None, f"{len(leftovers)} half-written part(s) from an interrupted run (removed when it resumes)"

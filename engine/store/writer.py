@@ -9,7 +9,7 @@ import shutil
 import uuid
 import weakref
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from activessf_engine.store.layout import (
     read_attrs,
 )
 from activessf_engine.store.lock import LOCK_NAME, StoreLock
+from activessf_engine.store.overwrite import check_overwrite, store_artefact
 from activessf_engine.store.shard_reader import CHANNELS_FIRST
 
 log = logging.getLogger(__name__)
@@ -123,18 +124,22 @@ class StoreWriter:
         layout: StoreConfig | None = None,
         overwrite: bool = False,
         same_output: Callable[[dict[str, Any]], list[str]] | None = None,
+        inputs: Iterable[str | Path] = (),
     ) -> StoreWriter:
         """Create a store, or reopen an existing one of the same kind and plan to resume it, under its lock.
 
         New sources may be appended to an existing plan as new parts; a plan that lost or moved
         sources is refused (the parts already written would no longer mean the same thing), and so is a
-        resume for which `same_output(existing metadata)` lists differences. `overwrite` replaces only
-        an activessf-engine store; a folder with anything else in it is never deleted.
+        resume for which `same_output(existing metadata)` lists differences. `overwrite` replaces only a
+        store of the same `kind` that holds nothing but what the engine wrote, and none of `inputs` (the
+        command's inputs: `overwrite.check_overwrite`); a folder with anything else in it is never deleted.
         """
         root = Path(root)
         if root.exists() and not root.is_dir():
             raise FileExistsError(f"{root} is a file, not a store; choose another --out")
         existing = is_store(root)
+        if not existing and (root / "zarr.json").is_file():
+            read_attrs(root)  # raises, naming the damaged (or foreign) root metadata and the fix
         # the lock, and root metadata a killed creation left unrenamed, are all a store's folder holds at first
         if root.exists() and not existing and any(p.name not in (LOCK_NAME, ROOT_PARTIAL) for p in root.iterdir()):
             raise FileExistsError(
@@ -147,6 +152,7 @@ class StoreWriter:
         writer._finalizer = weakref.finalize(writer, writer._lock.release)
         try:
             if overwrite and existing:
+                check_overwrite(root, store_artefact(kind), inputs)
                 _clear(root)
             if (root / "zarr.json").exists():
                 writer._reopen(kind, plan, same_output)
