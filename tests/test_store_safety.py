@@ -203,6 +203,18 @@ def test_repair_sets_damaged_parts_aside_and_a_resume_redoes_them(store, tiles, 
     assert len(list((store / "quarantine").iterdir())) == 2  # nothing deleted
 
 
+def test_repair_waits_for_the_run_that_holds_the_store(store: Path, capsys) -> None:
+    """A damaged part of a store another run holds is left where it is: `verify --repair` exits 2 and moves
+    nothing to quarantine (the holder may be writing that very part)."""
+    shard_files(store, 1)[0].unlink()
+    with StoreLock(store):
+        assert main(["verify", str(store), "--repair"]) == 2
+        assert "in use by another run" in capsys.readouterr().err
+        assert not (store / "quarantine").exists() and committed_parts(store) == [0, 1, 2]
+    assert main(["verify", str(store), "--repair"]) == 1  # once it is free, the repair goes ahead
+    assert committed_parts(store) == [0, 2]
+
+
 # --- resume only under the same settings ---------------------------------------------------------------
 
 
