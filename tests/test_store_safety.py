@@ -3,6 +3,7 @@ resume only under the same settings, hostile file names, clean shutdown of the d
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import numpy as np
 import pytest
@@ -18,7 +20,15 @@ import zarr
 from conftest import BCCD, tile_folder
 
 from activessf_engine.cli import main
-from activessf_engine.config import replace_section
+from activessf_engine.config import (
+    FILTER_SECTIONS,
+    RESUME_FREE,
+    EngineConfig,
+    HsvRange,
+    output_differences,
+    replace_section,
+    to_dict,
+)
 from activessf_engine.filter.run import run_filter
 from activessf_engine.store.layout import committed_parts, part_name
 from activessf_engine.store.lock import LOCK_NAME, StoreLock, StoreLockedError
@@ -227,6 +237,49 @@ def test_resume_with_other_output_settings_is_refused_naming_them(store: Path, t
     faster = replace_section(small_config, "input", batch_size=1, threads=2)  # changes no output
     assert run_filter(tiles, store, faster).parts_already_done == 2
     assert verify_store(store, deep=True) == []
+
+
+# Fields a resume may change, reviewed: none of them changes which sources are read, which regions are kept or
+# how a ROI is cut or stored pixel for pixel. A field added to config.RESUME_FREE must be reviewed here too.
+REVIEWED_RESUME_FREE = {
+    "input": {"batch_size", "threads", "torch_threads", "max_batch_pixels"},
+    "store": {"rois_per_shard", "codec", "compression_level"},
+}
+
+
+def another_value(value: Any, hint: Any) -> Any:
+    """A valid value of a config field other than `value`."""
+    if get_origin(hint) is Literal:
+        return next(choice for choice in get_args(hint) if choice != value)
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value + 2  # odd stays odd (blur_kernel)
+    if isinstance(value, float):
+        return value / 2 if value else 0.25
+    if isinstance(value, HsvRange):
+        return dataclasses.replace(value, h=(value.h[0], value.h[1] - 1))
+    if isinstance(value, tuple):
+        return (*value, ".webp")
+    raise TypeError(f"no other value known for {value!r}")
+
+
+def test_every_field_that_shapes_the_rois_refuses_a_resume() -> None:
+    """Each field of the filter's sections, changed alone: named as a difference unless it is reviewed as free."""
+    assert RESUME_FREE == REVIEWED_RESUME_FREE
+    config = EngineConfig()
+    stored = json.loads(json.dumps(to_dict(config)))  # as the store keeps it
+    for section in FILTER_SECTIONS:
+        current = getattr(config, section)
+        hints = get_type_hints(type(current))
+        for field in dataclasses.fields(current):
+            value = getattr(current, field.name)
+            changed = replace_section(config, section, **{field.name: another_value(value, hints[field.name])})
+            named = [
+                d for d in output_differences(stored, to_dict(changed)) if d.startswith(f"{section}.{field.name} ")
+            ]
+            free = field.name in REVIEWED_RESUME_FREE.get(section, set())
+            assert (not named) is free, f"{section}.{field.name}: {'refuses' if named else 'allows'} a resume"
 
 
 def test_a_complete_store_refuses_new_settings_instead_of_ignoring_them(store, tiles, small_config) -> None:
