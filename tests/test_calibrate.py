@@ -95,6 +95,24 @@ def test_learned_hue_range_starts_at_the_stain_of_the_boxed_cell(stain):
     assert ranges and all(hue - 10 <= r.h[0] <= round(hue) <= r.h[1] for r in ranges), (hue, ranges)
 
 
+def test_the_search_judges_size_and_fill_as_the_filter_does():
+    """The search thresholds one loose pass of regions; each (min_box, min_fill) must keep what the filter keeps
+    with those settings: a 100x40 region is too small for min_box 70 there too."""
+    import torch
+
+    from activessf_engine.filter.regions import regions_of_masks
+
+    mask = np.zeros((1, 240, 320), dtype=bool)
+    mask[0, 10:50, 10:110] = True  # 100 x 40
+    mask[0, 100:180, 20:100] = True  # 80 x 80
+    mask[0, 60:160, 200:230] = mask[0, 130:160, 200:300] = True  # an L, box 100 x 100, fill 0.51
+    loose = regions_of_masks(torch.from_numpy(mask), FilterConfig(min_box=1, min_fill=0.0))[0]
+    assert len(loose.boxes) == 3
+    for min_box, min_fill in ((30, 0.3), (30, 0.7), (70, 0.3), (70, 0.7), (90, 0.3)):
+        filtered = regions_of_masks(torch.from_numpy(mask), FilterConfig(min_box=min_box, min_fill=min_fill))[0]
+        assert calibration._passing(loose, min_box, min_fill).tolist() == filtered.boxes.tolist(), (min_box, min_fill)
+
+
 def test_calibrate_improves_held_out_f1_and_filter_takes_its_toml(tmp_path, capsys, monkeypatch):
     # a smaller grid keeps the test short; the full grid is what the README's BCCD figures used
     monkeypatch.setattr(calibration, "NORMALIZE", ("minmax",))
