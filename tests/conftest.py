@@ -155,6 +155,43 @@ def per_roi_error(got: np.ndarray, want: np.ndarray) -> np.ndarray:
 BF16_FEATURE_BOUND = 1.5e-2
 
 
+# --- checks of the GPU tests (tests/test_gpu_stages.py), each shown on the CPU to catch its bug (test_gpu_checks.py)
+
+
+def assert_resized_alike(got: np.ndarray, want: np.ndarray) -> None:
+    """ROI pixels resized another way (CUDA: through float32, rounded) against the CPU's uint8 resize: within
+    one level, and off by one about as often either way and no more often than rounding makes them (the float
+    path on the CPU: 10-12% of pixels, mean difference -0.007). A truncating resize is off on 44-50% of
+    pixels with a mean of -0.5, which a bound on the largest difference alone lets through."""
+    difference = got.astype(np.int64) - want.astype(np.int64)
+    assert np.abs(difference).max() <= 1, f"largest difference {np.abs(difference).max()}"
+    assert abs(difference.mean()) < 0.1, f"mean difference {difference.mean():.3f}: biased (truncated?)"
+    assert (difference != 0).mean() < 0.25, f"{(difference != 0).mean():.0%} of pixels differ"
+
+
+def profile_shift(got: np.ndarray, want: np.ndarray, most: int = 3) -> tuple[int, int]:
+    """(rows, columns) by which `got` is shifted against `want` (two (H, W, ...) images): the shifts at which
+    their row profiles and their column profiles (mean levels) correlate best, within `most` pixels."""
+    best = []
+    for axis in (0, 1):
+        others = tuple(i for i in range(got.ndim) if i != axis)
+        g, w = got.astype(np.float64).mean(axis=others), want.astype(np.float64).mean(axis=others)
+        n = len(g)
+        score = {
+            s: np.corrcoef(g[max(s, 0) : n + min(s, 0)], w[max(-s, 0) : n + min(-s, 0)])[0, 1]
+            for s in range(-most, most + 1)
+        }
+        best.append(max(score, key=score.get))
+    return best[0], best[1]
+
+
+def assert_same_assignment(got: tuple[np.ndarray, np.ndarray], want: tuple[np.ndarray, np.ndarray]) -> None:
+    """Two (cluster, distance) results of `nearest_prototype` on the same features: the same cluster for every
+    row, near-ties included, and distances equal to float rounding."""
+    np.testing.assert_array_equal(got[0], want[0], err_msg="another nearest prototype")
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-6, atol=1e-6)
+
+
 def pytest_terminal_summary(terminalreporter) -> None:
     """Say loudly what went unchecked: CUDA sources not compiled (no nvcc), GPU tests not run (no GPU)."""
     skipped = terminalreporter.stats.get("skipped", [])

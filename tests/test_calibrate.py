@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import draw_tile
 
 from activessf_engine.cli import main
 from activessf_engine.cli.demo import SAMPLE_DATA
@@ -70,6 +71,46 @@ def test_learned_ranges_cover_the_stain_of_the_boxes():
     config = FilterConfig(purple=ranges[0], deep_blue=ranges[0], min_box=40)
     assert calibration.evaluate([sample], config, 0.5).found == 1
     assert calibration.evaluate([sample], FilterConfig(purple=HsvRange((140, 179), (0, 255), (0, 255))), 0.5).found == 0
+
+
+@pytest.mark.parametrize(
+    "stain",
+    [(40, 150, 60), (20, 10, 35)],  # a green the paper's ranges miss; a dark purple nucleus (V under the S floor)
+)
+def test_learned_hue_range_starts_at_the_stain_of_the_boxed_cell(stain):
+    """A cell of one known stain on pink, boxed with a margin as a person draws it: the learned hue range
+    starts at the stain's hue (within the few levels its blurred rim adds). Only pixels more saturated than
+    the background count: a floor applied to V instead of S lets the pale rim in (green: from hue 0) or
+    shuts the dark stain out (purple: from 136, above the stain)."""
+    import colorsys
+
+    import torch
+
+    from activessf_engine.filter.regions import StageTimes, quantize
+
+    tile = draw_tile([("disk", 50, 60, 30)], height=120, width=160, colour=stain)
+    sample = calibration.Annotated("cell", torch.from_numpy(tile), np.array([[17, 27, 83, 93]]))
+    hue = colorsys.rgb_to_hsv(*(np.array(stain) / 255))[0] * 180  # OpenCV's 0-179 hue, from the stain alone
+    ranges = calibration.learned_ranges([quantize(sample.image[None], FilterConfig(), StageTimes())], [sample])
+    assert ranges and all(hue - 10 <= r.h[0] <= round(hue) <= r.h[1] for r in ranges), (hue, ranges)
+
+
+def test_the_search_judges_size_and_fill_as_the_filter_does():
+    """The search thresholds one loose pass of regions; each (min_box, min_fill) must keep what the filter keeps
+    with those settings: a 100x40 region is too small for min_box 70 there too."""
+    import torch
+
+    from activessf_engine.filter.regions import regions_of_masks
+
+    mask = np.zeros((1, 240, 320), dtype=bool)
+    mask[0, 10:50, 10:110] = True  # 100 x 40
+    mask[0, 100:180, 20:100] = True  # 80 x 80
+    mask[0, 60:160, 200:230] = mask[0, 130:160, 200:300] = True  # an L, box 100 x 100, fill 0.51
+    loose = regions_of_masks(torch.from_numpy(mask), FilterConfig(min_box=1, min_fill=0.0))[0]
+    assert len(loose.boxes) == 3
+    for min_box, min_fill in ((30, 0.3), (30, 0.7), (70, 0.3), (70, 0.7), (90, 0.3)):
+        filtered = regions_of_masks(torch.from_numpy(mask), FilterConfig(min_box=min_box, min_fill=min_fill))[0]
+        assert calibration._passing(loose, min_box, min_fill).tolist() == filtered.boxes.tolist(), (min_box, min_fill)
 
 
 def test_calibrate_improves_held_out_f1_and_filter_takes_its_toml(tmp_path, capsys, monkeypatch):

@@ -133,6 +133,34 @@ def demo_run(tmp_path_factory):
     return out, code, json.loads(text)
 
 
+def eq9_by_hand(out: Path, alpha: float = 0.5) -> tuple[set[int], set[int]]:
+    """The candidates Eq. 7-9 keeps, worked out here with numpy from the features cached in the demo's candidate
+    store and its saved prototypes (not by the engine's selection code): (kept for sure, kept or not by a
+    distance within 1e-4 of its threshold, where float rounding may decide)."""
+    import zarr
+
+    from activessf_engine.select.prototypes import load_prototypes
+
+    candidates = RoiStore(out / "candidates")
+    (cache,) = (out / "candidates" / "features").iterdir()  # one backbone: the demo's
+    features = np.concatenate([np.asarray(zarr.open_array(str(cache / f"p{p:06d}"))[:]) for p in candidates.parts])
+    assert len(features) == len(candidates)
+    prototypes = load_prototypes(out / "prototypes")
+    distances = np.linalg.norm(features[:, None].astype(np.float64) - prototypes.centres[None], axis=2)
+    nearest = distances.argmin(1)  # Eq. 7
+    n = prototypes.sizes.astype(np.float64)
+    lb, ub = prototypes.lower.astype(np.float64), prototypes.upper.astype(np.float64)
+    margin = distances.min(1) - (lb + (ub - lb) * (1 - n / n.max()) ** alpha)[nearest]  # Eq. 8; <= 0 kept (Eq. 9)
+    return set(np.flatnonzero(margin <= -1e-4).tolist()), set(np.flatnonzero(np.abs(margin) < 1e-4).tolist())
+
+
+def assert_selected_as_eq9_says(out: Path) -> None:
+    sure, near = eq9_by_hand(out)
+    kept = set(RoiStore(out / "selected").columns()["candidate"].tolist())
+    assert sure <= kept <= sure | near, (len(sure), len(near), len(kept))
+    assert 0 < len(sure) < len(RoiStore(out / "candidates"))  # neither nothing nor everything
+
+
 def test_demo_makes_a_selected_store_and_a_report(demo_run):
     out, code, summary = demo_run
     assert code == 0
@@ -140,6 +168,7 @@ def test_demo_makes_a_selected_store_and_a_report(demo_run):
     assert summary["prototypes"]["weights"] == "pretrained" and not summary["prototypes"]["untrained_weights"]
     assert summary["select"]["candidates"] == summary["filter"]["rois"] == len(RoiStore(out / "candidates"))
     assert len(RoiStore(out / "selected")) == summary["select"]["selected"]
+    assert_selected_as_eq9_says(out)
     page = Path(summary["report"])
     assert page == out / "report" / "index.html" and page.is_file()
     text = page.read_text()
@@ -239,3 +268,4 @@ def test_demo_runs_again_over_its_own_output(demo_run):
     assert code == 0
     again = json.loads(text)
     assert again["select"]["selected"] == first["select"]["selected"] == len(RoiStore(out / "selected"))
+    assert_selected_as_eq9_says(out)  # and both are what Eq. 7-9 keeps, worked out apart from the engine

@@ -43,12 +43,17 @@ def test_ci_run_lowers_the_loss_and_its_encoder_loads_in_the_engine(pretrain_mae
     assert features.shape == (4, backbone.feature_dim) and np.isfinite(features).all()
 
 
-def test_pretrain_takes_a_callers_dataset(pretrain_mae, tmp_path: Path) -> None:
+def test_pretrain_takes_a_callers_dataset_and_its_loss_falls_on_a_fixed_batch(pretrain_mae, tmp_path: Path) -> None:
+    """A caller's dataset of 4 uint8 64 px ROIs and batches of 4: every step sees the same batch (only the
+    mask changes), so the losses are finite and fall step after step (measured 1.31 -> 1.13 over 6 steps)."""
     from dataclasses import replace
 
     from activessf_engine.feed.datasets import RoiDataset
 
-    store = synthetic_store(tmp_path / "store", (6,), size=64, pixels=bccd_crops()[:6, ::2, ::2].copy())
-    settings = replace(pretrain_mae.CI_SETTINGS, steps=2, batch_size=4)
+    store = synthetic_store(tmp_path / "store", (4,), size=64, pixels=bccd_crops()[:4, ::2, ::2].copy())
+    settings = replace(pretrain_mae.CI_SETTINGS, steps=6, batch_size=4)
     result = pretrain_mae.pretrain(RoiDataset(store, with_meta=True), tmp_path / "mae", settings)  # uint8, 64 px
-    assert len(result.losses) == 2 and result.checkpoint.is_file()
+    losses = np.array(result.losses)
+    assert len(losses) == 6 and np.isfinite(losses).all() and result.checkpoint.is_file()
+    assert losses[-2:].mean() < 0.95 * losses[:2].mean(), losses
+    assert (np.diff(losses) < 0).sum() >= 4, losses  # falling, not noise around a level

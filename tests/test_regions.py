@@ -66,6 +66,17 @@ def test_min_box_threshold_without_blur(side, kept):
     assert (len(regions(tile, FilterConfig(blur_kernel=1)).boxes) == 1) is kept
 
 
+@pytest.mark.parametrize(
+    ("width", "height", "kept"),
+    [(100, 40, False), (40, 100, False), (100, 69, False), (100, 70, True), (70, 100, True)],
+)
+def test_min_box_holds_on_both_sides(width, height, kept):
+    """A long thin region (100x40 with min_box 70) is too small: both sides must reach min_box, not either."""
+    found = regions(draw_tile([("rect", 100, 80, 100 + width, 80 + height)]), FilterConfig(min_box=70))
+    assert found.found == 1
+    assert (found.too_small, len(found.boxes)) == ((0, 1) if kept else (1, 0))
+
+
 def test_l_shape_rejected_by_fill_rate_then_accepted_with_lower_min_fill():
     mask = np.zeros((240, 320), dtype=bool)
     mask[60:160, 100:130] = True  # vertical arm 30 x 100

@@ -263,6 +263,39 @@ def test_gated_balanced_budget_as_a_fraction_a_short_gate_and_no_budget() -> Non
         SelectionConfig(budget=12.5)
 
 
+def assert_spread(chosen: np.ndarray, pool: int) -> None:
+    """Indices `chosen` from range(pool) lie all over it, as a uniform sample's do: some in its first fifth,
+    some in its last, their mean near its middle. A sampler that takes the first N (of the pool, or of each
+    group) fails all three."""
+    assert len(chosen) >= 20, "too few to tell"
+    assert chosen.min() < 0.2 * pool and chosen.max() >= 0.8 * pool, (chosen.min(), chosen.max(), pool)
+    assert abs(chosen.mean() / pool - 0.5) < 0.15, chosen.mean() / pool
+
+
+@pytest.mark.parametrize("strategy", ["random", "balanced", "gated-balanced"])
+def test_samplers_spread_over_the_pool_and_follow_the_seed(strategy: str) -> None:
+    """The rows of the largest blob lie in random order in feature space: whatever a sampler keeps of it must
+    come from all of it, not its first rows; the same seed keeps the same rows, another seed others."""
+    features, prototypes, truth = _with_junk()
+    config = SelectionConfig(strategy=strategy, threshold_mode="fixed", fixed_threshold=5.0, budget=120, seed=1)
+    decisions = select(features, prototypes, config)
+    largest = np.flatnonzero(truth == 0)
+    assert_spread(np.flatnonzero(decisions.selected[largest]), len(largest))
+    again = select(features, prototypes, config)
+    np.testing.assert_array_equal(again.selected, decisions.selected)
+    other = select(features, prototypes, dataclasses.replace(config, seed=2))
+    assert other.selected.sum() == decisions.selected.sum()
+    assert (other.selected != decisions.selected).sum() >= 20
+
+
+def test_assert_spread_rejects_a_first_n_sample() -> None:
+    assert_spread(np.random.default_rng(0).choice(600, 40, replace=False), 600)
+    with pytest.raises(AssertionError):
+        assert_spread(np.arange(40), 600)
+    with pytest.raises(AssertionError):
+        assert_spread(np.concatenate([np.arange(10) + start for start in (0, 150, 300, 450)]), 600)  # per group
+
+
 def test_random_and_balanced_take_a_budget() -> None:
     features, prototypes, _ = _with_junk()
     for strategy in ("random", "balanced"):

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import shutil
+import zlib
+from collections.abc import Callable
 from pathlib import Path
 
+import google_crc32c
 import numpy as np
 import pytest
 import zarr
@@ -13,9 +16,19 @@ from conftest import synthetic_store
 from zarr.codecs import BloscCodec, BytesCodec, GzipCodec, ShardingCodec, TransposeCodec, ZstdCodec
 
 from activessf_engine.config import EngineConfig, StoreConfig, output_differences, replace_section, to_dict
+from activessf_engine.feed.datasets import RoiDataset, ShardedRoiDataset
+from activessf_engine.feed.export import export_store
 from activessf_engine.feed.shard_order import iter_segments, store_shards
 from activessf_engine.store.reader import RoiStore
-from activessf_engine.store.shard_reader import CHANNELS_FIRST, ShardReader
+from activessf_engine.store.shard_reader import (
+    CHANNELS_FIRST,
+    EMPTY,
+    INDEX_CRC,
+    INDEX_ENTRY,
+    RoiChecksumError,
+    ShardReader,
+)
+from activessf_engine.store.verify import verify_store
 from activessf_engine.store.writer import PartData, StoreWriter
 
 SIZE = 12
@@ -225,3 +238,89 @@ def test_a_run_may_resume_under_another_codec() -> None:
     zstd = replace_section(lz4, "store", codec="zstd", compression_level=3)
     assert output_differences(stored, to_dict(zstd)) == []
     assert output_differences(stored, to_dict(replace_section(lz4, "crop", size=64))) == ["crop.size 224 -> 64"]
+
+
+# --- every ROI read is checked against its crc32 (issue 22) ---------------------------------------------
+
+
+def rewrite_index(shard: Path, chunks: int, edit: Callable[[np.ndarray], None]) -> None:
+    """Edit the (chunks, 2) index at the end of a shard file in place and give it a valid crc32c again: what
+    a crafted (or carefully edited) file holds. The index crc32c alone cannot tell it from a sound one."""
+    data = bytearray(shard.read_bytes())
+    start = len(data) - chunks * INDEX_ENTRY - INDEX_CRC
+    index = np.frombuffer(bytes(data[start:-INDEX_CRC]), dtype="<u8").reshape(chunks, 2).copy()
+    edit(index)
+    raw = index.astype("<u8").tobytes()
+    data[start:] = raw + google_crc32c.value(raw).to_bytes(INDEX_CRC, "little")
+    shard.write_bytes(bytes(data))
+
+
+def swap_first_two(index: np.ndarray) -> None:
+    index[[0, 1]] = index[[1, 0]]
+
+
+def mark_first_empty(index: np.ndarray) -> None:
+    index[0] = EMPTY
+
+
+@pytest.mark.parametrize("edit", [swap_first_two, mark_first_empty])
+def test_a_crafted_shard_index_is_caught_on_read_naming_the_part_and_row(tmp_path, edit) -> None:
+    """Part p000001's first shard gets an index that points row 0 at row 1's chunk (or marks it empty), with a
+    valid crc32c: RoiDataset, ShardedRoiDataset and export refuse it instead of serving wrong or black ROIs."""
+    root = tmp_path / "store"
+    clean = np.concatenate([rois_like_cells(7, seed=1), rois_like_cells(5, seed=2)])
+    writer = StoreWriter.create(root, "candidates", {}, [["a.png"], ["b.png"]], layout=StoreConfig(rois_per_shard=4))
+    writer.commit_part(0, part(clean[:7], "a.png"))
+    writer.commit_part(1, part(clean[7:], "b.png"))
+    writer.close()
+    rewrite_index(root / "parts" / "p000001" / "rois" / "c" / "0" / "0" / "0" / "0", 4, edit)
+    unchecked = RoiStore(root, check_rois=False).roi(7)  # what a reader without the check hands a trainer
+    assert np.array_equal(unchecked, clean[8] if edit is swap_first_two else np.zeros_like(clean[7]))
+    where = r"part p000001, row 0: the ROI read differs from its crc32"
+    with pytest.raises(RoiChecksumError, match=where):
+        RoiDataset(root)[7]
+    assert np.array_equal(RoiDataset(root)[10].numpy(), clean[10].transpose(2, 0, 1))  # the rest still reads
+    with pytest.raises(RoiChecksumError, match=r"part p000001, row [01]:"):
+        list(ShardedRoiDataset(root, shuffle=False))
+    with pytest.raises(RoiChecksumError, match=where):
+        RoiStore(root).roi(7)  # (S, S, 3), the other layout
+    with pytest.raises(RoiChecksumError, match=where):
+        export_store(root, tmp_path / "exported")
+    assert not (tmp_path / "exported").exists()
+    problems = verify_store(root, deep=True)  # verify still lists every ROI that differs
+    assert any(p.startswith("p000001: ") and "rows 0" in p for p in problems), problems
+
+
+@pytest.mark.parametrize("stored_channels_first", [True, False])
+@pytest.mark.parametrize("channels_first", [True, False])
+def test_checksums_are_checked_in_every_layout(tmp_path, stored_channels_first, channels_first) -> None:
+    """Read as stored or transposed: the checksum covers the (S, S, 3) pixels either way."""
+    rois = rois_like_cells(6)
+    path = write_array(tmp_path / "parts" / "p000003" / "rois", rois, 4, "lz4", stored_channels_first)
+    crc = np.array([zlib.crc32(roi.tobytes()) for roi in rois], dtype=np.uint32)
+    got = ShardReader.open(path, crc).read([5, 0, 3], channels_first)
+    assert np.array_equal(got, rois[[5, 0, 3]].transpose(0, 3, 1, 2) if channels_first else rois[[5, 0, 3]])
+    crc[3] ^= 1
+    with pytest.raises(RoiChecksumError, match="part p000003, row 3:"):
+        ShardReader.open(path, crc).read([5, 0, 3], channels_first)
+    with pytest.raises(RoiChecksumError, match="part p000003, row 3:"):
+        list(ShardReader.open(path, crc).iter_rois([3], channels_first))
+
+
+def test_rois_read_through_zarr_are_checked_too(tmp_path) -> None:
+    rois = rois_like_cells(5)
+    root = tmp_path / "store"
+    StoreWriter.create(root, "candidates", {}, [["a.png"]], layout=StoreConfig(rois_per_shard=2)).commit_part(
+        0, part(rois, "a.png")
+    )
+    folder = root / "parts" / "p000000" / "rois"
+    shutil.rmtree(folder)
+    plain = zarr.create_array(str(folder), shape=rois.shape, chunks=(2, SIZE, SIZE, 3), dtype="uint8")
+    plain[:] = rois
+    plain[2] = rois[3]  # another ROI where row 2 should be
+    store = RoiStore(root)
+    assert np.array_equal(store.part_rois(0, np.array([4, 1])), rois[[4, 1]])
+    with pytest.raises(RoiChecksumError, match="part p000000, row 2:"):
+        store.part_rois(0)
+    with pytest.raises(RoiChecksumError, match="part p000000, row 2:"):
+        store.roi(2, channels_first=True)

@@ -3,6 +3,7 @@ resume only under the same settings, hostile file names, clean shutdown of the d
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -10,7 +11,9 @@ import socket
 import subprocess
 import sys
 import threading
+import zlib
 from pathlib import Path
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import numpy as np
 import pytest
@@ -18,7 +21,15 @@ import zarr
 from conftest import BCCD, tile_folder
 
 from activessf_engine.cli import main
-from activessf_engine.config import replace_section
+from activessf_engine.config import (
+    FILTER_SECTIONS,
+    RESUME_FREE,
+    EngineConfig,
+    HsvRange,
+    output_differences,
+    replace_section,
+    to_dict,
+)
 from activessf_engine.filter.run import run_filter
 from activessf_engine.store.layout import committed_parts, part_name
 from activessf_engine.store.lock import LOCK_NAME, StoreLock, StoreLockedError
@@ -204,6 +215,18 @@ def test_repair_sets_damaged_parts_aside_and_a_resume_redoes_them(store, tiles, 
     assert len(list((store / "quarantine").iterdir())) == 2  # nothing deleted
 
 
+def test_repair_waits_for_the_run_that_holds_the_store(store: Path, capsys) -> None:
+    """A damaged part of a store another run holds is left where it is: `verify --repair` exits 2 and moves
+    nothing to quarantine (the holder may be writing that very part)."""
+    shard_files(store, 1)[0].unlink()
+    with StoreLock(store):
+        assert main(["verify", str(store), "--repair"]) == 2
+        assert "in use by another run" in capsys.readouterr().err
+        assert not (store / "quarantine").exists() and committed_parts(store) == [0, 1, 2]
+    assert main(["verify", str(store), "--repair"]) == 1  # once it is free, the repair goes ahead
+    assert committed_parts(store) == [0, 2]
+
+
 # --- resume only under the same settings ---------------------------------------------------------------
 
 
@@ -216,6 +239,49 @@ def test_resume_with_other_output_settings_is_refused_naming_them(store: Path, t
     faster = replace_section(small_config, "input", batch_size=1, threads=2)  # changes no output
     assert run_filter(tiles, store, faster).parts_already_done == 2
     assert verify_store(store, deep=True) == []
+
+
+# Fields a resume may change, reviewed: none of them changes which sources are read, which regions are kept or
+# how a ROI is cut or stored pixel for pixel. A field added to config.RESUME_FREE must be reviewed here too.
+REVIEWED_RESUME_FREE = {
+    "input": {"batch_size", "threads", "torch_threads", "max_batch_pixels"},
+    "store": {"rois_per_shard", "codec", "compression_level"},
+}
+
+
+def another_value(value: Any, hint: Any) -> Any:
+    """A valid value of a config field other than `value`."""
+    if get_origin(hint) is Literal:
+        return next(choice for choice in get_args(hint) if choice != value)
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value + 2  # odd stays odd (blur_kernel)
+    if isinstance(value, float):
+        return value / 2 if value else 0.25
+    if isinstance(value, HsvRange):
+        return dataclasses.replace(value, h=(value.h[0], value.h[1] - 1))
+    if isinstance(value, tuple):
+        return (*value, ".webp")
+    raise TypeError(f"no other value known for {value!r}")
+
+
+def test_every_field_that_shapes_the_rois_refuses_a_resume() -> None:
+    """Each field of the filter's sections, changed alone: named as a difference unless it is reviewed as free."""
+    assert RESUME_FREE == REVIEWED_RESUME_FREE
+    config = EngineConfig()
+    stored = json.loads(json.dumps(to_dict(config)))  # as the store keeps it
+    for section in FILTER_SECTIONS:
+        current = getattr(config, section)
+        hints = get_type_hints(type(current))
+        for field in dataclasses.fields(current):
+            value = getattr(current, field.name)
+            changed = replace_section(config, section, **{field.name: another_value(value, hints[field.name])})
+            named = [
+                d for d in output_differences(stored, to_dict(changed)) if d.startswith(f"{section}.{field.name} ")
+            ]
+            free = field.name in REVIEWED_RESUME_FREE.get(section, set())
+            assert (not named) is free, f"{section}.{field.name}: {'refuses' if named else 'allows'} a resume"
 
 
 def test_a_complete_store_refuses_new_settings_instead_of_ignoring_them(store, tiles, small_config) -> None:
@@ -323,11 +389,13 @@ def test_bad_values_are_refused_before_any_store_is_made(tiles, tmp_path, capsys
 
 
 def test_roi_checksums_match_the_pixels(store: Path) -> None:
-    from activessf_engine.store.writer import roi_checksums
-
-    rois = RoiStore(store)
-    for part, _ in rois.iter_parts():
-        assert np.array_equal(roi_checksums(rois.part_rois(part)), rois.part_column(part, "roi_crc32"))
+    """Each stored crc32 is zlib's crc32 of that ROI's whole (S, S, 3) pixels, as zarr reads them back."""
+    for part in committed_parts(store):
+        folder = store / "parts" / part_name(part)
+        pixels = np.asarray(zarr.open_array(str(folder / "rois"), mode="r")[:])
+        stored = np.asarray(zarr.open_array(str(folder / "roi_crc32"), mode="r")[:])
+        assert len(pixels) == len(stored) > 0
+        assert stored.tolist() == [zlib.crc32(roi.tobytes()) for roi in pixels]
 
 
 def test_a_list_of_paths_is_an_input(tiles: Path, tmp_path: Path, small_config) -> None:

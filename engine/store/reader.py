@@ -9,17 +9,24 @@ from typing import Any
 import numpy as np
 import zarr
 
-from activessf_engine.store.layout import committed_parts, part_name, read_attrs
-from activessf_engine.store.shard_reader import ShardReader
+from activessf_engine.store.layout import CHECKSUM_COLUMN, committed_parts, part_name, read_attrs
+from activessf_engine.store.shard_reader import ShardReader, check_roi
 
 SPARSE_ROWS = 8  # a one-ROI read costs about as much as 8 ROIs of a whole-part read (see RoiStore.part_rois)
 
 
 class RoiStore:
-    """Read access to a store: every committed part, in part order, as one table of ROIs."""
+    """Read access to a store: every committed part, in part order, as one table of ROIs.
 
-    def __init__(self, root: str | Path) -> None:
+    Every ROI read is checked against its crc32 where the part has them (column `roi_crc32`), so that a
+    damaged shard or an edited shard index raises `RoiChecksumError` naming the part and row instead of
+    returning another ROI's pixels or a black one. `check_rois=False` reads without the check (`verify`,
+    which compares every ROI itself and reports them all).
+    """
+
+    def __init__(self, root: str | Path, check_rois: bool = True) -> None:
         self.root = Path(root)
+        self.check_rois = check_rois
         self.meta = read_attrs(self.root)
         self.parts = committed_parts(self.root)
         self._groups = {p: zarr.open_group(str(self.root / "parts" / part_name(p)), mode="r") for p in self.parts}
@@ -67,6 +74,10 @@ class RoiStore:
         if reader is not None:
             return reader.read(np.arange(len(reader)) if rows is None else rows, channels_first)
         rois = self._zarr_rois(part, rows)
+        expected = self._checksums(part)
+        if expected is not None:
+            for roi, row in zip(rois, range(len(rois)) if rows is None else rows, strict=True):
+                check_roi(roi, expected, int(row), part_name(part))
         return np.ascontiguousarray(rois.transpose(0, 3, 1, 2)) if channels_first else rois
 
     def iter_part_rois(self, part: int, rows: np.ndarray, channels_first: bool = False) -> Iterator[np.ndarray]:
@@ -88,8 +99,16 @@ class RoiStore:
 
     def _reader(self, part: int) -> ShardReader | None:
         if part not in self._readers:
-            self._readers[part] = ShardReader.open(self.root / "parts" / part_name(part) / "rois")
+            folder = self.root / "parts" / part_name(part) / "rois"
+            self._readers[part] = ShardReader.open(folder, self._checksums(part))
         return self._readers[part]
+
+    def _checksums(self, part: int) -> np.ndarray | None:
+        """The part's crc32 of each ROI, when it has them and reads are checked."""
+        group = self._groups[part]
+        if not self.check_rois or CHECKSUM_COLUMN not in group.array_keys():
+            return None
+        return np.asarray(group[CHECKSUM_COLUMN][:])
 
     def part_array(self, part: int, name: str) -> zarr.Array:
         """One array of a part, unread (for checks that look at shapes and metadata)."""

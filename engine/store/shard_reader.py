@@ -9,12 +9,17 @@ delivered 195 ROIs/s here against 4,131 for this reader on the same lz4 store (b
 else: it reads each shard's index once (checking its crc32c), then one `pread` and one numcodecs decode
 per ROI, into the layout asked for. `ShardReader.open` returns None for any other layout, and the store
 reads those through zarr.
+
+An index whose crc32c is valid can still point a chunk at another ROI's bytes or mark it empty (an edited
+or crafted file): given the part's `roi_crc32` column, the reader checks every ROI it returns against it
+and raises `RoiChecksumError` naming the part and the row (cost: benchmarks/README.md, "Read throughput").
 """
 
 from __future__ import annotations
 
 import json
 import os
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +51,26 @@ DECODERS: dict[str, Decoder] = {"zstd": _decode_zstd, "blosc": _decode_blosc}  #
 
 
 CHANNELS_FIRST = (0, 3, 1, 2)  # a transpose codec's order that stores each (1, S, S, 3) ROI as (1, 3, S, S)
+
+
+class RoiChecksumError(ValueError):
+    """A ROI read back differs from its crc32 in the part's `roi_crc32` column."""
+
+
+def roi_crc32(pixels: np.ndarray) -> int:
+    """crc32 of one ROI's (S, S, 3) pixel bytes, as the `roi_crc32` column holds it."""
+    return zlib.crc32(np.ascontiguousarray(pixels))
+
+
+def check_roi(pixels: np.ndarray, expected: np.ndarray, row: int, part: str) -> None:
+    """Raise RoiChecksumError unless the (S, S, 3) ROI at `row` of `part` has the crc32 `expected[row]`."""
+    actual, stored = roi_crc32(pixels), int(expected[row])
+    if actual != stored:
+        raise RoiChecksumError(
+            f"part {part}, row {row}: the ROI read differs from its crc32 in roi_crc32 (read {actual:08x}, "
+            f"stored {stored:08x}): its shard is damaged or its index was edited. `activessf-engine verify --deep` "
+            "lists every such ROI; `verify --repair` sets the part aside for the filter to redo."
+        )
 
 
 @dataclass(frozen=True)
@@ -111,18 +136,26 @@ def _open_if_written(path: Path) -> int | None:
 
 @dataclass
 class ShardReader:
-    """Reads ROIs of one part's `rois` array from its shard files; each process keeps its own index cache."""
+    """Reads ROIs of one part's `rois` array from its shard files; each process keeps its own index cache.
 
-    folder: Path  # the array's folder (holding zarr.json and c/)
+    With `checksums` (the part's `roi_crc32` column) every ROI read is checked against its crc32."""
+
+    folder: Path  # the array's folder (holding zarr.json and c/): <store>/parts/<part>/rois
     layout: ShardLayout
+    checksums: np.ndarray | None = None  # (n,) crc32 of each ROI's (S, S, 3) bytes; None: not checked
     _indexes: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def open(cls, folder: str | Path) -> ShardReader | None:
+    def open(cls, folder: str | Path, checksums: np.ndarray | None = None) -> ShardReader | None:
         """A reader of the array in `folder`, or None if its layout is not one this reader knows."""
         folder = Path(folder)
         layout = ShardLayout.parse(json.loads((folder / "zarr.json").read_text()))
-        return cls(folder, layout) if layout is not None else None
+        return cls(folder, layout, checksums) if layout is not None else None
+
+    @property
+    def part(self) -> str:
+        """The part this array belongs to, as errors name it."""
+        return self.folder.parent.name
 
     def __len__(self) -> int:
         return self.layout.shape[0]
@@ -135,39 +168,53 @@ class ShardReader:
         `channels_first`. A ROI stored in the other layout is transposed on the way (0.06 ms per 224 px ROI)."""
         out = np.empty((len(rows), *self.layout.roi_shape(channels_first)), dtype=np.uint8)
         scratch = self._scratch(channels_first)
-        for slot, data in enumerate(self._chunk_bytes(rows)):
-            self._decode(data, out[slot], scratch)
+        for slot, (row, data) in enumerate(self._chunk_bytes(rows)):
+            self._decode(row, data, out[slot], scratch, channels_first)
         return out
 
     def iter_rois(self, rows: np.ndarray | list[int], channels_first: bool = False) -> Iterator[np.ndarray]:
         """The ROIs at `rows` one by one, each its own array: a consumer that keeps some (a shuffle buffer)
         holds only those, where views of `read`'s array would hold all of them."""
         scratch = self._scratch(channels_first)
-        for data in self._chunk_bytes(rows):
+        for row, data in self._chunk_bytes(rows):
             roi = np.empty(self.layout.roi_shape(channels_first), dtype=np.uint8)
-            self._decode(data, roi, scratch)
+            self._decode(row, data, roi, scratch, channels_first)
             yield roi
 
     def _scratch(self, channels_first: bool) -> np.ndarray | None:
-        """Where a ROI stored in the other layout is decoded before its transposed copy (None: decoded in place)."""
-        stored = self.layout.channels_first
-        return None if stored == channels_first else np.empty(self.layout.roi_shape(stored), dtype=np.uint8)
+        """A ROI's buffer besides the output: where a ROI stored in the other layout is decoded before its
+        transposed copy, or, read channels first as stored, where its (S, S, 3) pixels are laid out for the
+        checksum. None when neither is needed."""
+        if self.layout.channels_first != channels_first:
+            return np.empty(self.layout.roi_shape(self.layout.channels_first), dtype=np.uint8)
+        if channels_first and self.checksums is not None:
+            return np.empty(self.layout.roi_shape(False), dtype=np.uint8)
+        return None
 
-    def _decode(self, data: bytes | None, out: np.ndarray, scratch: np.ndarray | None) -> None:
+    def _decode(
+        self, row: int, data: bytes | None, out: np.ndarray, scratch: np.ndarray | None, channels_first: bool
+    ) -> None:
+        """Row `row`'s chunk into `out` (laid out as `channels_first` says), checked against its crc32."""
+        as_stored = self.layout.channels_first == channels_first
+        target = out if as_stored else scratch
         if data is None:
-            out[...] = self.layout.fill_value
-            return
-        target = out if scratch is None else scratch
-        if self.layout.decode is None:
+            target[...] = self.layout.fill_value
+        elif self.layout.decode is None:
             target[...] = np.frombuffer(data, np.uint8).reshape(target.shape)
         else:
             self.layout.decode(memoryview(data), target)
-        if scratch is not None:
+        if not as_stored:
             np.copyto(out, scratch.transpose((1, 2, 0) if self.layout.channels_first else (2, 0, 1)))
+        if self.checksums is None:
+            return
+        if channels_first and as_stored:  # the (S, S, 3) pixels the checksum covers, laid out plane by plane
+            for channel in range(3):  # (5x faster than copying a transposed view)
+                scratch[..., channel] = out[channel]
+        check_roi(scratch if channels_first else out, self.checksums, row, self.part)
 
-    def _chunk_bytes(self, rows: np.ndarray | list[int]) -> Iterator[bytes | None]:
-        """The stored bytes of each row's chunk, in the order given; None for a chunk never written (a
-        shard never written holds none), which reads as the fill value, as zarr reads it."""
+    def _chunk_bytes(self, rows: np.ndarray | list[int]) -> Iterator[tuple[int, bytes | None]]:
+        """(row, the stored bytes of its chunk) for each row, in the order given; None for a chunk never
+        written (a shard never written holds none), which reads as the fill value, as zarr reads it."""
         rows = np.asarray(rows, dtype=np.int64)
         if len(rows) and (rows.min() < 0 or rows.max() >= len(self)):
             raise IndexError(f"rows outside [0, {len(self)}) of {self.folder}")
@@ -181,16 +228,16 @@ class ShardReader:
                     open_shard, path = shard, self.shard_path(shard)
                     fd = _open_if_written(path)
                 if fd is None:
-                    yield None
+                    yield row, None
                     continue
                 offset, nbytes = self._index(shard, fd, path)[chunk]
                 if offset == EMPTY:
-                    yield None
+                    yield row, None
                     continue
                 data = os.pread(fd, int(nbytes), int(offset))
                 if len(data) != nbytes:
                     raise ValueError(f"{path}: chunk {chunk} is cut short ({len(data)} of {nbytes} bytes)")
-                yield data
+                yield row, data
         finally:
             if fd is not None:
                 os.close(fd)
