@@ -312,12 +312,8 @@ class EngineConfig:
 FILTER_SECTIONS = ("input", "filter", "crop", "store")
 RESUME_FREE = {
     "input": {"batch_size", "threads", "torch_threads", "max_batch_pixels"},
-    "store": {
-        "rois_per_shard",
-        "codec",
-        "compression_level",
-        "write_threads",
-    },  # each part's metadata says how it is stored
+    # each part's metadata says how it is stored; the number of compression threads changes no byte
+    "store": {"rois_per_shard", "codec", "compression_level", "write_threads"},
 }
 
 
