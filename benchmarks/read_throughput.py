@@ -47,7 +47,7 @@ from activessf_engine.filter.decode import decode_files
 from activessf_engine.filter.sources import find_sources
 from activessf_engine.store.layout import configure_zarr
 from activessf_engine.store.reader import RoiStore
-from activessf_engine.store.writer import LZ4_LEVEL
+from activessf_engine.store.shard_writer import LZ4_LEVEL
 
 REPO = Path(__file__).resolve().parents[1]
 PBC = REPO.parent / "shared" / "data" / "pbc-longtail" / "unlabeled"
@@ -117,7 +117,7 @@ def codec_costs(rois: np.ndarray) -> dict[str, dict[str, float]]:
     planes = np.ascontiguousarray(rois.transpose(0, 3, 1, 2))
     costs = {}
     codecs = {
-        "lz4": Blosc(cname="lz4", clevel=LZ4_LEVEL, shuffle=Blosc.NOSHUFFLE),  # as store.roi_compressor
+        "lz4": Blosc(cname="lz4", clevel=LZ4_LEVEL, shuffle=Blosc.NOSHUFFLE),  # as shard_writer.roi_codec
         "zstd": Zstd(level=StoreConfig().compression_level),
     }
     for codec, encode in codecs.items():

@@ -121,29 +121,43 @@ def update_centres(sums: torch.Tensor, counts: torch.Tensor, centres: torch.Tens
     return torch.where(counts[..., None] > 0, mean.to(torch.float32), centres)
 
 
+STEPS_PER_CHECK_CUDA = 8  # Lloyd steps queued on a GPU between looks at convergence (each look syncs with the host)
+
+
 def lloyd(
-    sample: torch.Tensor, centres: torch.Tensor, max_iter: int, tolerance: float
+    sample: torch.Tensor, centres: torch.Tensor, max_iter: int, tolerance: float, steps_per_check: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Lloyd iterations of Eq. 2-3 on a batch of pixel sets.
 
     `sample` (B, N, 3) uint8, `centres` (B, K, 3) fixed point. Stops when no centre of any image
     moves more than `tolerance` colour levels, or after `max_iter` steps. Returns the centres and,
     for each, the number of sample pixels whose mean it is (B, K) int64.
+
+    Convergence is read on the host once every `steps_per_check` steps (default: every step on the CPU,
+    where reading it costs nothing; STEPS_PER_CHECK_CUDA on a GPU, which then runs the steps without
+    waiting). Steps after the one that converged leave centres and counts as that step left them, so the
+    answer is the same for every `steps_per_check`.
     """
     _check_pixels(sample)
     if sample.is_cuda:
         from activessf_engine.kernels import cupy_pixel_kmeans
 
         accumulate = cupy_pixel_kmeans.accumulate
+        steps_per_check = steps_per_check or STEPS_PER_CHECK_CUDA
     else:
         accumulate = _accumulate_cpu
+        steps_per_check = steps_per_check or 1
     counts = torch.zeros(centres.shape[:2], dtype=torch.int64, device=centres.device)
-    for _ in range(max_iter):
-        sums, counts = accumulate(sample, centres)
-        moved = update_centres(sums, counts, centres)
-        shift = (moved - centres).abs().amax().item() / FIXED_POINT
-        centres = moved
-        if shift <= tolerance:
+    converged = torch.zeros((), dtype=torch.bool, device=centres.device)
+    for first in range(0, max_iter, steps_per_check):
+        for _ in range(min(steps_per_check, max_iter - first)):
+            sums, step_counts = accumulate(sample, centres)
+            moved = update_centres(sums, step_counts, centres)
+            shift = (moved - centres).abs().amax() / FIXED_POINT
+            centres = torch.where(converged, centres, moved)
+            counts = torch.where(converged, counts, step_counts)
+            converged = converged | (shift <= tolerance)
+        if converged.item():
             break
     return centres, counts
 

@@ -8,7 +8,7 @@ import torch
 from conftest import draw_tile, write_image
 
 from activessf_engine.config import CropConfig
-from activessf_engine.filter.crops import crop_box, cut_rois, fit_to_square
+from activessf_engine.filter.crops import crop_box, cut_rois, fit_to_square, resize_all
 from activessf_engine.filter.run import run_filter
 from activessf_engine.store.reader import RoiStore
 
@@ -78,3 +78,23 @@ def test_filtered_rois_near_tile_edges_carry_no_padding(tmp_path, small_config) 
         roi = store.roi(i)
         for border in (roi[0], roi[-1], roi[:, 0], roi[:, -1]):
             assert border.max() > 0  # no black bar on any side
+
+
+@pytest.mark.parametrize("pad", ["constant", "edge"])
+def test_batched_resize_is_within_one_level_of_each_window_resized(pad) -> None:
+    """`resize_all` (CUDA's path, run here on the CPU) against `fit_to_square` per window (the CPU's path):
+    the same padding, and pixels at most one level apart (torch's uint8 kernel rounds after each pass)."""
+    rng = np.random.default_rng(0)
+    noise = torch.from_numpy(rng.integers(0, 256, (1, 3, H, W)).astype(np.float32))
+    tile = torch.nn.functional.avg_pool2d(noise, 5, 1, 2)[0].permute(1, 2, 0).round().to(torch.uint8).contiguous()
+    starts = rng.integers(0, (W - 8, H - 8), (30, 2))
+    boxes = np.concatenate([starts, starts + rng.integers(4, 200, (30, 2))], axis=1).clip(0, (W, H, W, H))
+    boxes = np.concatenate([boxes, [[0, 60, W, 140], [100, 0, 140, H], [5, 5, 9, 9]]])  # padded; full height; tiny
+    config = CropConfig(size=64, pad=pad, pad_value=7)
+    windows = np.array([crop_box(tuple(map(int, box)), W, H, config.margin) for box in boxes])
+    batched, padding = resize_all(tile, windows, config)
+    for i, (x0, y0, x1, y1) in enumerate(windows):
+        want, want_padding = fit_to_square(tile[y0:y1, x0:x1], 64, pad, 7)
+        assert tuple(padding[i]) == want_padding
+        assert (batched[i].int() - want.int()).abs().max() <= 1, i
+    assert padding[-3, 1] > 0  # the padded case is covered

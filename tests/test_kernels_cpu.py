@@ -147,15 +147,16 @@ def _reference_lloyd(sample, centres, max_iter, tolerance):
     return centres, counts
 
 
-@pytest.mark.parametrize(("max_iter", "tolerance"), [(1, 0.0), (5, 0.0), (20, 0.5)])
-def test_lloyd_equals_reference_loop(max_iter, tolerance):
+@pytest.mark.parametrize("steps_per_check", [None, 3, 8])  # None: the CPU's every step; 8: CUDA's default
+@pytest.mark.parametrize(("max_iter", "tolerance"), [(1, 0.0), (5, 0.0), (20, 0.5), (20, 0.0), (7, 2.0)])
+def test_lloyd_equals_reference_loop(max_iter, tolerance, steps_per_check):
     gen = torch.Generator().manual_seed(5)
     base = torch.randint(0, 256, (2, 8, 3), generator=gen)
     which = torch.randint(0, 8, (2, 4000), generator=gen)
     noise = torch.randint(-20, 21, (2, 4000, 3), generator=gen)
     sample = (torch.gather(base, 1, which[..., None].expand(-1, -1, 3)) + noise).clamp(0, 255).to(torch.uint8)
     start = pixel_kmeans.initial_centres(sample, 12)
-    got_c, got_n = pixel_kmeans.lloyd(sample, start, max_iter, tolerance)
+    got_c, got_n = pixel_kmeans.lloyd(sample, start, max_iter, tolerance, steps_per_check)
     want_c, want_n = _reference_lloyd(sample, start, max_iter, tolerance)
     assert torch.equal(got_c, want_c)
     assert torch.equal(got_n, want_n)

@@ -10,6 +10,7 @@ import pytest
 import zarr
 
 from activessf_engine.config import StoreConfig
+from activessf_engine.store import writer as store_writer
 from activessf_engine.store.layout import committed_parts, part_name, read_attrs
 from activessf_engine.store.reader import RoiStore
 from activessf_engine.store.verify import verify_store
@@ -129,22 +130,22 @@ def test_partdata_checks_column_lengths():
 def test_failed_commit_leaves_nothing(tmp_path, parts, monkeypatch):
     root = tmp_path / "store"
     writer = StoreWriter.create(root, "candidates", {}, PLAN)
-    real_setitem = zarr.Array.__setitem__
+    real_write_column = store_writer.write_column
     calls = {"n": 0}
 
-    def failing_setitem(self, key, value):
+    def failing_write_column(folder, values):
         calls["n"] += 1
-        if calls["n"] == 3:  # rois and box written, then the disk "fails"
+        if calls["n"] == 2:  # rois and box written, then the disk "fails"
             raise OSError("disk full (simulated)")
-        return real_setitem(self, key, value)
+        return real_write_column(folder, values)
 
-    monkeypatch.setattr(zarr.Array, "__setitem__", failing_setitem)
+    monkeypatch.setattr(store_writer, "write_column", failing_write_column)
     with pytest.raises(OSError, match="simulated"):
         writer.commit_part(0, parts[0])
-    assert calls["n"] == 3
+    assert calls["n"] == 2
     assert list((root / "parts").iterdir()) == [(root / "parts" / "zarr.json")]  # no part, no .tmp-*
     assert committed_parts(root) == []
-    monkeypatch.setattr(zarr.Array, "__setitem__", real_setitem)
+    monkeypatch.setattr(store_writer, "write_column", real_write_column)
     writer.commit_part(0, parts[0])  # the part can be written again
     assert committed_parts(root) == [0]
 

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from activessf_engine.config import CropConfig
+from activessf_engine.filter.resample import axis_taps, resize_windows
 
 
 def crop_box(box: tuple[int, int, int, int], width: int, height: int, margin: float) -> tuple[int, int, int, int]:
@@ -90,18 +91,34 @@ def cut_rois(tile: torch.Tensor, boxes: np.ndarray, config: CropConfig) -> tuple
 
     `tile` is the original (H, W, 3) uint8 tile, `boxes` (n, 4) region boxes. Returns the ROIs
     (n, size, size, 3) uint8, the windows actually cut (n, 4) and each ROI's padding (n, 4: left, top,
-    right, bottom in ROI pixels; zeros where the tile held a full square window). The ROIs are resized
-    on the tile's device and copied to the host once, for the whole tile.
+    right, bottom in ROI pixels; zeros where the tile held a full square window). On the CPU each window is
+    resized by `fit_to_square` (torch's uint8 kernel: 5-10x cheaper here than the batched float passes); on
+    CUDA all of them at once (`resample`, one gather per tap instead of a few kernel launches per ROI),
+    within one level of the same float32 resize per window. The ROIs are copied to the host once per tile.
     """
     height, width = tile.shape[:2]
-    cut = np.empty((len(boxes), 4), dtype=np.int64)
-    padding = np.zeros((len(boxes), 4), dtype=np.int64)
+    size = config.size
+    cut = np.array([crop_box(tuple(int(v) for v in box), width, height, config.margin) for box in boxes], np.int64)
     if len(boxes) == 0:
-        return np.empty((0, config.size, config.size, 3), dtype=np.uint8), cut, padding
-    rois = []
-    for i, box in enumerate(boxes):
-        x0, y0, x1, y1 = crop_box(tuple(int(v) for v in box), width, height, config.margin)
-        cut[i] = (x0, y0, x1, y1)
-        roi, padding[i] = fit_to_square(tile[y0:y1, x0:x1], config.size, config.pad, config.pad_value)
-        rois.append(roi)
-    return torch.stack(rois).cpu().numpy(), cut, padding
+        return np.empty((0, size, size, 3), dtype=np.uint8), cut.reshape(0, 4), np.zeros((0, 4), np.int64)
+    if tile.device.type == "cpu":
+        fitted = [fit_to_square(tile[y0:y1, x0:x1], size, config.pad, config.pad_value) for x0, y0, x1, y1 in cut]
+        return torch.stack([roi for roi, _ in fitted]).numpy(), cut, np.array([pad for _, pad in fitted], np.int64)
+    rois, padding = resize_all(tile, cut, config)
+    return rois.cpu().numpy(), cut, padding
+
+
+def resize_all(tile: torch.Tensor, windows: np.ndarray, config: CropConfig) -> tuple[torch.Tensor, np.ndarray]:
+    """Every window (n, 4) of `tile` fitted to a square as `fit_to_square` fits one, in one batched resize
+    (float32, rounded once); the ROIs (n, size, size, 3) uint8 on the tile's device and their padding."""
+    size = config.size
+    window_w, window_h = windows[:, 2] - windows[:, 0], windows[:, 3] - windows[:, 1]
+    scale = size / np.maximum(window_w, window_h)
+    new_w = np.maximum(1, np.round(window_w * scale)).astype(np.int64)  # as fit_to_square: round half to even
+    new_h = np.maximum(1, np.round(window_h * scale)).astype(np.int64)
+    left, top = (size - new_w) // 2, (size - new_h) // 2
+    padding = np.stack([left, top, size - new_w - left, size - new_h - top], axis=1)
+    edge = config.pad == "edge"
+    rows = axis_taps(window_h, new_h, top, size, edge, tile.device)
+    cols = axis_taps(window_w, new_w, left, size, edge, tile.device)
+    return resize_windows(tile, windows, rows, cols, config.pad_value), padding
