@@ -24,6 +24,7 @@ StrategyName = Literal["activessf", "all", "random", "balanced", "gated-balanced
 BalanceBy = Literal["kmeans", "prototypes", "both"]
 ThresholdMode = Literal["density", "fixed"]
 BoundsMode = Literal["cluster", "global"]
+DegenerateRule = Literal["borrow", "eq8"]
 
 KMEANS_MAX_CLUSTERS = 32  # the CUDA pixel K-means keeps this many centres in shared memory (kernels/cupy_source.py)
 # Pixel K-means centres are integers in units of 1/FIXED_POINT colour level, on the CPU (kernels/pixel_kmeans.py)
@@ -273,6 +274,12 @@ class SelectionConfig:
     fixed_threshold: float = 17.0  # the one threshold of `threshold_mode = fixed`
     # LB and UB of Eq. 8: per cluster (the paper's words) or over all clusters at once.
     bounds: BoundsMode = "cluster"
+    # Clusters too small to have a spread (n_i <= 2, or LB == UB; thresholds.degenerate_clusters). Under the
+    # paper's exact Eq. 8 (`eq8`) a singleton's threshold is LB = UB = 0 and it never keeps anything, and a
+    # pair's is half the distance between its two members. `borrow`: such a cluster takes LB and UB as the
+    # medians over the clusters that have a spread, the best estimate of a spread it cannot show, and Eq. 8
+    # then gives it the generous threshold of a rare cluster, as it intends.
+    degenerate_clusters: DegenerateRule = "borrow"
     seed: int = 0  # for the `random` and `balanced` strategies
     balanced_subclusters: int = 4  # second level of the hierarchical k-means of `balanced`
     # How many candidates `random`, `balanced` and `gated-balanced` keep: a count (> 1), a fraction of the

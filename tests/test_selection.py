@@ -267,3 +267,33 @@ def test_random_and_balanced_take_a_budget() -> None:
     features, prototypes, _ = _with_junk()
     for strategy in ("random", "balanced"):
         assert select(features, prototypes, SelectionConfig(strategy=strategy, budget=77)).selected.sum() == 77
+
+
+# Degenerate clusters (n_i <= 2 or LB == UB) ---------------------------------------------------------
+
+
+def test_a_singleton_cluster_keeps_its_near_candidates_under_the_default_rule() -> None:
+    """Issue 25: under the paper's exact Eq. 8 a singleton (LB = UB = 0) has threshold 0 and keeps nothing;
+    by default it borrows the median LB and UB of the clusters with a spread."""
+    sizes, lower, upper = np.array([10, 6, 1, 2]), np.array([1.0, 2.0, 0.0, 1.5]), np.array([5.0, 7.0, 0.0, 1.5])
+    prototypes = _prototypes(np.eye(4, dtype=np.float32) * 100, sizes, lower, upper)
+    from activessf_engine.select.thresholds import degenerate_clusters
+
+    assert degenerate_clusters(sizes, lower, upper).tolist() == [False, False, True, True]
+    near_singleton = np.array([[0.0, 0.0, 103.0, 0.0]], dtype=np.float32)  # 3 from the singleton's centre
+    default = select(near_singleton, prototypes, SelectionConfig(alpha=1.0))
+    assert default.selected.tolist() == [True]
+    borrowed = cluster_thresholds(prototypes, SelectionConfig(alpha=1.0))
+    expected = 1.5 + (6.0 - 1.5) * (1 - np.array([1, 2]) / 10)  # Eq. 8 with the medians LB 1.5, UB 6
+    np.testing.assert_allclose(borrowed[2:], expected)
+    np.testing.assert_array_equal(borrowed[:2], density_thresholds(sizes, lower, upper, 1.0)[:2])  # others unchanged
+    paper = SelectionConfig(alpha=1.0, degenerate_clusters="eq8")
+    np.testing.assert_array_equal(cluster_thresholds(prototypes, paper), density_thresholds(sizes, lower, upper, 1.0))
+    assert select(near_singleton, prototypes, paper).selected.tolist() == [False]
+
+
+def test_nothing_is_borrowed_when_no_cluster_has_a_spread() -> None:
+    from activessf_engine.select.thresholds import borrowed_bounds
+
+    lower, upper = borrowed_bounds(np.array([1, 2]), np.array([0.0, 1.0]), np.array([0.0, 1.0]))
+    assert lower.tolist() == [0.0, 1.0] and upper.tolist() == [0.0, 1.0]
