@@ -359,3 +359,31 @@ def test_help_shows_the_config_comments_and_only_the_flags_a_command_reads(capsy
     assert "--clusters" not in pages["select"] and "--min-fill" not in pages["select"] and "--alpha" in pages["select"]
     assert "--alpha" in pages["run"] and "--clusters" in pages["run"]
     assert "tau: region pixels / bounding-box pixels (default: 0.7)" in " ".join(pages["prototypes"].split())
+
+
+def test_select_refuses_prototypes_framed_unlike_the_candidates_and_like_fixes_it(
+    tmp_path: Path, labeled: Path, candidates: Path, capsys
+) -> None:
+    """Issue 25: prototypes built with another --min-fill than the candidates' filter were used silently
+    (the README's chain kept 0 ROIs, exit 0). Now select stops (exit 2) naming each field and the fix,
+    and `prototypes --like STORE` takes the candidates' framing."""
+    import json
+
+    flags = ["--model", "test_resnet", "--weights", "random", "--clusters", "3", "--quiet"]
+    made = main(["prototypes", "--labeled", str(labeled), "--out", str(tmp_path / "p"), *flags, "--roi-size", "64",
+                 "--min-fill", "0.5"])  # fmt: skip
+    assert made == 0
+    recorded = json.loads((tmp_path / "p" / "prototypes.json").read_text())
+    assert recorded["framing"]["filter"]["min_fill"] == 0.5 and recorded["framing"]["crop"]["size"] == 64
+    select = ["select", "--candidates", str(candidates), "--prototypes", str(tmp_path / "p"), "--quiet"]
+    capsys.readouterr()
+    assert main([*select, "--out", str(tmp_path / "s")]) == 2
+    error = capsys.readouterr().err
+    assert "filter.min_fill 0.5 (prototypes) vs 0.7 (candidates)" in error
+    assert f"prototypes --labeled {labeled} --like {candidates}" in error
+    assert not (tmp_path / "s").exists()
+    like = ["prototypes", "--labeled", str(labeled), "--out", str(tmp_path / "p"), "--overwrite", "--like"]
+    assert main([*like, str(candidates), *flags, "--min-fill", "0.5"]) == 2  # a framing flag beside --like
+    assert "leave out filter.min_fill" in capsys.readouterr().err
+    assert main([*like, str(candidates), *flags]) == 0
+    assert main([*select, "--out", str(tmp_path / "s")]) == 0

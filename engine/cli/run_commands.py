@@ -52,6 +52,12 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--labeled", required=True, type=Path, help="labeled set, one folder per class")
     p.add_argument("--out", required=True, type=Path, help="folder for prototypes.safetensors and prototypes.json")
     p.add_argument("--overwrite", action="store_true", help="replace prototypes already in --out")
+    p.add_argument(
+        "--like",
+        type=Path,
+        metavar="STORE",
+        help="frame the labeled cells as the ROIs of this candidate store were (its [filter] and [crop] settings)",
+    )
     add_common_flags(p, PROTOTYPES_SECTIONS)
 
     p = sub.add_parser("select", help="keep the candidate ROIs within their prototype's threshold (Eq. 7-9)")
@@ -158,12 +164,26 @@ def cmd_filter(args: argparse.Namespace) -> int:
     return EXIT_SKIPPED if summary["sources_skipped"] else EXIT_OK
 
 
+def _framed_like(args: argparse.Namespace, config: EngineConfig) -> EngineConfig:
+    """`config` framed like the store of `--like` (when given); a filter or crop flag beside it is refused."""
+    if args.like is None:
+        return config
+    from activessf_engine.select import framed_like
+    from activessf_engine.store import RoiStore
+
+    given = sorted(".".join(k.split(":")[1:]) for k in vars(args) if k.startswith(("cfg:filter:", "cfg:crop:")))
+    if given:
+        raise ValueError(f"--like takes the filter and crop settings from {args.like}; leave out {', '.join(given)}")
+    return framed_like(config, RoiStore(args.like).meta["config"])
+
+
 def cmd_prototypes(args: argparse.Namespace) -> int:
     from activessf_engine.select import run_prototypes
 
     choice = run_device(args)
+    config = _framed_like(args, run_config(args))
     summary = run_prototypes(
-        args.labeled, args.out, run_config(args), device=choice, progress=not args.quiet, overwrite=args.overwrite
+        args.labeled, args.out, config, device=choice, progress=not args.quiet, overwrite=args.overwrite
     )
     summary["device_choice"] = choice.describe()
     lines = [

@@ -89,6 +89,10 @@ class Prototypes:
     weights: str = ""
     config: dict[str, Any] = field(default_factory=dict)  # PrototypeConfig as a dict
     backend: str = ""  # K-means backend that fitted the centres
+    # The settings that framed the labeled crops (`framing.labeled_framing`): {} in prototypes saved before
+    # they were recorded, which `select` cannot check.
+    framing: dict[str, Any] = field(default_factory=dict)
+    labeled: str = ""  # the labeled set's folder, for the messages that name the fix
 
     def __post_init__(self) -> None:
         k, c = len(self.centres), len(self.class_names)
@@ -134,6 +138,8 @@ class Prototypes:
             "class_names": list(self.class_names),
             "config": self.config,
             "backend": self.backend,
+            "framing": self.framing,
+            "labeled": self.labeled,
             "clusters": [
                 {
                     "index": i,
@@ -200,6 +206,8 @@ def load_prototypes(directory: Path) -> Prototypes:
             weights=meta.get("weights", ""),
             config=meta.get("config", {}),
             backend=meta.get("backend", ""),
+            framing=meta.get("framing", {}),
+            labeled=meta.get("labeled", ""),
         )
     except ValueError as error:
         raise ValueError(f"{directory}: inconsistent prototypes: {error}") from error
@@ -221,6 +229,8 @@ def fit_prototypes(
     fingerprint: str,
     weights: str = "",
     device: DeviceChoice | str = "cpu",
+    framing: dict[str, Any] | None = None,
+    labeled: str = "",
 ) -> Prototypes:
     """K-means (Eq. 4-6) on labeled features (n, d), then each cluster's n_i, LB and UB.
 
@@ -278,4 +288,6 @@ def fit_prototypes(
         weights=weights,
         config=to_dict(config),
         backend=backend,
+        framing=framing or {},
+        labeled=labeled,
     )

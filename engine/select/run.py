@@ -23,6 +23,7 @@ from activessf_engine.device import DeviceChoice, as_choice
 from activessf_engine.filter import TileRegions, cut_rois, decode_files, find_regions, fit_to_square
 from activessf_engine.progress import Progress, make_progress
 from activessf_engine.select.features import Backbone, iter_extract, load_backbone, resolve_features
+from activessf_engine.select.framing import check_framing, labeled_framing
 from activessf_engine.select.labeled_set import scan_labeled
 from activessf_engine.select.prototypes import META_FILE, Prototypes, fit_prototypes, load_prototypes
 from activessf_engine.select.strategies import Decisions, select
@@ -181,6 +182,8 @@ def run_prototypes(
         fingerprint=backbone.fingerprint,
         weights=feature_config.weights,
         device=device,
+        framing=labeled_framing(config),
+        labeled=str(labeled_root),
     )
     prototypes.save(Path(out))
     return {
@@ -269,6 +272,15 @@ def run_select(
             len(store.meta.get("plan", [])),
         )
     prototypes = load_prototypes(Path(prototypes_dir))
+    if prototypes.framing:
+        check_framing(prototypes.framing, store.meta["config"], candidates, prototypes.labeled)
+    else:
+        log.warning(
+            "%s records no framing (made before it was recorded): cannot check that its labeled crops were cut "
+            "like the candidates; rebuild it with `prototypes --like %s`",
+            prototypes_dir,
+            candidates,
+        )
     feature_config = selection_features_config(config, prototypes)
     backbone = load_backbone(feature_config, device)
     prototypes.check_compatible(backbone.name, backbone.fingerprint, feature_config.weights)
