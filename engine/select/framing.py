@@ -39,8 +39,9 @@ def framing_differences(framing: dict[str, dict[str, Any]], candidates_config: d
     for section, recorded in framing.items():
         theirs = candidates_config.get(section, {})
         for name in sorted(set(recorded) | set(theirs)):
-            if recorded.get(name) != theirs.get(name):
-                differences.append(f"{section}.{name} {recorded.get(name)!r} (prototypes) vs {theirs.get(name)!r} (candidates)")
+            ours, other = recorded.get(name), theirs.get(name)
+            if ours != other:
+                differences.append(f"{section}.{name} {ours!r} (prototypes) vs {other!r} (candidates)")
     return differences
 
 
