@@ -387,3 +387,18 @@ def test_select_refuses_prototypes_framed_unlike_the_candidates_and_like_fixes_i
     assert "leave out filter.min_fill" in capsys.readouterr().err
     assert main([*like, str(candidates), *flags]) == 0
     assert main([*select, "--out", str(tmp_path / "s")]) == 0
+
+
+def test_select_summary_names_degenerate_clusters_and_a_budget_not_met(
+    tmp_path: Path, labeled: Path, candidates: Path
+) -> None:
+    """Issue 25: clusters with n_i <= 2 (LB == UB) went unmentioned; a budget of 5000 kept a few, silently."""
+    curate.run_prototypes(labeled, tmp_path / "p", replace_section(_config(), "prototypes", clusters=6))
+    summary = curate.run_select(
+        candidates, tmp_path / "p", tmp_path / "s", _config(strategy="gated-balanced", budget=5000)
+    )
+    small = [c["cluster"] for c in summary["clusters"] if c["n"] <= 2]
+    assert small and summary["degenerate_clusters"]["clusters"] == small
+    assert all(c["degenerate"] == (c["cluster"] in small) for c in summary["clusters"])
+    not_met = f"budget 5000 (5000 ROIs) not met: kept {summary['selected']}"
+    assert any(w.startswith(not_met) for w in summary["warnings"])
