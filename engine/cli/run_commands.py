@@ -113,6 +113,10 @@ def _filter_lines(s: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _degenerate_lines(s: dict[str, Any]) -> list[str]:
+    return [f"NOTE: {s['degenerate_clusters']['message']}"] if s.get("degenerate_clusters") else []
+
+
 def _select_lines(s: dict[str, Any]) -> list[str]:
     lines = [
         f"selected store   {s['selected_store']}",
@@ -126,8 +130,9 @@ def _select_lines(s: dict[str, Any]) -> list[str]:
     for c in s["clusters"]:
         lines.append(
             f"{c['cluster']:>7}  {c['n']:>4}  {c.get('threshold', 0):>9.3f}  {c['candidates']:>10}  "
-            f"{c['selected']:>8}  {c['dominant_class']}"
+            f"{c['selected']:>8}  {c['dominant_class']}{'  (degenerate)' if c.get('degenerate') else ''}"
         )
+    lines += _degenerate_lines(s)
     lines += [f"WARNING: {warning}" for warning in s["warnings"]]
     return lines
 
@@ -195,7 +200,7 @@ def cmd_prototypes(args: argparse.Namespace) -> int:
         f"  cluster {c['cluster']:>2}: n={c['n']:<4} LB={c['lb']:.3f} UB={c['ub']:.3f} {c['classes']}"
         for c in summary["clusters"]
     ]
-    print_summary(args, summary, lines)
+    print_summary(args, summary, lines + _degenerate_lines(summary))
     return EXIT_SKIPPED if summary["labeled_skipped"] else EXIT_OK
 
 

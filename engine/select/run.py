@@ -22,12 +22,13 @@ from activessf_engine.config import EngineConfig, FeatureConfig, to_dict
 from activessf_engine.device import DeviceChoice, as_choice
 from activessf_engine.filter import TileRegions, cut_rois, decode_files, find_regions, fit_to_square
 from activessf_engine.progress import Progress, make_progress
+from activessf_engine.select.diagnose import degenerate_report, selection_warnings
 from activessf_engine.select.features import Backbone, iter_extract, load_backbone, resolve_features
 from activessf_engine.select.framing import check_framing, labeled_framing
 from activessf_engine.select.labeled_set import scan_labeled
 from activessf_engine.select.prototypes import META_FILE, Prototypes, fit_prototypes, load_prototypes
 from activessf_engine.select.strategies import Decisions, select
-from activessf_engine.select.thresholds import cluster_thresholds
+from activessf_engine.select.thresholds import cluster_thresholds, degenerate_clusters
 from activessf_engine.store import FeatureCache, PartData, RoiStore, StoreWriter, features_key, roi_column_names
 
 log = logging.getLogger(__name__)
@@ -194,6 +195,7 @@ def run_prototypes(
         "labeled_whole_images": report["whole_images"],
         "classes": dict(zip(class_names, np.bincount(labels, minlength=len(class_names)).tolist(), strict=True)),
         "clusters": _cluster_table(prototypes),
+        "degenerate_clusters": degenerate_report(prototypes, config.selection),
         "model": backbone.name,
         "kmeans_backend": prototypes.backend,
         "feature_dtype": backbone.dtype_name,
@@ -207,12 +209,14 @@ def run_prototypes(
 
 def _cluster_table(prototypes: Prototypes, thresholds: np.ndarray | None = None) -> list[dict[str, Any]]:
     table = []
+    degenerate = degenerate_clusters(prototypes.sizes, prototypes.lower, prototypes.upper)
     for i, dominant in enumerate(prototypes.dominant_classes()):
         row = {
             "cluster": i,
             "n": int(prototypes.sizes[i]),
             "lb": round(float(prototypes.lower[i]), 4),
             "ub": round(float(prototypes.upper[i]), 4),
+            "degenerate": bool(degenerate[i]),
             "dominant_class": dominant,
             "classes": {
                 name: int(c) for name, c in zip(prototypes.class_names, prototypes.class_counts[i], strict=True) if c
@@ -319,13 +323,7 @@ def run_select(
     warnings = []
     if backbone.untrained:
         warnings.append("features came from an untrained network (--weights random): the selection means nothing")
-    if len(decisions) and not decisions.selected.any():
-        warnings.append(
-            f"no candidate was selected: every distance to the nearest prototype (median "
-            f"{float(np.median(decisions.distance)):.2f}) exceeds its cluster's threshold (largest "
-            f"{float(decisions.threshold.max()):.2f}). Raise --alpha, try --threshold-mode fixed, or check that "
-            "the labeled set is framed like the candidates."
-        )
+    warnings += selection_warnings(decisions, prototypes, config.selection)
     per_cluster_candidates = Counter(decisions.cluster.tolist())
     per_cluster_selected = Counter(decisions.cluster[decisions.selected].tolist())
     clusters = _cluster_table(prototypes, cluster_thresholds(prototypes, config.selection))
@@ -344,6 +342,7 @@ def run_select(
         "within_threshold": int(decisions.within_threshold.sum()),
         "selected": int(decisions.selected.sum()),
         "clusters": clusters,
+        "degenerate_clusters": degenerate_report(prototypes, config.selection),
         "features_computed": feature_stats["computed"],
         "features_cached": feature_stats["cached"],
         "features_per_second": round(feature_stats["computed"] / feature_stats["seconds"], 2)
