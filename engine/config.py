@@ -253,6 +253,10 @@ class PrototypeConfig:
     # Measured on the PBC subset: with `whole`, nearly every candidate crop fell outside every
     # cluster's UB, so selection kept almost nothing (see benchmarks/README.md).
     labeled_crop: Literal["filter", "whole"] = "filter"
+    # Stain normalization of every ROI before its features (select/stain.py, torchstain): `macenko` or `reinhard`
+    # fit a reference on the labeled crops and bring labeled and candidate ROIs to it; the reference is saved
+    # with the prototypes and `select` uses it. For candidates from another stain or scanner. `none`: as read.
+    stain_normalization: Literal["none", "macenko", "reinhard"] = "none"
 
     def __post_init__(self) -> None:
         for name in ("clusters", "n_init", "max_iter"):

@@ -402,3 +402,42 @@ def test_select_summary_names_degenerate_clusters_and_a_budget_not_met(
     assert all(c["degenerate"] == (c["cluster"] in small) for c in summary["clusters"])
     not_met = f"budget 5000 (5000 ROIs) not met: kept {summary['selected']}"
     assert any(w.startswith(not_met) for w in summary["warnings"])
+
+
+@pytest.mark.parametrize("method", ["macenko", "reinhard"])
+def test_stain_normalization_is_recorded_with_the_prototypes_and_applied_to_the_candidates(
+    tmp_path: Path, labeled: Path, candidates: Path, method: str
+) -> None:
+    """Issue 25: features of labeled cells and candidates brought to one stain reference (torchstain), the
+    reference saved with the prototypes; the normalized features are cached apart from the plain ones."""
+    import json
+
+    config = replace_section(_config(), "prototypes", stain_normalization=method)
+    protos = curate.run_prototypes(labeled, tmp_path / "p", config)
+    assert protos["stain_normalization"] == method
+    saved = json.loads((tmp_path / "p" / "prototypes.json").read_text())
+    assert saved["stain"]["method"] == method and saved["config"]["stain_normalization"] == method
+    summary = curate.run_select(candidates, tmp_path / "p", tmp_path / "s", _config())
+    assert summary["stain_normalization"] == method and summary["features_computed"] == 21
+    caches = sorted(p.name for p in (candidates / "features").iterdir())
+    assert len(caches) == 1 and caches[0].split("-")[-2] == method
+    plain = curate.run_prototypes(labeled, tmp_path / "q", _config())
+    assert curate.run_select(candidates, tmp_path / "q", tmp_path / "t", _config())["features_computed"] == 21
+    assert plain["stain_normalization"] == "none"
+
+
+def test_stain_normalizer_brings_a_tinted_roi_towards_the_reference() -> None:
+    from activessf_engine.select.stain import StainNormalizer, fit_stain_reference
+
+    rng = np.random.default_rng(0)
+    cells = np.stack([_blob((150, 90, 160), rng) for _ in range(4)])
+    cells[:, 16:48, 16:48] = (70, 30, 110)  # a nucleus, so both stains are present
+    tinted = np.clip(cells.astype(int) + np.array([40, -20, -30]), 0, 255).astype(np.uint8)
+    for method in ("macenko", "reinhard"):
+        normalizer = StainNormalizer(fit_stain_reference(method, cells))
+        out = normalizer(tinted)
+        assert out.shape == tinted.shape and out.dtype == np.uint8 and normalizer.failed == 0
+        before = np.abs(tinted.mean((0, 1, 2)) - cells.mean((0, 1, 2))).sum()
+        after = np.abs(out.mean((0, 1, 2)) - cells.mean((0, 1, 2))).sum()
+        assert after < before, method
+    assert StainNormalizer({})(tinted) is tinted

@@ -93,6 +93,7 @@ class Prototypes:
     # they were recorded, which `select` cannot check.
     framing: dict[str, Any] = field(default_factory=dict)
     labeled: str = ""  # the labeled set's folder, for the messages that name the fix
+    stain: dict[str, Any] = field(default_factory=dict)  # stain normalization reference (stain.py); {}: none
 
     def __post_init__(self) -> None:
         k, c = len(self.centres), len(self.class_names)
@@ -140,6 +141,7 @@ class Prototypes:
             "backend": self.backend,
             "framing": self.framing,
             "labeled": self.labeled,
+            "stain": self.stain,
             "clusters": [
                 {
                     "index": i,
@@ -208,6 +210,7 @@ def load_prototypes(directory: Path) -> Prototypes:
             backend=meta.get("backend", ""),
             framing=meta.get("framing", {}),
             labeled=meta.get("labeled", ""),
+            stain=meta.get("stain", {}),
         )
     except ValueError as error:
         raise ValueError(f"{directory}: inconsistent prototypes: {error}") from error
@@ -231,11 +234,13 @@ def fit_prototypes(
     device: DeviceChoice | str = "cpu",
     framing: dict[str, Any] | None = None,
     labeled: str = "",
+    stain: dict[str, Any] | None = None,
 ) -> Prototypes:
     """K-means (Eq. 4-6) on labeled features (n, d), then each cluster's n_i, LB and UB.
 
     After fitting, members are re-assigned to their nearest centre (Eq. 5, `nearest_prototype`) so that
-    sizes and bounds agree with how candidates are assigned later. A centre that then has no member
+    sizes and bounds agree with how candidates are assigned later. `framing`, `labeled` and `stain` are
+    recorded as they are (see the fields of `Prototypes`). A centre that then has no member
     (K-means can leave one on duplicate points) is dropped with a warning, so K may shrink.
     """
     features = np.asarray(features, dtype=np.float32)
@@ -290,4 +295,5 @@ def fit_prototypes(
         backend=backend,
         framing=framing or {},
         labeled=labeled,
+        stain=stain or {},
     )

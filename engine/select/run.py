@@ -27,6 +27,7 @@ from activessf_engine.select.features import Backbone, iter_extract, load_backbo
 from activessf_engine.select.framing import check_framing, labeled_framing
 from activessf_engine.select.labeled_set import scan_labeled
 from activessf_engine.select.prototypes import META_FILE, Prototypes, fit_prototypes, load_prototypes
+from activessf_engine.select.stain import StainNormalizer, fit_stain_reference, reference_tag
 from activessf_engine.select.strategies import Decisions, select
 from activessf_engine.select.thresholds import cluster_thresholds, degenerate_clusters
 from activessf_engine.store import FeatureCache, PartData, RoiStore, StoreWriter, features_key, roi_column_names
@@ -59,10 +60,12 @@ def _read_ahead(store: RoiStore, parts: list[int], depth: int) -> Iterator[tuple
             yield (part, *future.result())
 
 
-def feature_cache(store: RoiStore, backbone: Backbone) -> FeatureCache:
-    """The cache of `backbone`'s features of the ROIs of `store` (keyed by model, weights, ROI size, dtype)."""
+def feature_cache(store: RoiStore, backbone: Backbone, stain: dict[str, Any] | None = None) -> FeatureCache:
+    """The cache of `backbone`'s features of the ROIs of `store` (keyed by model, weights, ROI size, dtype
+    and the stain normalization's reference)."""
     roi_size = int(store.meta["config"]["crop"]["size"])
-    return FeatureCache(store.root, features_key(backbone.name, backbone.fingerprint, roi_size, backbone.dtype_name))
+    key = features_key(backbone.name, backbone.fingerprint, roi_size, backbone.dtype_name, reference_tag(stain or {}))
+    return FeatureCache(store.root, key)
 
 
 def selection_features_config(config: EngineConfig, prototypes: Prototypes) -> FeatureConfig:
@@ -72,14 +75,20 @@ def selection_features_config(config: EngineConfig, prototypes: Prototypes) -> F
 
 
 def store_features(
-    store: RoiStore, backbone: Backbone, batch_size: int, progress: bool | Progress = False
+    store: RoiStore,
+    backbone: Backbone,
+    batch_size: int,
+    progress: bool | Progress = False,
+    stain: StainNormalizer | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Features of every ROI of `store`, from its cache where present; what is computed is cached.
+    """Features of every ROI of `store` (brought to `stain`'s reference first, if given), from its cache
+    where present; what is computed is cached.
 
     Returns (N, D) float32 and counts of ROIs computed and read from cache, with the wall seconds spent
     computing them (reading included) and the seconds the reader threads spent reading.
     """
-    cache = feature_cache(store, backbone)
+    stain = stain or StainNormalizer({})
+    cache = feature_cache(store, backbone, stain.reference)
     bar = make_progress(progress, len(store), "roi", "features")
     stats = {"computed": 0, "cached": 0, "seconds": 0.0, "read_seconds": 0.0}
     features = {part: cache.load(part) for part in store.parts if cache.has(part)}
@@ -87,7 +96,7 @@ def store_features(
     bar.update(stats["cached"])
     start = time.perf_counter()
     for part, rois, read_seconds in _read_ahead(store, [p for p in store.parts if p not in features], READ_AHEAD):
-        outputs = list(iter_extract(backbone, _batches(rois, batch_size)))
+        outputs = list(iter_extract(backbone, stain.batches(_batches(rois, batch_size))))
         features[part] = np.concatenate(outputs) if outputs else np.empty((0, backbone.feature_dim), np.float32)
         cache.save(part, features[part])
         stats["computed"] += len(rois)
@@ -167,9 +176,10 @@ def run_prototypes(
     feature_config = resolve_features(config.features)
     backbone = load_backbone(feature_config, device)
     rois, labels, class_names, report = labeled_rois(labeled_root, config, device, progress)
+    stain = StainNormalizer(fit_stain_reference(config.prototypes.stain_normalization, rois))
     bar = make_progress(progress, len(rois), "img", "labeled features")
     outputs = []
-    for feats in iter_extract(backbone, _batches(rois, config.features.batch_size)):
+    for feats in iter_extract(backbone, stain.batches(_batches(rois, config.features.batch_size))):
         outputs.append(feats)
         bar.update(len(feats))
     bar.close()
@@ -185,6 +195,7 @@ def run_prototypes(
         device=device,
         framing=labeled_framing(config),
         labeled=str(labeled_root),
+        stain=stain.reference,
     )
     prototypes.save(Path(out))
     return {
@@ -198,6 +209,8 @@ def run_prototypes(
         "degenerate_clusters": degenerate_report(prototypes, config.selection),
         "model": backbone.name,
         "kmeans_backend": prototypes.backend,
+        "stain_normalization": config.prototypes.stain_normalization,
+        "stain_left_as_read": stain.failed,
         "feature_dtype": backbone.dtype_name,
         "weights": feature_config.weights,
         "weights_loaded": backbone.weights,
@@ -288,7 +301,8 @@ def run_select(
     feature_config = selection_features_config(config, prototypes)
     backbone = load_backbone(feature_config, device)
     prototypes.check_compatible(backbone.name, backbone.fingerprint, feature_config.weights)
-    features, feature_stats = store_features(store, backbone, feature_config.batch_size, progress)
+    stain = StainNormalizer(prototypes.stain)
+    features, feature_stats = store_features(store, backbone, feature_config.batch_size, progress, stain)
     t0 = time.perf_counter()
     on_device = torch.from_numpy(features).to(backbone.device)  # Eq. 7 as matrix products, on the GPU if any
     decisions = select(on_device, prototypes, config.selection)
@@ -343,6 +357,8 @@ def run_select(
         "selected": int(decisions.selected.sum()),
         "clusters": clusters,
         "degenerate_clusters": degenerate_report(prototypes, config.selection),
+        "stain_normalization": prototypes.stain.get("method", "none"),
+        "stain_left_as_read": stain.failed,  # ROIs whose stains could not be estimated (features computed now)
         "features_computed": feature_stats["computed"],
         "features_cached": feature_stats["cached"],
         "features_per_second": round(feature_stats["computed"] / feature_stats["seconds"], 2)
