@@ -72,7 +72,7 @@ def selection_warnings(decisions: Decisions, prototypes: Prototypes, config: Sel
             if config.strategy == "gated-balanced" and passed < asked:
                 why.append(
                     f"only {passed} passed the activessf gate (Eq. 9) and gated-balanced keeps no more than pass it: "
-                    "widen the gate (--alpha, --bounds global) or use --strategy balanced to sample without it"
+                    "widen the gate (a lower --alpha, --bounds global) or use --strategy balanced to sample without it"
                 )
             warnings.append(f"budget {config.budget:g} ({asked} ROIs) not met: kept {kept}; " + "; ".join(why))
     return warnings
@@ -98,7 +98,7 @@ def _few_kept(decisions: Decisions, prototypes: Prototypes, config: SelectionCon
         )
     return (
         f"{what}: {cause}. Try: stain normalization of the features (prototypes --stain-normalization macenko), "
-        "`calibrate` the filter on these tiles, raise --alpha or use --bounds global, or "
+        "`calibrate` the filter on these tiles, lower --alpha (thresholds move towards UB) or use --bounds global, or "
         f"--threshold-mode fixed --fixed-threshold {median:.2f} (the candidates' median distance), or "
         "--strategy balanced --budget N (no gate: junk is kept too)"
     )
