@@ -380,7 +380,7 @@ def test_select_refuses_prototypes_framed_unlike_the_candidates_and_like_fixes_i
     assert main([*select, "--out", str(tmp_path / "s")]) == 2
     error = capsys.readouterr().err
     assert "filter.min_fill 0.5 (prototypes) vs 0.7 (candidates)" in error
-    assert f"prototypes --labeled {labeled} --like {candidates}" in error
+    assert f"prototypes --labeled {labeled} --like {candidates} --out {tmp_path / 'p'} --overwrite" in error
     assert not (tmp_path / "s").exists()
     like = ["prototypes", "--labeled", str(labeled), "--out", str(tmp_path / "p"), "--overwrite", "--like"]
     assert main([*like, str(candidates), *flags, "--min-fill", "0.5"]) == 2  # a framing flag beside --like

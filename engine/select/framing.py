@@ -46,7 +46,11 @@ def framing_differences(framing: dict[str, dict[str, Any]], candidates_config: d
 
 
 def check_framing(
-    framing: dict[str, dict[str, Any]], candidates_config: dict[str, Any], candidates: str | Path, labeled: str
+    framing: dict[str, dict[str, Any]],
+    candidates_config: dict[str, Any],
+    candidates: str | Path,
+    labeled: str,
+    prototypes: str | Path = "PROTOTYPES",
 ) -> None:
     """Raise FramingMismatchError, naming each field and the fix, unless the candidates were framed like
     the labeled crops."""
@@ -58,7 +62,7 @@ def check_framing(
             + "; ".join(differences)
             + ". Distances between the two would measure the framing, not the cells. Rebuild the prototypes "
             f"framed like the candidates: activessf-engine prototypes --labeled {source} --like {candidates} "
-            "--out PROTOTYPES --overwrite"
+            f"--out {prototypes} --overwrite"
         )
 
 

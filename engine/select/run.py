@@ -290,7 +290,7 @@ def run_select(
         )
     prototypes = load_prototypes(Path(prototypes_dir))
     if prototypes.framing:
-        check_framing(prototypes.framing, store.meta["config"], candidates, prototypes.labeled)
+        check_framing(prototypes.framing, store.meta["config"], candidates, prototypes.labeled, prototypes_dir)
     else:
         log.warning(
             "%s records no framing (made before it was recorded): cannot check that its labeled crops were cut "
