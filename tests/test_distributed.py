@@ -126,7 +126,10 @@ def test_select_features_on_dask_give_the_local_selection(tiles, reference, clus
     candidates = tmp_path / "candidates"
     shutil.copytree(reference, candidates)
     model = ["--model", "test_resnet", "--weights", "random", "--roi-size", "64", "--quiet"]
-    assert main(["prototypes", "--labeled", str(labeled), "--out", str(tmp_path / "p"), "--clusters", "2", *model]) == 0
+    # whole labeled images: framed by the crop settings alone (as the candidates'), and unlike the candidates' crops,
+    # so that no distance is 0 and float noise cannot decide Eq. 9
+    whole = ["--clusters", "2", "--labeled-crop", "whole", *model]
+    assert main(["prototypes", "--labeled", str(labeled), "--out", str(tmp_path / "p"), *whole]) == 0
     select = ["select", "--candidates", str(candidates), "--prototypes", str(tmp_path / "p"), *model[:4], "--quiet"]
     capsys.readouterr()
     assert main([*select, "--out", str(tmp_path / "dask"), "--scheduler", cluster.scheduler_address, "--json"]) == 0

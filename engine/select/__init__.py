@@ -11,12 +11,14 @@ from activessf_engine.select.run import (
     run_select,
     selection_features_config,
 )
+from activessf_engine.select.stain import StainNormalizer
 from activessf_engine.select.strategies import list_strategies, reselect, select
 from activessf_engine.select.thresholds import density_thresholds
 
 __all__ = [
     "FramingMismatchError",
     "Prototypes",
+    "StainNormalizer",
     "check_select_out",
     "density_thresholds",
     "extract",

@@ -89,7 +89,7 @@ class StainNormalizer:
         return out.clamp(0, 255).to(torch.uint8).numpy()
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        if self._normalizer is None:
+        if self._normalizer is None or not len(batch):
             return batch
         return np.stack([self._one(roi) for roi in np.asarray(batch)])
 
