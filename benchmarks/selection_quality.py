@@ -9,7 +9,9 @@ Strategies, all at one budget B = the fewest ROIs any activessf alpha keeps (a s
 is subsampled uniformly to B, which keeps its make-up): activessf at each ``--alpha``, activessf with the
 paper's fixed threshold 17 (reported at its own count when it keeps fewer), random, balanced
 (hierarchical k-means), gated-balanced (activessf's gate at the first alpha, then balanced by k-means and by
-prototype quotas), and all (the whole pool, larger than B). Per strategy: junk kept, cells kept per class,
+prototype quotas), activessf with the paper's exact Eq. 8 for degenerate clusters (``eq8``, against the
+default ``borrow``), and all (the whole pool, larger than B); ``--stain-normalization`` normalizes the
+features. Per strategy: junk kept, cells kept per class,
 normalized entropy H / ln C of the classes, and the rare-class share against the pool's (rare: the three
 fewest classes in the truth). A per-cluster table shows what Eq. 8 does to each prototype cluster.
 
@@ -235,6 +237,7 @@ def make_config(args: argparse.Namespace, preset: str) -> EngineConfig:
     features: dict[str, Any] = {"model": args.model, "weights": args.weights}
     if args.feature_batch_size:
         features["batch_size"] = args.feature_batch_size
+    config = replace_section(config, "prototypes", stain_normalization=args.stain_normalization)
     return replace_section(config, "features", **features)
 
 
@@ -265,6 +268,10 @@ def plan_strategies(alphas: list[float]) -> list[tuple[str, dict[str, Any]]]:
     """(name, [selection] settings) of each strategy; budget-taking ones get their budget later."""
     runs = [(f"activessf a={a:g}", {"strategy": "activessf", "alpha": a}) for a in alphas]
     runs.append(("activessf fixed 17", {"strategy": "activessf", "threshold_mode": "fixed"}))
+    # the paper's exact Eq. 8 for clusters without a spread (n_i <= 2 or LB == UB), against the default 'borrow'
+    runs.append(
+        (f"activessf a={alphas[0]:g} eq8", {"strategy": "activessf", "alpha": alphas[0], "degenerate_clusters": "eq8"})
+    )
     runs += [("random", {"strategy": "random"}), ("balanced", {"strategy": "balanced"})]
     gate = {"strategy": "gated-balanced", "alpha": alphas[0]}
     runs += [
@@ -379,6 +386,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="auto", help="timm model (default: the engine's, EfficientNet-Lite2)")
     p.add_argument("--weights", default="auto", help="default: the model's pretrained weights, offline")
     p.add_argument("--alpha", dest="alphas", default="0.5,1", type=lambda s: [float(v) for v in s.split(",")])
+    p.add_argument(
+        "--stain-normalization", default="none", choices=["none", "macenko", "reinhard"], help="of the features"
+    )
     p.add_argument("--feature-batch-size", type=int, default=0, help="default: the config's")
     p.add_argument("--device", default="cpu", help="filter, features and SSL (default cpu)")
     p.add_argument("--limit-unlabeled", type=int, help="only the first N unlabeled images by name")

@@ -24,6 +24,7 @@ StrategyName = Literal["activessf", "all", "random", "balanced", "gated-balanced
 BalanceBy = Literal["kmeans", "prototypes", "both"]
 ThresholdMode = Literal["density", "fixed"]
 BoundsMode = Literal["cluster", "global"]
+DegenerateRule = Literal["borrow", "eq8"]
 
 # Upper bounds of sizes and counts: far above any use, far below what would exhaust a machine's memory or overflow
 # the 64-bit integers of numpy, torch and DALI (a batch of 10^9 images asked for 8.5 GB before failing).
@@ -269,6 +270,10 @@ class PrototypeConfig:
     # Measured on the PBC subset: with `whole`, nearly every candidate crop fell outside every
     # cluster's UB, so selection kept almost nothing (see benchmarks/README.md).
     labeled_crop: Literal["filter", "whole"] = "filter"
+    # Stain normalization of every ROI before its features (select/stain.py, torchstain): `macenko` or `reinhard`
+    # fit a reference on the labeled crops and bring labeled and candidate ROIs to it; the reference is saved
+    # with the prototypes and `select` uses it. For candidates from another stain or scanner. `none`: as read.
+    stain_normalization: Literal["none", "macenko", "reinhard"] = "none"
 
     def __post_init__(self) -> None:
         for name in ("clusters", "n_init", "max_iter"):
@@ -291,6 +296,12 @@ class SelectionConfig:
     fixed_threshold: float = 17.0  # the one threshold of `threshold_mode = fixed`
     # LB and UB of Eq. 8: per cluster (the paper's words) or over all clusters at once.
     bounds: BoundsMode = "cluster"
+    # Clusters too small to have a spread (n_i <= 2, or LB == UB; thresholds.degenerate_clusters). Under the
+    # paper's exact Eq. 8 (`eq8`) a singleton's threshold is LB = UB = 0 and it never keeps anything, and a
+    # pair's is half the distance between its two members. `borrow`: such a cluster takes LB and UB as the
+    # medians over the clusters that have a spread, the best estimate of a spread it cannot show, and Eq. 8
+    # then gives it the generous threshold of a rare cluster, as it intends.
+    degenerate_clusters: DegenerateRule = "borrow"
     seed: int = 0  # for the `random` and `balanced` strategies
     balanced_subclusters: int = 4  # second level of the hierarchical k-means of `balanced`
     # How many candidates `random`, `balanced` and `gated-balanced` keep: a count (> 1), a fraction of the

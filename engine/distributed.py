@@ -156,9 +156,12 @@ def features_on_dask(
     from activessf_engine.select import load_prototypes, selection_features_config
 
     store = RoiStore(candidates)
-    feature_config = selection_features_config(config, load_prototypes(Path(prototypes_dir)))
+    prototypes = load_prototypes(Path(prototypes_dir))
+    feature_config = selection_features_config(config, prototypes)
     with dask_client(scheduler, workers, quiet) as client:
-        tasks = [(part, (str(store.root), part, to_dict(feature_config), device)) for part in store.parts]
+        tasks = [
+            (part, (str(store.root), part, to_dict(feature_config), device, prototypes.stain)) for part in store.parts
+        ]
         results = list(_per_part(client, "features", _features_task, tasks))
     dtypes = {dtype for _, dtype in results}
     if len(dtypes) > 1:
@@ -186,20 +189,22 @@ def _worker_tools(device: str, config: EngineConfig) -> tuple[DeviceChoice, Deco
     return choice, decoder
 
 
-def _features_task(root: str, part: int, feature_values: dict[str, Any], device: str) -> tuple[int, str]:
-    """Features of one part, in a worker, into the store's feature cache: how many were computed (0 if they
-    were cached already) and in which dtype."""
-    from activessf_engine.select import extract, feature_cache, load_backbone
+def _features_task(
+    root: str, part: int, feature_values: dict[str, Any], device: str, stain: dict[str, Any]
+) -> tuple[int, str]:
+    """Features of one part (brought to the prototypes' stain reference first, if any), in a worker, into the
+    store's feature cache: how many were computed (0 if they were cached already) and in which dtype."""
+    from activessf_engine.select import StainNormalizer, extract, feature_cache, load_backbone
 
     feature_config = from_dict(FeatureConfig, feature_values)
     choice = _kept("choice", device, lambda: resolve_device(device))
     key = (device, tuple(sorted(feature_values.items())))
     backbone = _kept("backbone", key, lambda: load_backbone(feature_config, choice))
     store = RoiStore(root)
-    cache = feature_cache(store, backbone)
+    cache = feature_cache(store, backbone, stain)
     if cache.has(part):
         return 0, backbone.dtype_name
-    features = extract(backbone, store.part_rois(part), feature_config.batch_size)
+    features = extract(backbone, StainNormalizer(stain)(store.part_rois(part)), feature_config.batch_size)
     cache.save(part, features)
     return len(features), backbone.dtype_name
 

@@ -359,3 +359,85 @@ def test_help_shows_the_config_comments_and_only_the_flags_a_command_reads(capsy
     assert "--clusters" not in pages["select"] and "--min-fill" not in pages["select"] and "--alpha" in pages["select"]
     assert "--alpha" in pages["run"] and "--clusters" in pages["run"]
     assert "tau: region pixels / bounding-box pixels (default: 0.7)" in " ".join(pages["prototypes"].split())
+
+
+def test_select_refuses_prototypes_framed_unlike_the_candidates_and_like_fixes_it(
+    tmp_path: Path, labeled: Path, candidates: Path, capsys
+) -> None:
+    """Issue 25: prototypes built with another --min-fill than the candidates' filter were used silently
+    (the README's chain kept 0 ROIs, exit 0). Now select stops (exit 2) naming each field and the fix,
+    and `prototypes --like STORE` takes the candidates' framing."""
+    import json
+
+    flags = ["--model", "test_resnet", "--weights", "random", "--clusters", "3", "--quiet"]
+    made = main(["prototypes", "--labeled", str(labeled), "--out", str(tmp_path / "p"), *flags, "--roi-size", "64",
+                 "--min-fill", "0.5"])  # fmt: skip
+    assert made == 0
+    recorded = json.loads((tmp_path / "p" / "prototypes.json").read_text())
+    assert recorded["framing"]["filter"]["min_fill"] == 0.5 and recorded["framing"]["crop"]["size"] == 64
+    select = ["select", "--candidates", str(candidates), "--prototypes", str(tmp_path / "p"), "--quiet"]
+    capsys.readouterr()
+    assert main([*select, "--out", str(tmp_path / "s")]) == 2
+    error = capsys.readouterr().err
+    assert "filter.min_fill 0.5 (prototypes) vs 0.7 (candidates)" in error
+    assert f"prototypes --labeled {labeled} --like {candidates} --out {tmp_path / 'p'} --overwrite" in error
+    assert not (tmp_path / "s").exists()
+    like = ["prototypes", "--labeled", str(labeled), "--out", str(tmp_path / "p"), "--overwrite", "--like"]
+    assert main([*like, str(candidates), *flags, "--min-fill", "0.5"]) == 2  # a framing flag beside --like
+    assert "leave out filter.min_fill" in capsys.readouterr().err
+    assert main([*like, str(candidates), *flags]) == 0
+    assert main([*select, "--out", str(tmp_path / "s")]) == 0
+
+
+def test_select_summary_names_degenerate_clusters_and_a_budget_not_met(
+    tmp_path: Path, labeled: Path, candidates: Path
+) -> None:
+    """Issue 25: clusters with n_i <= 2 (LB == UB) went unmentioned; a budget of 5000 kept a few, silently."""
+    curate.run_prototypes(labeled, tmp_path / "p", replace_section(_config(), "prototypes", clusters=6))
+    summary = curate.run_select(
+        candidates, tmp_path / "p", tmp_path / "s", _config(strategy="gated-balanced", budget=5000)
+    )
+    small = [c["cluster"] for c in summary["clusters"] if c["n"] <= 2]
+    assert small and summary["degenerate_clusters"]["clusters"] == small
+    assert all(c["degenerate"] == (c["cluster"] in small) for c in summary["clusters"])
+    not_met = f"budget 5000 (5000 ROIs) not met: kept {summary['selected']}"
+    assert any(w.startswith(not_met) for w in summary["warnings"])
+
+
+@pytest.mark.parametrize("method", ["macenko", "reinhard"])
+def test_stain_normalization_is_recorded_with_the_prototypes_and_applied_to_the_candidates(
+    tmp_path: Path, labeled: Path, candidates: Path, method: str
+) -> None:
+    """Issue 25: features of labeled cells and candidates brought to one stain reference (torchstain), the
+    reference saved with the prototypes; the normalized features are cached apart from the plain ones."""
+    import json
+
+    config = replace_section(_config(), "prototypes", stain_normalization=method)
+    protos = curate.run_prototypes(labeled, tmp_path / "p", config)
+    assert protos["stain_normalization"] == method
+    saved = json.loads((tmp_path / "p" / "prototypes.json").read_text())
+    assert saved["stain"]["method"] == method and saved["config"]["stain_normalization"] == method
+    summary = curate.run_select(candidates, tmp_path / "p", tmp_path / "s", _config())
+    assert summary["stain_normalization"] == method and summary["features_computed"] == 21
+    caches = sorted(p.name for p in (candidates / "features").iterdir())
+    assert len(caches) == 1 and caches[0].split("-")[-2] == method
+    plain = curate.run_prototypes(labeled, tmp_path / "q", _config())
+    assert curate.run_select(candidates, tmp_path / "q", tmp_path / "t", _config())["features_computed"] == 21
+    assert plain["stain_normalization"] == "none"
+
+
+def test_stain_normalizer_brings_a_tinted_roi_towards_the_reference() -> None:
+    from activessf_engine.select.stain import StainNormalizer, fit_stain_reference
+
+    rng = np.random.default_rng(0)
+    cells = np.stack([_blob((150, 90, 160), rng) for _ in range(4)])
+    cells[:, 16:48, 16:48] = (70, 30, 110)  # a nucleus, so both stains are present
+    tinted = np.clip(cells.astype(int) + np.array([40, -20, -30]), 0, 255).astype(np.uint8)
+    for method in ("macenko", "reinhard"):
+        normalizer = StainNormalizer(fit_stain_reference(method, cells))
+        out = normalizer(tinted)
+        assert out.shape == tinted.shape and out.dtype == np.uint8 and normalizer.failed == 0
+        before = np.abs(tinted.mean((0, 1, 2)) - cells.mean((0, 1, 2))).sum()
+        after = np.abs(out.mean((0, 1, 2)) - cells.mean((0, 1, 2))).sum()
+        assert after < before, method
+    assert StainNormalizer({})(tinted) is tinted

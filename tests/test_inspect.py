@@ -182,6 +182,21 @@ def test_demo_makes_a_selected_store_and_a_report(demo_run):
     }
 
 
+def test_demo_report_says_at_the_top_what_was_kept_and_the_rare_share(demo_run):
+    """Issue 25: the report should say at the top, in one sentence, kept X of Y and the rare share before
+    and after (the PBC tiles' classes are known); degenerate clusters are named with the rule and remedy."""
+    _, _, summary = demo_run
+    select = summary["select"]
+    text = Path(summary["report"]).read_text()
+    top = text[text.index("</h1>") : text.index("<h2>")]
+    assert f"Kept {select['selected']} of {select['candidates']} candidates" in top
+    assert re.search(r"Rare classes \(([a-z]+, ){2}[a-z]+\) are \d+ of the \d+ candidates of known class", top)
+    assert select["selected"] > 0  # the demo keeps something
+    degenerate = select["degenerate_clusters"]
+    assert degenerate["rule"] == "borrow" and "Degenerate clusters." in text and "Remedy" in text
+    assert all(c["threshold"] > 0 for c in select["clusters"])  # no cluster left with threshold 0
+
+
 CHROMIUM_FLAGS = [
     "--headless",
     "--no-sandbox",

@@ -300,3 +300,82 @@ def test_random_and_balanced_take_a_budget() -> None:
     features, prototypes, _ = _with_junk()
     for strategy in ("random", "balanced"):
         assert select(features, prototypes, SelectionConfig(strategy=strategy, budget=77)).selected.sum() == 77
+
+
+# Degenerate clusters (n_i <= 2 or LB == UB) ---------------------------------------------------------
+
+
+def test_a_singleton_cluster_keeps_its_near_candidates_under_the_default_rule() -> None:
+    """Issue 25: under the paper's exact Eq. 8 a singleton (LB = UB = 0) has threshold 0 and keeps nothing;
+    by default it borrows the median LB and UB of the clusters with a spread."""
+    sizes, lower, upper = np.array([10, 6, 1, 2]), np.array([1.0, 2.0, 0.0, 1.5]), np.array([5.0, 7.0, 0.0, 1.5])
+    prototypes = _prototypes(np.eye(4, dtype=np.float32) * 100, sizes, lower, upper)
+    from activessf_engine.select.thresholds import degenerate_clusters
+
+    assert degenerate_clusters(sizes, lower, upper).tolist() == [False, False, True, True]
+    near_singleton = np.array([[0.0, 0.0, 103.0, 0.0]], dtype=np.float32)  # 3 from the singleton's centre
+    default = select(near_singleton, prototypes, SelectionConfig(alpha=1.0))
+    assert default.selected.tolist() == [True]
+    borrowed = cluster_thresholds(prototypes, SelectionConfig(alpha=1.0))
+    expected = 1.5 + (6.0 - 1.5) * (1 - np.array([1, 2]) / 10)  # Eq. 8 with the medians LB 1.5, UB 6
+    np.testing.assert_allclose(borrowed[2:], expected)
+    np.testing.assert_array_equal(borrowed[:2], density_thresholds(sizes, lower, upper, 1.0)[:2])  # others unchanged
+    paper = SelectionConfig(alpha=1.0, degenerate_clusters="eq8")
+    np.testing.assert_array_equal(cluster_thresholds(prototypes, paper), density_thresholds(sizes, lower, upper, 1.0))
+    assert select(near_singleton, prototypes, paper).selected.tolist() == [False]
+
+
+def test_nothing_is_borrowed_when_no_cluster_has_a_spread() -> None:
+    from activessf_engine.select.thresholds import borrowed_bounds
+
+    lower, upper = borrowed_bounds(np.array([1, 2]), np.array([0.0, 1.0]), np.array([0.0, 1.0]))
+    assert lower.tolist() == [0.0, 1.0] and upper.tolist() == [0.0, 1.0]
+
+
+# What the summary says: degenerate clusters, near-empty selections, budgets not met ----------------------
+
+
+def test_degenerate_clusters_are_reported_with_what_happens_and_the_remedy() -> None:
+    from activessf_engine.select.diagnose import degenerate_report
+
+    prototypes = _prototypes(np.eye(3, dtype=np.float32), SIZES, LOWER, UPPER)  # cluster 2: n_i 1, LB = UB
+    report = degenerate_report(prototypes, SelectionConfig())
+    assert report["clusters"] == [2] and report["rule"] == "borrow"
+    assert "2 (n_i 1, c)" in report["message"] and "median LB 1.500 and UB 5.500" in report["message"]
+    assert "add labeled cells" in report["message"]
+    assert "threshold is 0" in degenerate_report(prototypes, SelectionConfig(degenerate_clusters="eq8"))["message"]
+    healthy = _prototypes(np.eye(2, dtype=np.float32), [10, 5], [1.0, 2.0], [5.0, 6.0])
+    assert degenerate_report(healthy, SelectionConfig()) is None
+
+
+def _far_decisions(ratio: float, strategy: str = "activessf", budget: float = 0.0):
+    """Candidates at `ratio` times their cluster's UB from its centre, selected by `strategy`."""
+    prototypes = _prototypes(np.eye(3, dtype=np.float32) * 100, SIZES, LOWER, UPPER)
+    config = SelectionConfig(strategy=strategy, budget=budget)
+    distance = np.repeat(UPPER[:2] * ratio, 20).astype(np.float32)
+    cluster = np.repeat([0, 1], 20)
+    features = np.random.default_rng(0).normal(size=(40, 3)).astype(np.float32)
+    return reselect(cluster, distance, prototypes, config, features), prototypes, config
+
+
+def test_an_empty_selection_says_why_from_the_distances_and_what_to_try() -> None:
+    """Issue 25: a selection of nothing said only 'no candidate was selected'."""
+    from activessf_engine.select.diagnose import selection_warnings
+
+    decisions, prototypes, config = _far_decisions(1.3)
+    [warning] = selection_warnings(decisions, prototypes, config)
+    assert warning.startswith("no candidate was selected") and "1.30x beyond their cluster's UB" in warning
+    assert "stain normalization" in warning and "calibrate" in warning and "--fixed-threshold" in warning
+
+
+def test_a_budget_not_met_says_so() -> None:
+    """Issue 25: `--strategy gated-balanced --budget 5000` kept 3 with no word that the budget was not met."""
+    from activessf_engine.select.diagnose import selection_warnings
+
+    decisions, prototypes, config = _far_decisions(0.9, "gated-balanced", budget=5000)
+    warnings = selection_warnings(decisions, prototypes, config)
+    kept = int(decisions.selected.sum())
+    assert any(w.startswith(f"budget 5000 (5000 ROIs) not met: kept {kept}") for w in warnings)
+    assert any("the store holds 40 candidates" in w and "passed the activessf gate" in w for w in warnings)
+    met = _far_decisions(0.5, "gated-balanced", budget=4)
+    assert selection_warnings(*met) == []

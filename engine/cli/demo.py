@@ -22,6 +22,17 @@ DEMO_FEATURES: dict[str, str] = {"model": "tf_efficientnet_lite2", "weights": "p
 # Lobed neutrophils and other nuclei with gaps fail the paper's fill rate of 0.7 (of the first 40 cells of
 # the PBC pool in shared/data, 1 passes; at 0.5, 20 do): the demo keeps them.
 DEMO_FILTER: dict[str, float] = {"min_fill": 0.5}
+# The class of each PBC tile of the candidates (from the pool's truth, SOURCE.md): read only by the report,
+# for the rare classes' share before and after selection. The engine never sees it.
+TRUTH = SAMPLE_DATA / "pbc-truth.csv"
+
+
+def sample_labels() -> dict[str, str]:
+    """Source file name -> class of the sample tiles whose class is known (the PBC cells)."""
+    import csv
+
+    with open(TRUTH, newline="") as fh:
+        return {row["file"]: row["class"] for row in csv.DictReader(fh)}
 
 
 def demo_config() -> EngineConfig:
@@ -51,7 +62,7 @@ def run_demo(
     )
     paths = (out / "candidates", out / "prototypes", out / "selected")
     selected = run_select(*paths, config, device=device, progress=progress, overwrite=True)
-    page = build_report(out / "selected", out / "report")
+    page = build_report(out / "selected", out / "report", labels=sample_labels())
     return {
         "out": str(out),
         "report": str(page),

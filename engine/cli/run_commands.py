@@ -52,6 +52,12 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--labeled", required=True, type=Path, help="labeled set, one folder per class")
     p.add_argument("--out", required=True, type=Path, help="folder for prototypes.safetensors and prototypes.json")
     p.add_argument("--overwrite", action="store_true", help="replace prototypes already in --out")
+    p.add_argument(
+        "--like",
+        type=Path,
+        metavar="STORE",
+        help="frame the labeled cells as the ROIs of this candidate store were (its [filter] and [crop] settings)",
+    )
     add_common_flags(p, PROTOTYPES_SECTIONS)
 
     p = sub.add_parser("select", help="keep the candidate ROIs within their prototype's threshold (Eq. 7-9)")
@@ -107,6 +113,10 @@ def _filter_lines(s: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _degenerate_lines(s: dict[str, Any]) -> list[str]:
+    return [f"NOTE: {s['degenerate_clusters']['message']}"] if s.get("degenerate_clusters") else []
+
+
 def _select_lines(s: dict[str, Any]) -> list[str]:
     lines = [
         f"selected store   {s['selected_store']}",
@@ -120,8 +130,9 @@ def _select_lines(s: dict[str, Any]) -> list[str]:
     for c in s["clusters"]:
         lines.append(
             f"{c['cluster']:>7}  {c['n']:>4}  {c.get('threshold', 0):>9.3f}  {c['candidates']:>10}  "
-            f"{c['selected']:>8}  {c['dominant_class']}"
+            f"{c['selected']:>8}  {c['dominant_class']}{'  (degenerate)' if c.get('degenerate') else ''}"
         )
+    lines += _degenerate_lines(s)
     lines += [f"WARNING: {warning}" for warning in s["warnings"]]
     return lines
 
@@ -158,12 +169,26 @@ def cmd_filter(args: argparse.Namespace) -> int:
     return EXIT_SKIPPED if summary["sources_skipped"] else EXIT_OK
 
 
+def _framed_like(args: argparse.Namespace, config: EngineConfig) -> EngineConfig:
+    """`config` framed like the store of `--like` (when given); a filter or crop flag beside it is refused."""
+    if args.like is None:
+        return config
+    from activessf_engine.select import framed_like
+    from activessf_engine.store import RoiStore
+
+    given = sorted(".".join(k.split(":")[1:]) for k in vars(args) if k.startswith(("cfg:filter:", "cfg:crop:")))
+    if given:
+        raise ValueError(f"--like takes the filter and crop settings from {args.like}; leave out {', '.join(given)}")
+    return framed_like(config, RoiStore(args.like).meta["config"])
+
+
 def cmd_prototypes(args: argparse.Namespace) -> int:
     from activessf_engine.select import run_prototypes
 
     choice = run_device(args)
+    config = _framed_like(args, run_config(args))
     summary = run_prototypes(
-        args.labeled, args.out, run_config(args), device=choice, progress=not args.quiet, overwrite=args.overwrite
+        args.labeled, args.out, config, device=choice, progress=not args.quiet, overwrite=args.overwrite
     )
     summary["device_choice"] = choice.describe()
     lines = [
@@ -175,7 +200,7 @@ def cmd_prototypes(args: argparse.Namespace) -> int:
         f"  cluster {c['cluster']:>2}: n={c['n']:<4} LB={c['lb']:.3f} UB={c['ub']:.3f} {c['classes']}"
         for c in summary["clusters"]
     ]
-    print_summary(args, summary, lines)
+    print_summary(args, summary, lines + _degenerate_lines(summary))
     return EXIT_SKIPPED if summary["labeled_skipped"] else EXIT_OK
 
 

@@ -125,6 +125,35 @@ def _throughput_section(runs: list[dict[str, Any]], select: dict[str, Any] | Non
     return "".join(text)
 
 
+RARE_CLASSES = 3  # the rare classes of the headline: the fewest among the candidates of known class
+
+
+def _class_counts(store: RoiStore, labels: dict[str, str]) -> Counter:
+    return Counter(labels[n] for n in (Path(p).name for p in store.columns()["source_path"]) if n in labels)
+
+
+def selection_headline(
+    selected: RoiStore, candidates: RoiStore | None, select: dict[str, Any], labels: dict[str, str] | None = None
+) -> str:
+    """One sentence (HTML) for the top of the page: kept X of Y; with `labels` (source file name -> class),
+    the rare classes' share of the candidates of known class before and after."""
+    total = select["candidates"]
+    share = f" ({select['selected'] / total:.0%})" if total else ""
+    text = f"Kept {select['selected']} of {total} candidates{share}."
+    if labels and candidates is not None:
+        before, after = _class_counts(candidates, labels), _class_counts(selected, labels)
+        rare = [name for name, _ in sorted(before.items(), key=lambda item: (item[1], item[0]))[:RARE_CLASSES]]
+        if before:
+            rare_before, rare_after = sum(before[r] for r in rare), sum(after[r] for r in rare)
+            known_before, known_after = sum(before.values()), sum(after.values())
+            after_share = f"{rare_after / known_after:.0%}" if known_after else "none kept"
+            text += (
+                f" Rare classes ({', '.join(rare)}) are {rare_before} of the {known_before} candidates of known class "
+                f"({rare_before / known_before:.0%}) before and {rare_after} of {known_after} ({after_share}) after."
+            )
+    return html.escape(text)
+
+
 def _selection_section(store: RoiStore, select: dict[str, Any], out: Path) -> str:
     clusters = select["clusters"]
     rows = [
@@ -137,15 +166,19 @@ def _selection_section(store: RoiStore, select: dict[str, Any], out: Path) -> st
             c.get("threshold", ""),
             c["candidates"],
             c["selected"],
+            "yes" if c.get("degenerate") else "",
         ]
         for c in clusters
     ]
     text = [
         f"<p>Strategy {html.escape(select['strategy'])}, alpha {select['alpha']}, {select['threshold_mode']} "
         f"thresholds, {select['bounds']} bounds: {select['selected']} of {select['candidates']} candidates kept.</p>",
-        _table(["cluster", "dominant class", "n_i", "LB", "UB", "threshold", "candidates", "kept"], rows),
+        _table(["cluster", "dominant class", "n_i", "LB", "UB", "threshold", "candidates", "kept", "degenerate"], rows),
+        *(f"<p><b>Warning.</b> {html.escape(w)}</p>" for w in select.get("warnings", [])),
         _image(plots.cluster_bounds(clusters, out / "clusters.png"), "clusters"),
     ]
+    if select.get("degenerate_clusters"):
+        text.append(f"<p><b>Degenerate clusters.</b> {html.escape(select['degenerate_clusters']['message'])}.</p>")
     if select.get("untrained_weights"):
         text.append("<p><b>The features came from an untrained network (--weights random).</b></p>")
     decisions = StoredDecisions.load(store.root)
@@ -154,8 +187,9 @@ def _selection_section(store: RoiStore, select: dict[str, Any], out: Path) -> st
     return "".join(text)
 
 
-def build_report(store_path: str | Path, out_dir: str | Path) -> Path:
-    """Write the report of the store at `store_path` into `out_dir` (index.html and PNGs); returns the page."""
+def build_report(store_path: str | Path, out_dir: str | Path, labels: dict[str, str] | None = None) -> Path:
+    """Write the report of the store at `store_path` into `out_dir` (index.html and PNGs); returns the page.
+    `labels` (source file name -> class), where known, give a selected store's headline the rare share."""
     store = RoiStore(store_path)
     out = Path(out_dir)
     if out.resolve() == store.root.resolve() or store.root.resolve() in out.resolve().parents:
@@ -168,6 +202,7 @@ def build_report(store_path: str | Path, out_dir: str | Path) -> Path:
     meta = store.meta
     sections = [
         f"<h1>activessf-engine report: {html.escape(str(store.root))}</h1>",
+        *([f"<p><b>{selection_headline(store, candidates, select, labels)}</b></p>"] if select is not None else []),
         _table(
             None,
             [

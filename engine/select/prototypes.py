@@ -89,6 +89,11 @@ class Prototypes:
     weights: str = ""
     config: dict[str, Any] = field(default_factory=dict)  # PrototypeConfig as a dict
     backend: str = ""  # K-means backend that fitted the centres
+    # The settings that framed the labeled crops (`framing.labeled_framing`): {} in prototypes saved before
+    # they were recorded, which `select` cannot check.
+    framing: dict[str, Any] = field(default_factory=dict)
+    labeled: str = ""  # the labeled set's folder, for the messages that name the fix
+    stain: dict[str, Any] = field(default_factory=dict)  # stain normalization reference (stain.py); {}: none
 
     def __post_init__(self) -> None:
         k, c = len(self.centres), len(self.class_names)
@@ -134,6 +139,9 @@ class Prototypes:
             "class_names": list(self.class_names),
             "config": self.config,
             "backend": self.backend,
+            "framing": self.framing,
+            "labeled": self.labeled,
+            "stain": self.stain,
             "clusters": [
                 {
                     "index": i,
@@ -200,6 +208,9 @@ def load_prototypes(directory: Path) -> Prototypes:
             weights=meta.get("weights", ""),
             config=meta.get("config", {}),
             backend=meta.get("backend", ""),
+            framing=meta.get("framing", {}),
+            labeled=meta.get("labeled", ""),
+            stain=meta.get("stain", {}),
         )
     except ValueError as error:
         raise ValueError(f"{directory}: inconsistent prototypes: {error}") from error
@@ -221,11 +232,15 @@ def fit_prototypes(
     fingerprint: str,
     weights: str = "",
     device: DeviceChoice | str = "cpu",
+    framing: dict[str, Any] | None = None,
+    labeled: str = "",
+    stain: dict[str, Any] | None = None,
 ) -> Prototypes:
     """K-means (Eq. 4-6) on labeled features (n, d), then each cluster's n_i, LB and UB.
 
     After fitting, members are re-assigned to their nearest centre (Eq. 5, `nearest_prototype`) so that
-    sizes and bounds agree with how candidates are assigned later. A centre that then has no member
+    sizes and bounds agree with how candidates are assigned later. `framing`, `labeled` and `stain` are
+    recorded as they are (see the fields of `Prototypes`). A centre that then has no member
     (K-means can leave one on duplicate points) is dropped with a warning, so K may shrink.
     """
     features = np.asarray(features, dtype=np.float32)
@@ -278,4 +293,7 @@ def fit_prototypes(
         weights=weights,
         config=to_dict(config),
         backend=backend,
+        framing=framing or {},
+        labeled=labeled,
+        stain=stain or {},
     )

@@ -23,11 +23,14 @@ from activessf_engine.config import EngineConfig, FeatureConfig, to_dict
 from activessf_engine.device import DeviceChoice, as_choice
 from activessf_engine.filter import TileRegions, cut_rois, decode_files, find_regions, fit_to_square
 from activessf_engine.progress import Progress, make_progress
+from activessf_engine.select.diagnose import degenerate_report, selection_warnings
 from activessf_engine.select.features import Backbone, iter_extract, load_backbone, resolve_features
+from activessf_engine.select.framing import check_framing, labeled_framing
 from activessf_engine.select.labeled_set import scan_labeled
 from activessf_engine.select.prototypes import ARRAYS_FILE, META_FILE, Prototypes, fit_prototypes, load_prototypes
+from activessf_engine.select.stain import StainNormalizer, fit_stain_reference, reference_tag
 from activessf_engine.select.strategies import Decisions, select
-from activessf_engine.select.thresholds import cluster_thresholds
+from activessf_engine.select.thresholds import cluster_thresholds, degenerate_clusters
 from activessf_engine.store import (
     Artefact,
     FeatureCache,
@@ -68,10 +71,12 @@ def _read_ahead(store: RoiStore, parts: list[int], depth: int) -> Iterator[tuple
             yield (part, *future.result())
 
 
-def feature_cache(store: RoiStore, backbone: Backbone) -> FeatureCache:
-    """The cache of `backbone`'s features of the ROIs of `store` (keyed by model, weights, ROI size, dtype)."""
+def feature_cache(store: RoiStore, backbone: Backbone, stain: dict[str, Any] | None = None) -> FeatureCache:
+    """The cache of `backbone`'s features of the ROIs of `store` (keyed by model, weights, ROI size, dtype
+    and the stain normalization's reference)."""
     roi_size = int(store.meta["config"]["crop"]["size"])
-    return FeatureCache(store.root, features_key(backbone.name, backbone.fingerprint, roi_size, backbone.dtype_name))
+    key = features_key(backbone.name, backbone.fingerprint, roi_size, backbone.dtype_name, reference_tag(stain or {}))
+    return FeatureCache(store.root, key)
 
 
 def selection_features_config(config: EngineConfig, prototypes: Prototypes) -> FeatureConfig:
@@ -81,14 +86,20 @@ def selection_features_config(config: EngineConfig, prototypes: Prototypes) -> F
 
 
 def store_features(
-    store: RoiStore, backbone: Backbone, batch_size: int, progress: bool | Progress = False
+    store: RoiStore,
+    backbone: Backbone,
+    batch_size: int,
+    progress: bool | Progress = False,
+    stain: StainNormalizer | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Features of every ROI of `store`, from its cache where present; what is computed is cached.
+    """Features of every ROI of `store` (brought to `stain`'s reference first, if given), from its cache
+    where present; what is computed is cached.
 
     Returns (N, D) float32 and counts of ROIs computed and read from cache, with the wall seconds spent
     computing them (reading included) and the seconds the reader threads spent reading.
     """
-    cache = feature_cache(store, backbone)
+    stain = stain or StainNormalizer({})
+    cache = feature_cache(store, backbone, stain.reference)
     bar = make_progress(progress, len(store), "roi", "features")
     stats = {"computed": 0, "cached": 0, "seconds": 0.0, "read_seconds": 0.0}
     features = {part: cache.load(part) for part in store.parts if cache.has(part)}
@@ -96,7 +107,7 @@ def store_features(
     bar.update(stats["cached"])
     start = time.perf_counter()
     for part, rois, read_seconds in _read_ahead(store, [p for p in store.parts if p not in features], READ_AHEAD):
-        outputs = list(iter_extract(backbone, _batches(rois, batch_size)))
+        outputs = list(iter_extract(backbone, stain.batches(_batches(rois, batch_size))))
         features[part] = np.concatenate(outputs) if outputs else np.empty((0, backbone.feature_dim), np.float32)
         cache.save(part, features[part])
         stats["computed"] += len(rois)
@@ -176,9 +187,10 @@ def run_prototypes(
     feature_config = resolve_features(config.features)
     backbone = load_backbone(feature_config, device)
     rois, labels, class_names, report = labeled_rois(labeled_root, config, device, progress)
+    stain = StainNormalizer(fit_stain_reference(config.prototypes.stain_normalization, rois))
     bar = make_progress(progress, len(rois), "img", "labeled features")
     outputs = []
-    for feats in iter_extract(backbone, _batches(rois, config.features.batch_size)):
+    for feats in iter_extract(backbone, stain.batches(_batches(rois, config.features.batch_size))):
         outputs.append(feats)
         bar.update(len(feats))
     bar.close()
@@ -192,6 +204,9 @@ def run_prototypes(
         fingerprint=backbone.fingerprint,
         weights=feature_config.weights,
         device=device,
+        framing=labeled_framing(config),
+        labeled=str(labeled_root),
+        stain=stain.reference,
     )
     prototypes.save(Path(out))
     return {
@@ -202,8 +217,11 @@ def run_prototypes(
         "labeled_whole_images": report["whole_images"],
         "classes": dict(zip(class_names, np.bincount(labels, minlength=len(class_names)).tolist(), strict=True)),
         "clusters": _cluster_table(prototypes),
+        "degenerate_clusters": degenerate_report(prototypes, config.selection),
         "model": backbone.name,
         "kmeans_backend": prototypes.backend,
+        "stain_normalization": config.prototypes.stain_normalization,
+        "stain_left_as_read": stain.failed,
         "feature_dtype": backbone.dtype_name,
         "weights": feature_config.weights,
         "weights_loaded": backbone.weights,
@@ -215,12 +233,14 @@ def run_prototypes(
 
 def _cluster_table(prototypes: Prototypes, thresholds: np.ndarray | None = None) -> list[dict[str, Any]]:
     table = []
+    degenerate = degenerate_clusters(prototypes.sizes, prototypes.lower, prototypes.upper)
     for i, dominant in enumerate(prototypes.dominant_classes()):
         row = {
             "cluster": i,
             "n": int(prototypes.sizes[i]),
             "lb": round(float(prototypes.lower[i]), 4),
             "ub": round(float(prototypes.upper[i]), 4),
+            "degenerate": bool(degenerate[i]),
             "dominant_class": dominant,
             "classes": {
                 name: int(c) for name, c in zip(prototypes.class_names, prototypes.class_counts[i], strict=True) if c
@@ -306,10 +326,20 @@ def run_select(
             len(store.meta.get("plan", [])),
         )
     prototypes = load_prototypes(Path(prototypes_dir))
+    if prototypes.framing:
+        check_framing(prototypes.framing, store.meta["config"], candidates, prototypes.labeled, prototypes_dir)
+    else:
+        log.warning(
+            "%s records no framing (made before it was recorded): cannot check that its labeled crops were cut "
+            "like the candidates; rebuild it with `prototypes --like %s`",
+            prototypes_dir,
+            candidates,
+        )
     feature_config = selection_features_config(config, prototypes)
     backbone = load_backbone(feature_config, device)
     prototypes.check_compatible(backbone.name, backbone.fingerprint, feature_config.weights)
-    features, feature_stats = store_features(store, backbone, feature_config.batch_size, progress)
+    stain = StainNormalizer(prototypes.stain)
+    features, feature_stats = store_features(store, backbone, feature_config.batch_size, progress, stain)
     t0 = time.perf_counter()
     on_device = torch.from_numpy(features).to(backbone.device)  # Eq. 7 as matrix products, on the GPU if any
     decisions = select(on_device, prototypes, config.selection)
@@ -345,13 +375,7 @@ def run_select(
     warnings = []
     if backbone.untrained:
         warnings.append("features came from an untrained network (--weights random): the selection means nothing")
-    if len(decisions) and not decisions.selected.any():
-        warnings.append(
-            f"no candidate was selected: every distance to the nearest prototype (median "
-            f"{float(np.median(decisions.distance)):.2f}) exceeds its cluster's threshold (largest "
-            f"{float(decisions.threshold.max()):.2f}). Raise --alpha, try --threshold-mode fixed, or check that "
-            "the labeled set is framed like the candidates."
-        )
+    warnings += selection_warnings(decisions, prototypes, config.selection)
     per_cluster_candidates = Counter(decisions.cluster.tolist())
     per_cluster_selected = Counter(decisions.cluster[decisions.selected].tolist())
     clusters = _cluster_table(prototypes, cluster_thresholds(prototypes, config.selection))
@@ -370,6 +394,9 @@ def run_select(
         "within_threshold": int(decisions.within_threshold.sum()),
         "selected": int(decisions.selected.sum()),
         "clusters": clusters,
+        "degenerate_clusters": degenerate_report(prototypes, config.selection),
+        "stain_normalization": prototypes.stain.get("method", "none"),
+        "stain_left_as_read": stain.failed,  # ROIs whose stains could not be estimated (features computed now)
         "features_computed": feature_stats["computed"],
         "features_cached": feature_stats["cached"],
         "features_per_second": round(feature_stats["computed"] / feature_stats["seconds"], 2)

@@ -4,6 +4,11 @@ A candidate x is assigned to its nearest prototype c_i (Eq. 7, `nearest`) and ke
 d(x, c_i) <= threshold_i (Eq. 9), with the density-aware threshold of Eq. 8. Selection from stored
 (cluster, distance) arrays needs no features (`apply_thresholds`, `strategies.reselect`), so alpha or the
 threshold mode can be changed after the expensive pass.
+
+Eq. 8 needs each cluster's spread (UB - LB). A cluster of one or two labeled samples has none: a
+singleton's only member is its centre (LB = UB = 0, threshold 0, nothing kept), a pair's two members lie
+at the same distance from their midpoint. `degenerate_clusters` finds them; `SelectionConfig.degenerate_clusters`
+chooses between the paper's exact Eq. 8 (`eq8`) and bounds borrowed from the clusters with a spread (`borrow`).
 """
 
 from __future__ import annotations
@@ -12,6 +17,25 @@ import numpy as np
 
 from activessf_engine.config import SelectionConfig
 from activessf_engine.select.prototypes import Prototypes
+
+DEGENERATE_MAX_SIZE = 2  # clusters of at most this many labeled samples have no spread to measure
+
+
+def degenerate_clusters(sizes: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
+    """(K,) bool: clusters too small to have a spread, n_i <= 2 or LB == UB (to float32 precision)."""
+    sizes, lower, upper = np.asarray(sizes), np.asarray(lower, np.float64), np.asarray(upper, np.float64)
+    return (sizes <= DEGENERATE_MAX_SIZE) | np.isclose(upper, lower, rtol=1e-5, atol=1e-6)
+
+
+def borrowed_bounds(sizes: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """LB and UB (float64) where each degenerate cluster's are replaced by the medians of LB and of UB over
+    the clusters with a spread; unchanged when no cluster has one (there is nothing to borrow from)."""
+    lower, upper = np.array(lower, dtype=np.float64), np.array(upper, dtype=np.float64)
+    degenerate = degenerate_clusters(sizes, lower, upper)
+    if degenerate.any() and not degenerate.all():
+        lower[degenerate] = np.median(lower[~degenerate])
+        upper[degenerate] = np.median(upper[~degenerate])
+    return lower, upper
 
 
 def density_thresholds(
@@ -50,12 +74,18 @@ def density_thresholds(
 
 
 def cluster_thresholds(prototypes: Prototypes, config: SelectionConfig) -> np.ndarray:
-    """Threshold of each prototype (K,) float64: Eq. 8, or `config.fixed_threshold` in fixed mode."""
+    """Threshold of each prototype (K,) float64: Eq. 8 (degenerate clusters' bounds borrowed unless
+    `config.degenerate_clusters` is "eq8"), or `config.fixed_threshold` in fixed mode."""
     if config.threshold_mode == "fixed":
         return np.full(len(prototypes.sizes), float(config.fixed_threshold))
     if config.threshold_mode != "density":
         raise ValueError(f"threshold_mode must be 'density' or 'fixed', got {config.threshold_mode!r}")
-    return density_thresholds(prototypes.sizes, prototypes.lower, prototypes.upper, config.alpha, config.bounds)
+    lower, upper = prototypes.lower, prototypes.upper
+    if config.degenerate_clusters == "borrow":
+        lower, upper = borrowed_bounds(prototypes.sizes, lower, upper)
+    elif config.degenerate_clusters != "eq8":
+        raise ValueError(f"degenerate_clusters must be 'borrow' or 'eq8', got {config.degenerate_clusters!r}")
+    return density_thresholds(prototypes.sizes, lower, upper, config.alpha, config.bounds)
 
 
 def apply_thresholds(

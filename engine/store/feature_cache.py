@@ -14,11 +14,13 @@ from activessf_engine.store.layout import part_name
 from activessf_engine.store.writer import _atomic_rename
 
 
-def features_key(model: str, fingerprint: str, roi_size: int, dtype: str = "float32") -> str:
+def features_key(model: str, fingerprint: str, roi_size: int, dtype: str = "float32", variant: str = "") -> str:
     """Cache key of a store's features: model, weights, ROI size and, unless float32, the compute dtype
-    (bfloat16 features differ from float32 ones in the third digit)."""
+    (bfloat16 features differ from float32 ones in the third digit); `variant` names any change made to
+    the ROIs before the network (a stain normalization's reference)."""
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", model)
-    return f"{safe}-{fingerprint[:16]}-{roi_size}" + ("" if dtype == "float32" else f"-{dtype}")
+    key = f"{safe}-{fingerprint[:16]}-{roi_size}" + ("" if dtype == "float32" else f"-{dtype}")
+    return key + (f"-{re.sub(r'[^A-Za-z0-9_.-]', '_', variant)}" if variant else "")
 
 
 class FeatureCache:
