@@ -94,6 +94,7 @@ class FilterConfig:
     deep_blue: HsvRange = HsvRange(h=(95, 105), s=(150, 255), v=(50, 255))  # second mask, OpenCV units
     connectivity: Literal[4, 8] = 8  # pixel neighbourhood of a connected region
     min_box: int = 70  # bounding box at least this many pixels wide and high
+    max_box: int = 0  # not in the paper: bounding box at most this many pixels on its longer side (0 = no bound)
     min_fill: float = 0.7  # tau: region pixels / bounding-box pixels
     fill_holes: bool = False  # not in the paper: fill holes of each region before measuring it
 
@@ -112,6 +113,8 @@ class FilterConfig:
             raise ValueError(f"min_fill must lie in [0, 1], got {self.min_fill}")
         if self.min_box < 1:
             raise ValueError(f"min_box must be >= 1, got {self.min_box}")
+        if self.max_box and self.max_box < self.min_box:
+            raise ValueError(f"max_box must be 0 (no bound) or >= min_box {self.min_box}, got {self.max_box}")
         if not 1 <= self.kmeans_clusters <= KMEANS_MAX_CLUSTERS:
             raise ValueError(
                 f"kmeans_clusters must lie in [1, {KMEANS_MAX_CLUSTERS}] (the CUDA kernels' limit), "

@@ -211,3 +211,20 @@ def test_rejection_counts_say_why_each_region_went():
     assert (looser.found, looser.too_small, looser.low_fill, len(looser.boxes)) == (4, 1, 0, 3)
     empty = regions(draw_tile([]))
     assert (empty.found, empty.too_small, empty.low_fill) == (0, 0, 0)
+
+
+def test_max_box_drops_regions_longer_than_it_and_refuses_a_resume():
+    import json
+
+    from activessf_engine.config import EngineConfig, output_differences, replace_section, to_dict
+
+    tile = draw_tile([("rect", 20, 20, 100, 100), ("rect", 150, 40, 290, 200)])  # 80 x 80 and 140 x 160
+    assert len(regions(tile).boxes) == 2
+    bounded = regions(tile, FilterConfig(max_box=150))
+    assert bounded.boxes.tolist() == [[20, 20, 100, 100]] and bounded.too_small == 1  # the size test rejects it
+    stored = json.loads(json.dumps(to_dict(EngineConfig())))  # as a store keeps it
+    assert output_differences(stored, to_dict(replace_section(EngineConfig(), "filter", max_box=150))) == [
+        "filter.max_box 0 -> 150"
+    ]
+    with pytest.raises(ValueError, match="max_box"):
+        FilterConfig(min_box=70, max_box=50)

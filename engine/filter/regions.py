@@ -33,7 +33,7 @@ class TileRegions:
     mask: torch.Tensor | None = None  # (H, W) bool composite HSV mask, when asked for (QC overlays)
     palette: np.ndarray | None = None  # (m, 3) uint8 colours of G' (m <= merged_clusters)
     found: int = 0  # connected components of the mask, before the size and fill tests
-    too_small: int = 0  # of those, rejected because the box is under min_box on a side
+    too_small: int = 0  # of those, rejected for the box's size: under min_box on a side (or over max_box)
     low_fill: int = 0  # rejected because the fill rate is under min_fill (after passing the size test)
 
 
@@ -132,9 +132,10 @@ def cell_masks(tiles: torch.Tensor, config: FilterConfig, times: StageTimes) -> 
 
 def regions_of_masks(masks: torch.Tensor, config: FilterConfig) -> list[TileRegions]:
     """Connected components (8-connected by default) of each mask of a (B, H, W) stack, kept when the box
-    is at least min_box x min_box and the fill rate (region pixels / box pixels, II-B2) is at least
-    min_fill. The stack is labelled at once (no region joins two tiles) and its statistics come back to
-    the host in one copy; stacks past the kernels' 2^31-element launch limit go in slices of whole tiles."""
+    is at least min_box x min_box (at most max_box on its longer side, when set) and the fill rate (region
+    pixels / box pixels, II-B2) is at least min_fill. The stack is labelled at once (no region joins two
+    tiles) and its statistics come back to the host in one copy; stacks past the kernels' 2^31-element launch
+    limit go in slices of whole tiles."""
     batch, height, width = masks.shape
     step = max(1, (kernels.LAUNCH_ELEMENT_LIMIT - 1) // max(1, height * width))
     results: list[TileRegions] = []
@@ -144,7 +145,10 @@ def regions_of_masks(masks: torch.Tensor, config: FilterConfig) -> list[TileRegi
         tiles_here = min(step, batch - first)
         found = np.bincount(tiles, minlength=tiles_here)
         widths, heights = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-        big = np.flatnonzero((widths >= config.min_box) & (heights >= config.min_box))
+        sized_ok = (widths >= config.min_box) & (heights >= config.min_box)
+        if config.max_box:
+            sized_ok &= np.maximum(widths, heights) <= config.max_box
+        big = np.flatnonzero(sized_ok)
         boxes, areas, tiles = boxes[big], areas[big], tiles[big]
         if config.fill_holes and len(big):  # scipy on the host, per kept region (listed in the run's device notes)
             lab = labels.cpu().numpy()
