@@ -228,3 +228,11 @@ def test_max_box_drops_regions_longer_than_it_and_refuses_a_resume():
     ]
     with pytest.raises(ValueError, match="max_box"):
         FilterConfig(min_box=70, max_box=50)
+
+
+def test_box_scale_grows_kept_boxes_about_their_centre_within_the_tile():
+    tile = draw_tile([("rect", 100, 80, 180, 160), ("rect", 230, 150, 310, 230)])  # 80 x 80 each, one near a corner
+    assert regions(tile).boxes.tolist() == [[100, 80, 180, 160], [230, 150, 310, 230]]
+    grown = regions(tile, FilterConfig(box_scale=1.5))
+    assert grown.boxes.tolist() == [[80, 60, 200, 180], [210, 130, 320, 240]]  # the second clipped at 320 x 240
+    assert grown.fill_rates.tolist() == regions(tile).fill_rates.tolist()  # the tests judge the region's own box

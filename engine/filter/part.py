@@ -150,5 +150,5 @@ def batch_regions(
     The tiles of a batch are of one part, so of one slide (whose level scales the filter's pixel sizes) or tile
     files."""
     ok = [i for i, img in enumerate(images) if img.image is not None]
-    filter_config = scaled_filter(config.filter, sources[0].tile if sources else None)
+    filter_config = scaled_filter(config, sources[0].tile if sources else None)
     return dict(zip(ok, find_regions([images[i].image for i in ok], filter_config, times), strict=True))

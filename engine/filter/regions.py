@@ -130,12 +130,23 @@ def cell_masks(tiles: torch.Tensor, config: FilterConfig, times: StageTimes) -> 
     return hsv_masks(quantized, config, times), quantized.palettes
 
 
+def grow_boxes(boxes: np.ndarray, scale: float, height: int, width: int) -> np.ndarray:
+    """(n, 4) boxes grown about their centres by `scale`, clipped to a height x width tile."""
+    if scale == 1.0 or not len(boxes):
+        return boxes
+    centre = (boxes[:, :2] + boxes[:, 2:]) / 2
+    half = (boxes[:, 2:] - boxes[:, :2]) * scale / 2
+    low = np.maximum(np.floor(centre - half), 0)
+    high = np.minimum(np.ceil(centre + half), (width, height))
+    return np.concatenate([low, high], axis=1).astype(boxes.dtype)
+
+
 def regions_of_masks(masks: torch.Tensor, config: FilterConfig) -> list[TileRegions]:
     """Connected components (8-connected by default) of each mask of a (B, H, W) stack, kept when the box
     is at least min_box x min_box (at most max_box on its longer side, when set) and the fill rate (region
-    pixels / box pixels, II-B2) is at least min_fill. The stack is labelled at once (no region joins two
-    tiles) and its statistics come back to the host in one copy; stacks past the kernels' 2^31-element launch
-    limit go in slices of whole tiles."""
+    pixels / box pixels, II-B2) is at least min_fill; the boxes kept are then grown by box_scale. The stack
+    is labelled at once (no region joins two tiles) and its statistics come back to the host in one copy;
+    stacks past the kernels' 2^31-element launch limit go in slices of whole tiles."""
     batch, height, width = masks.shape
     step = max(1, (kernels.LAUNCH_ELEMENT_LIMIT - 1) // max(1, height * width))
     results: list[TileRegions] = []
@@ -159,6 +170,7 @@ def regions_of_masks(masks: torch.Tensor, config: FilterConfig) -> list[TileRegi
         keep = fill >= config.min_fill
         sized = np.bincount(tiles, minlength=tiles_here)
         boxes, areas, fill, tiles = boxes[keep], areas[keep], fill[keep], tiles[keep]
+        boxes = grow_boxes(boxes, config.box_scale, height, width)
         kept = np.bincount(tiles, minlength=tiles_here)
         for tile in range(tiles_here):
             mine = tiles == tile  # labels run tile after tile, so each tile's regions stay in raster order

@@ -19,8 +19,9 @@ earlier, nearer the paper's settings):
   and value) of those pixels, each with its own hue and value range. Learning the ranges from the user's
   own tiles (after per-tile normalization) is what makes the search carry over to other stains and
   scanners, where the paper's purple range does not fit;
-* fill holes or not, min_fill in MIN_FILLS, min_box as fractions of the annotated boxes' shorter side, and
-  max_box (no bound, or multiples of their longer side): the upper bound drops clumps and smears.
+* fill holes or not, min_fill in MIN_FILLS, min_box as fractions of the annotated boxes' shorter side,
+  max_box (no bound, or multiples of their longer side): the upper bound drops clumps and smears; and
+  box_scale in BOX_SCALES: the mask holds mostly the nucleus, the annotated box the whole cell.
 
 Masks are made once per (tile, normalization, K-means, source, ranges); the size and fill decisions are
 thresholds on per-region numbers, so all of them are judged on one loose `regions_of_masks` per mask.
@@ -51,6 +52,7 @@ from activessf_engine.filter import (
     decode_files,
     find_regions,
     find_sources,
+    grow_boxes,
     hsv_masks,
     quantize,
     regions_of_masks,
@@ -69,6 +71,7 @@ MIN_WANTED_PIXELS = 50  # fewer pixels above a floor: no range learned from it
 MIN_FILLS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 MIN_BOX_FRACTIONS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)  # of the 10th percentile of the boxes' shorter side
 MAX_BOX_FACTORS = (1.5, 2.0, 3.0)  # of the 90th percentile of the boxes' longer side; no bound is tried too
+BOX_SCALES = (1.0, 1.25, 1.5, 1.75)  # kept boxes grown by these: a nucleus's box to its cell's
 VALUE_QUANTILES = (0.01, 0.99)  # value range of each of the two separately learned masks
 CLUSTER_PIXELS = 20_000  # wanted pixels the two mask groups are told apart on (a seeded sample)
 
@@ -265,6 +268,7 @@ def _max_boxes(samples: list[Annotated]) -> list[int]:
 
 
 def _passing(regions: TileRegions, min_box: int, max_box: int, min_fill: float) -> np.ndarray:
+    """The boxes of the loose `regions` that pass stricter size and fill tests."""
     b = regions.boxes
     widths, heights = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
     keep = (widths >= min_box) & (heights >= min_box) & (regions.fill_rates >= min_fill)
@@ -312,15 +316,23 @@ def search(samples: list[Annotated], base: FilterConfig, iou: float) -> Grid:
             masks = [hsv_masks(q, masked, times) for q in quantized]
             for holes in (False, True):
                 loose = dataclasses.replace(
-                    masked, fill_holes=holes, min_box=min_boxes[0], max_box=0, min_fill=MIN_FILLS[0]
+                    masked, fill_holes=holes, min_box=min_boxes[0], max_box=0, min_fill=MIN_FILLS[0], box_scale=1.0
                 )
                 regions = [regions_of_masks(m, loose)[0] for m in masks]
                 for min_fill, min_box, max_box in itertools.product(MIN_FILLS, min_boxes, max_boxes):
                     if max_box and max_box < min_box:
                         continue
-                    configs.append(dataclasses.replace(loose, min_box=min_box, max_box=max_box, min_fill=min_fill))
-                    passing = (_passing(found, min_box, max_box, min_fill) for found in regions)
-                    rows.append([_counts(kept, s.boxes, iou) for kept, s in zip(passing, samples, strict=True)])
+                    passing = [_passing(found, min_box, max_box, min_fill) for found in regions]
+                    for scale in BOX_SCALES:
+                        grown = (
+                            grow_boxes(b, scale, *s.image.shape[:2]) for b, s in zip(passing, samples, strict=True)
+                        )
+                        rows.append([_counts(kept, s.boxes, iou) for kept, s in zip(grown, samples, strict=True)])
+                        configs.append(
+                            dataclasses.replace(
+                                loose, min_box=min_box, max_box=max_box, min_fill=min_fill, box_scale=scale
+                            )
+                        )
     return Grid(configs, np.asarray(rows, dtype=np.float64))
 
 
