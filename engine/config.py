@@ -100,6 +100,9 @@ class FilterConfig:
     # Not in the paper: each kept box is grown about its centre by this factor (clipped to the tile) after the
     # size and fill tests, so that a box round a nucleus holds its whole cell. 1 = the region's own box.
     box_scale: float = 1.0
+    # Not in the paper: a tile whose sharpness (variance of the Laplacian of its grey image, 0-255 levels) is
+    # under this is out of focus and keeps no region; every tile's sharpness is in its sources row. 0 = keep all.
+    min_sharpness: float = 0.0
 
     def __post_init__(self) -> None:
         if self.blur_kernel < 1 or self.blur_kernel % 2 == 0:
@@ -117,6 +120,7 @@ class FilterConfig:
         if self.min_box < 1:
             raise ValueError(f"min_box must be >= 1, got {self.min_box}")
         _require("filter", "box_scale", self.box_scale, low=1, high=4)
+        _require("filter", "min_sharpness", self.min_sharpness, low=0)
         if self.max_box and self.max_box < self.min_box:
             raise ValueError(f"max_box must be 0 (no bound) or >= min_box {self.min_box}, got {self.max_box}")
         if not 1 <= self.kmeans_clusters <= KMEANS_MAX_CLUSTERS:

@@ -236,3 +236,30 @@ def test_box_scale_grows_kept_boxes_about_their_centre_within_the_tile():
     grown = regions(tile, FilterConfig(box_scale=1.5))
     assert grown.boxes.tolist() == [[80, 60, 200, 180], [210, 130, 320, 240]]  # the second clipped at 320 x 240
     assert grown.fill_rates.tolist() == regions(tile).fill_rates.tolist()  # the tests judge the region's own box
+
+
+def test_sharpness_is_opencv_variance_of_laplacian_and_min_sharpness_drops_blurred_tiles(tmp_path, capsys):
+    import json
+
+    import cv2
+    from PIL import Image
+
+    from activessf_engine.cli import main
+
+    sharp = draw_tile([("disk", 80, 120, 50), ("rect", 180, 60, 260, 140)])
+    blurred = cv2.GaussianBlur(sharp, (0, 0), 4)
+    for tile in (sharp, blurred):
+        grey = cv2.cvtColor(tile, cv2.COLOR_RGB2GRAY)
+        assert regions(tile).sharpness == pytest.approx(cv2.Laplacian(grey, cv2.CV_64F).var(), rel=1e-4)
+    threshold = (regions(sharp).sharpness + regions(blurred).sharpness) / 2
+    strict = FilterConfig(min_sharpness=threshold)
+    assert len(regions(sharp, strict).boxes) == 2 and not regions(sharp, strict).out_of_focus
+    assert len(regions(blurred).boxes) == 2  # found when focus is not asked about
+    dropped = regions(blurred, strict)
+    assert len(dropped.boxes) == 0 and dropped.out_of_focus and dropped.found == 2
+    Image.fromarray(sharp).save(tmp_path / "sharp.png")
+    Image.fromarray(blurred).save(tmp_path / "blurred.png")
+    assert main(["filter", "--input", str(tmp_path), "--limit", "2", "--json", "--quiet"]) == 0
+    assert json.loads(capsys.readouterr().out)["out_of_focus"] == []
+    assert main(["filter", "--input", str(tmp_path), "--limit", "2", "--min-sharpness", str(threshold), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["out_of_focus"] == ["blurred.png"]

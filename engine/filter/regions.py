@@ -19,6 +19,7 @@ import torch
 
 from activessf_engine import kernels
 from activessf_engine.config import FilterConfig
+from activessf_engine.filter.focus import sharpness
 
 SAMPLE_SEED = 0  # the pixel sample that K-means is fitted on is drawn from this seed on every device
 
@@ -35,6 +36,17 @@ class TileRegions:
     found: int = 0  # connected components of the mask, before the size and fill tests
     too_small: int = 0  # of those, rejected for the box's size: under min_box on a side (or over max_box)
     low_fill: int = 0  # rejected because the fill rate is under min_fill (after passing the size test)
+    sharpness: float = 0.0  # variance of the Laplacian of the tile's grey image (filter/focus.py)
+    out_of_focus: bool = False  # sharpness under min_sharpness: every region dropped
+
+    def focus_record(self) -> dict[str, float | bool]:
+        """The tile's columns of a sources table row about focus."""
+        return {"sharpness": round(self.sharpness, 2), "out_of_focus": self.out_of_focus}
+
+    def drop_all(self) -> None:
+        """Keep no region (an out-of-focus tile); the counts of what the masks held stay."""
+        self.boxes, self.areas, self.fill_rates = self.boxes[:0], self.areas[:0], self.fill_rates[:0]
+        self.out_of_focus = True
 
 
 @dataclass
@@ -204,8 +216,11 @@ def find_regions(
         group = tiles[indices[0]][None] if len(indices) == 1 else torch.stack([tiles[i] for i in indices])
         masks, palettes = cell_masks(group, config, times)
         start = time.perf_counter()
+        focus = sharpness(group)
         for j, (i, found) in enumerate(zip(indices, regions_of_masks(masks, config), strict=True)):
-            found.palette = palettes[j]
+            found.palette, found.sharpness = palettes[j], focus[j]
+            if focus[j] < config.min_sharpness:
+                found.drop_all()
             if keep_masks:
                 found.mask = masks[j]
             results[i] = found
