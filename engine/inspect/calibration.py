@@ -34,7 +34,7 @@ import dataclasses
 import itertools
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -256,7 +256,13 @@ def _min_boxes(samples: list[Annotated], base: FilterConfig) -> list[int]:
     if not len(boxes):
         return [base.min_box]
     shorter = np.percentile(np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]), 10)
-    return sorted({max(4, round(f * shorter)) for f in MIN_BOX_FRACTIONS} | {base.min_box})
+    return _nearest_first({max(4, round(f * shorter)) for f in MIN_BOX_FRACTIONS} | {base.min_box}, base.min_box)
+
+
+def _nearest_first(values: Iterable[float], start: float) -> list[float]:
+    """`values` nearest `start` first: a full tie on the fit tiles goes to the setting nearest the starting one
+    (a loose min_box that keeps the same boxes on 5 tiles keeps platelets on the others)."""
+    return sorted(values, key=lambda v: (abs(v - start), v))
 
 
 def _max_boxes(samples: list[Annotated]) -> list[int]:
@@ -304,6 +310,7 @@ def search(samples: list[Annotated], base: FilterConfig, iou: float) -> Grid:
     """Every configuration of the grid (see the module docstring) and its counts on each of `samples`."""
     times = StageTimes()
     min_boxes, max_boxes = _min_boxes(samples, base), _max_boxes(samples)
+    min_fills = _nearest_first(MIN_FILLS, base.min_fill)
     configs = [base]
     rows = [[_counts(find_regions([s.image], base)[0].boxes, s.boxes, iou) for s in samples]]
     for normalize, (clusters, merged) in itertools.product(NORMALIZE, KMEANS):
@@ -316,10 +323,10 @@ def search(samples: list[Annotated], base: FilterConfig, iou: float) -> Grid:
             masks = [hsv_masks(q, masked, times) for q in quantized]
             for holes in (False, True):
                 loose = dataclasses.replace(
-                    masked, fill_holes=holes, min_box=min_boxes[0], max_box=0, min_fill=MIN_FILLS[0], box_scale=1.0
+                    masked, fill_holes=holes, min_box=min(min_boxes), max_box=0, min_fill=min(min_fills), box_scale=1.0
                 )
                 regions = [regions_of_masks(m, loose)[0] for m in masks]
-                for min_fill, min_box, max_box in itertools.product(MIN_FILLS, min_boxes, max_boxes):
+                for min_fill, min_box, max_box in itertools.product(min_fills, min_boxes, max_boxes):
                     if max_box and max_box < min_box:
                         continue
                     passing = [_passing(found, min_box, max_box, min_fill) for found in regions]
