@@ -104,8 +104,15 @@ class FilterConfig:
     deep_blue: HsvRange = HsvRange(h=(95, 105), s=(150, 255), v=(50, 255))  # second mask, OpenCV units
     connectivity: Literal[4, 8] = 8  # pixel neighbourhood of a connected region
     min_box: int = 70  # bounding box at least this many pixels wide and high
+    max_box: int = 0  # not in the paper: bounding box at most this many pixels on its longer side (0 = no bound)
     min_fill: float = 0.7  # tau: region pixels / bounding-box pixels
     fill_holes: bool = False  # not in the paper: fill holes of each region before measuring it
+    # Not in the paper: each kept box is grown about its centre by this factor (clipped to the tile) after the
+    # size and fill tests, so that a box round a nucleus holds its whole cell. 1 = the region's own box.
+    box_scale: float = 1.0
+    # Not in the paper: a tile whose sharpness (variance of the Laplacian of its grey image, 0-255 levels) is
+    # under this is out of focus and keeps no region; every tile's sharpness is in its sources row. 0 = keep all.
+    min_sharpness: float = 0.0
 
     def __post_init__(self) -> None:
         if self.blur_kernel < 1 or self.blur_kernel % 2 == 0:
@@ -122,6 +129,10 @@ class FilterConfig:
             raise ValueError(f"min_fill must lie in [0, 1], got {self.min_fill}")
         if self.min_box < 1:
             raise ValueError(f"min_box must be >= 1, got {self.min_box}")
+        _require("filter", "box_scale", self.box_scale, low=1, high=4)
+        _require("filter", "min_sharpness", self.min_sharpness, low=0)
+        if self.max_box and self.max_box < self.min_box:
+            raise ValueError(f"max_box must be 0 (no bound) or >= min_box {self.min_box}, got {self.max_box}")
         if not 1 <= self.kmeans_clusters <= KMEANS_MAX_CLUSTERS:
             raise ValueError(
                 f"kmeans_clusters must lie in [1, {KMEANS_MAX_CLUSTERS}] (the CUDA kernels' limit), "
@@ -167,7 +178,8 @@ class InputConfig:
     # benchmarks/README.md) and the other vendor formats with OpenSlide (cuCIM where only it is installed).
     slide_reader: Literal["auto", "tifffile", "openslide", "cucim"] = "auto"
     # Target microns per pixel of slides: the coarsest pyramid level at least this fine (within 10%) is read.
-    # 0 = read `slide_level` whatever its magnification.
+    # 0 = read `slide_level` whatever its magnification. For tile files: their microns per pixel, so that with
+    # reference_mpp their pixel sizes (min_box, max_box) scale as a slide level's do.
     mpp: float = 0.0
     slide_level: int = 0  # the pyramid level read when mpp is 0 (0 = full resolution)
     # Microns per pixel at which the filter's pixel sizes (filter.min_box, input.slide_overlap) are stated: on a

@@ -66,9 +66,9 @@ def test_learned_ranges_cover_the_stain_of_the_boxes():
     yy, xx = np.mgrid[:120, :160]
     tile[(xx - 50) ** 2 + (yy - 60) ** 2 <= 30**2] = (40, 150, 60)  # OpenCV hue about 64: outside deep blue
     sample = calibration.Annotated("green", torch.from_numpy(tile), np.array([[18, 28, 83, 93]]))
-    ranges = calibration.learned_ranges([quantize(sample.image[None], FilterConfig(), StageTimes())], [sample])
-    assert ranges and all(r.h[0] <= 64 <= r.h[1] for r in ranges)
-    config = FilterConfig(purple=ranges[0], deep_blue=ranges[0], min_box=40)
+    pairs = calibration.learned_ranges([quantize(sample.image[None], FilterConfig(), StageTimes())], [sample])
+    assert pairs and all(r.h[0] <= 64 <= r.h[1] for r in pairs[0])
+    config = FilterConfig(purple=pairs[0][0], deep_blue=pairs[0][1], min_box=40)
     assert calibration.evaluate([sample], config, 0.5).found == 1
     assert calibration.evaluate([sample], FilterConfig(purple=HsvRange((140, 179), (0, 255), (0, 255))), 0.5).found == 0
 
@@ -132,11 +132,62 @@ def test_calibrate_improves_held_out_f1_and_filter_takes_its_toml(tmp_path, caps
     assert "next: look at it" in capsys.readouterr().err
 
 
-def test_calibrate_needs_tiles_to_hold_out(tmp_path, capsys):
-    args = ["calibrate", "--input", str(TILES), "--annotations", str(VOC), "--out", str(tmp_path / "c.toml")]
-    assert main([*args, "--fit", "16"]) == 2
-    assert "need more annotated tiles than --fit 16" in capsys.readouterr().err
-    assert not (tmp_path / "c.toml").exists()
+def test_learned_ranges_give_the_two_masks_their_own_ranges():
+    """A cell with a dark purple nucleus in a pale blue cytoplasm: one learned pair holds a range for each."""
+    import torch
+
+    from activessf_engine.filter.regions import StageTimes, quantize
+
+    tile = np.full((120, 160, 3), (235, 225, 225), np.uint8)
+    yy, xx = np.mgrid[:120, :160]
+    tile[(xx - 60) ** 2 + (yy - 60) ** 2 <= 40**2] = (150, 170, 230)  # pale blue cytoplasm
+    tile[(xx - 60) ** 2 + (yy - 60) ** 2 <= 20**2] = (90, 30, 120)  # dark purple nucleus
+    sample = calibration.Annotated("two", torch.from_numpy(tile), np.array([[20, 20, 101, 101]]))
+    pairs = calibration.learned_ranges([quantize(sample.image[None], FilterConfig(), StageTimes())], [sample])
+    apart = [(a, b) for a, b in pairs if a != b]
+    assert apart, pairs
+    a, b = apart[0]
+    assert a.v[1] < b.v[0] or b.v[1] < a.v[0]  # the nucleus is darker than the cytoplasm: value ranges apart
+
+
+def test_recall_at_precision_ranks_recall_above_the_floor_and_f1_below_it():
+    # rows: found, annotated, kept, summed IoU
+    counts = np.array([[6, 10, 6, 4.0], [9, 10, 10, 6.0], [10, 10, 20, 7.0]])  # F1 .75 / .9 / .67
+    assert calibration.Objective().best(counts) == 1
+    assert calibration.Objective("recall-at-precision", 0.85).best(counts) == 1  # recall .9 at precision .9
+    assert calibration.Objective("recall-at-precision", 0.5).best(counts) == 2  # recall 1.0 at precision .5
+    assert calibration.Objective("recall-at-precision", 0.95).best(counts) == 0  # precision 1.0
+    assert calibration.Objective("recall-at-precision", 1.0).best(counts[1:]) == 0  # none reaches it: best F1
+    assert calibration.Objective.parse(["recall-at-precision", "0.85"]).min_precision == 0.85
+    with pytest.raises(ValueError, match="recall-at-precision P"):
+        calibration.Objective.parse(["recall", "2"])
+
+
+def test_leave_one_out_scores_each_tile_by_the_pick_of_the_others():
+    counts = np.zeros((3, 2, 4))
+    counts[:, :, 1] = 1  # one annotated box per tile
+    counts[1] = [[1, 1, 1, 1.0], [0, 1, 0, 0.0]]  # finds tile 0's box only
+    counts[2] = [[0, 1, 0, 0.0], [1, 1, 3, 1.0]]  # finds tile 1's box only, with 2 more boxes
+    grid = calibration.Grid([FilterConfig()] * 3, counts)
+    assert grid.best(calibration.Objective()) == 1  # F1 1/1.5 (config 1) vs 1/2.5 (config 2)
+    score = grid.leave_one_out(calibration.Objective())  # tile 0 under config 2, tile 1 under config 1
+    assert (score.found, score.truth, score.kept) == (0, 2, 0)  # each pick misses the tile left out
+
+
+def test_calibrate_on_exactly_fit_tiles_scores_by_leaving_one_tile_out(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(calibration, "NORMALIZE", ("minmax",))
+    monkeypatch.setattr(calibration, "KMEANS", ((20, 10),))
+    listing = tmp_path / "five.txt"
+    listing.write_text("".join(f"{p}\n" for p in sorted(TILES.glob("*.jpg"))[:5]))
+    toml = tmp_path / "c.toml"
+    args = ["calibrate", "--input", str(listing), "--annotations", str(VOC), "--label", "WBC", "--out", str(toml)]
+    assert main([*args, "--objective", "recall-at-precision", "0.8", "--json", "--quiet"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["scored_by"] == "leave_one_tile_out" and len(summary["fit_tiles"]) == 5
+    assert summary["objective"] == "recall at precision >= 0.8"
+    assert summary["held_out"]["after"]["annotated"] == 5 and toml.exists()
+    assert main([*args, "--objective", "recall"]) == 2
+    assert "--objective must be" in capsys.readouterr().err
 
 
 def test_dumps_toml_loads_back_as_the_same_config(tmp_path):

@@ -222,3 +222,55 @@ def test_rejection_counts_say_why_each_region_went():
     assert (looser.found, looser.too_small, looser.low_fill, len(looser.boxes)) == (4, 1, 0, 3)
     empty = regions(draw_tile([]))
     assert (empty.found, empty.too_small, empty.low_fill) == (0, 0, 0)
+
+
+def test_max_box_drops_regions_longer_than_it_and_refuses_a_resume():
+    import json
+
+    from activessf_engine.config import EngineConfig, output_differences, replace_section, to_dict
+
+    tile = draw_tile([("rect", 20, 20, 100, 100), ("rect", 150, 40, 290, 200)])  # 80 x 80 and 140 x 160
+    assert len(regions(tile).boxes) == 2
+    bounded = regions(tile, FilterConfig(max_box=150))
+    assert bounded.boxes.tolist() == [[20, 20, 100, 100]] and bounded.too_small == 1  # the size test rejects it
+    stored = json.loads(json.dumps(to_dict(EngineConfig())))  # as a store keeps it
+    assert output_differences(stored, to_dict(replace_section(EngineConfig(), "filter", max_box=150))) == [
+        "filter.max_box 0 -> 150"
+    ]
+    with pytest.raises(ValueError, match="max_box"):
+        FilterConfig(min_box=70, max_box=50)
+
+
+def test_box_scale_grows_kept_boxes_about_their_centre_within_the_tile():
+    tile = draw_tile([("rect", 100, 80, 180, 160), ("rect", 230, 150, 310, 230)])  # 80 x 80 each, one near a corner
+    assert regions(tile).boxes.tolist() == [[100, 80, 180, 160], [230, 150, 310, 230]]
+    grown = regions(tile, FilterConfig(box_scale=1.5))
+    assert grown.boxes.tolist() == [[80, 60, 200, 180], [210, 130, 320, 240]]  # the second clipped at 320 x 240
+    assert grown.fill_rates.tolist() == regions(tile).fill_rates.tolist()  # the tests judge the region's own box
+
+
+def test_sharpness_is_opencv_variance_of_laplacian_and_min_sharpness_drops_blurred_tiles(tmp_path, capsys):
+    import json
+
+    import cv2
+    from PIL import Image
+
+    from activessf_engine.cli import main
+
+    sharp = draw_tile([("disk", 80, 120, 50), ("rect", 180, 60, 260, 140)])
+    blurred = cv2.GaussianBlur(sharp, (0, 0), 4)
+    for tile in (sharp, blurred):
+        grey = cv2.cvtColor(tile, cv2.COLOR_RGB2GRAY)
+        assert regions(tile).sharpness == pytest.approx(cv2.Laplacian(grey, cv2.CV_64F).var(), rel=1e-4)
+    threshold = (regions(sharp).sharpness + regions(blurred).sharpness) / 2
+    strict = FilterConfig(min_sharpness=threshold)
+    assert len(regions(sharp, strict).boxes) == 2 and not regions(sharp, strict).out_of_focus
+    assert len(regions(blurred).boxes) == 2  # found when focus is not asked about
+    dropped = regions(blurred, strict)
+    assert len(dropped.boxes) == 0 and dropped.out_of_focus and dropped.found == 2
+    Image.fromarray(sharp).save(tmp_path / "sharp.png")
+    Image.fromarray(blurred).save(tmp_path / "blurred.png")
+    assert main(["filter", "--input", str(tmp_path), "--limit", "2", "--json", "--quiet"]) == 0
+    assert json.loads(capsys.readouterr().out)["out_of_focus"] == []
+    assert main(["filter", "--input", str(tmp_path), "--limit", "2", "--min-sharpness", str(threshold), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["out_of_focus"] == ["blurred.png"]

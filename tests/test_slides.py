@@ -401,3 +401,15 @@ def test_dry_run_of_a_slide_keeps_what_the_store_keeps(slide_dir, slide_store):
     for name in ("regions_found", "rejected_size", "rejected_fill"):
         assert getattr(dry, name) == getattr(summary, name) == sum(r[name] for r in rows), name
     assert dry.sources_without_roi == summary.sources_without_roi
+
+
+def test_mpp_of_tile_files_scales_min_box_as_a_slide_level_does(tmp_path, capsys):
+    from conftest import draw_tile
+
+    Image.fromarray(draw_tile([("rect", 100, 80, 150, 130)])).save(tmp_path / "tile.png")  # a 50 x 50 cell
+    dry_run = ["filter", "--input", str(tmp_path), "--limit", "1", "--json", "--quiet"]
+    kept = []
+    for sizes in ([], ["--mpp", "0.5", "--reference-mpp", "0.25"]):  # min_box 70 px at 0.25 um/px is 35 px here
+        assert main([*dry_run, *sizes]) == 0
+        kept.append(json.loads(capsys.readouterr().out)["rois"])
+    assert kept == [0, 1]

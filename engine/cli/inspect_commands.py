@@ -39,7 +39,7 @@ def cmd_overlay(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from activessf_engine.inspect import calibrate
+    from activessf_engine.inspect import Objective, calibrate
 
     labels = set(args.label) if args.label else None
     summary = calibrate(
@@ -51,16 +51,21 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         fit=args.fit,
         seed=args.seed,
         iou=args.iou,
+        objective=Objective.parse(args.objective),
         device=run_device(args),
     )
     lines = [
-        f"fitted on        {len(summary['fit_tiles'])} tiles ({summary['configurations_tried']} configurations tried)",
+        f"fitted on        {len(summary['fit_tiles'])} tiles ({summary['configurations_tried']} configurations tried, "
+        f"best {summary['objective']})",
         f"{'':20}{'recall':>8} {'precision':>9} {'F1':>6}  found/annotated  kept",
     ]
+    held = (
+        "left out 1 by 1" if summary["scored_by"] == "leave_one_tile_out" else f"{summary['held_out_tiles']} held out"
+    )
+    names = {"fit": "fit tiles", "held_out": held}
     for where in ("fit", "held_out"):
         for when in ("before", "after"):
             m = summary[where][when]
-            names = {"fit": "fit tiles", "held_out": f"{summary['held_out_tiles']} held out"}
             label = f"{names[where]} {when}"
             lines.append(
                 f"{label:<20}{m['recall']:>8.3f} {m['precision']:>9.3f} {m['f1']:>6.3f}  "
@@ -133,9 +138,23 @@ def add_parsers(sub: Any) -> None:
     )
     p.add_argument("--out", required=True, type=Path, help="TOML file to write ([filter] section, for --config)")
     p.add_argument("--label", action="append", help="only boxes with this label (repeatable; default all)")
-    p.add_argument("--fit", type=int, default=5, help="annotated tiles to fit on; the rest are held out (default 5)")
+    p.add_argument(
+        "--fit",
+        type=int,
+        default=5,
+        help="annotated tiles to fit on; the rest are held out (default 5); with no more tiles than this, the fit "
+        "is on all and each tile is scored by a fit on the others (leave one tile out)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the random choice of the fit tiles")
     p.add_argument("--iou", type=float, default=0.5, help="IoU at which a kept box matches an annotated one")
+    p.add_argument(
+        "--objective",
+        nargs="+",
+        default=["f1"],
+        metavar="WORD",
+        help="what the search maximizes: `f1` (default), or `recall-at-precision P`: the best recall among the "
+        "settings with precision >= P (the best F1 where none reaches P)",
+    )
     add_common_flags(p, ("input", "filter"))
 
     p = sub.add_parser("report", help="one HTML page about a store: sources, rejections, ROIs, clusters, throughput")

@@ -75,6 +75,7 @@ def source_record(source: Source, image: DecodedImage, regions: TileRegions | No
         "decoder": image.decoder,
         "exif_orientation": image.orientation,
         **dict(zip(("rois", *REJECTION_COUNTS), counts, strict=True)),
+        **(regions.focus_record() if regions is not None else {}),
         **(source.tile.record() if source.tile is not None else {}),
     }
 
@@ -150,5 +151,5 @@ def batch_regions(
     The tiles of a batch are of one part, so of one slide (whose level scales the filter's pixel sizes) or tile
     files."""
     ok = [i for i, img in enumerate(images) if img.image is not None]
-    filter_config = scaled_filter(config.filter, sources[0].tile if sources else None)
+    filter_config = scaled_filter(config, sources[0].tile if sources else None)
     return dict(zip(ok, find_regions([images[i].image for i in ok], filter_config, times), strict=True))

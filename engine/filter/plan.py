@@ -76,7 +76,7 @@ class FilterPlan:
         summary.wall_seconds = time.perf_counter() - started
         summary.store_rois = len(RoiStore(writer.root))
         record = summary.to_json()
-        for name in ("skipped", "sources_without_roi"):  # in the parts' sources tables already
+        for name in ("skipped", "sources_without_roi", "out_of_focus"):  # in the parts' sources tables already
             record[name] = len(record[name])
         writer.record_run(record)
 

@@ -19,6 +19,7 @@ import torch
 
 from activessf_engine import kernels
 from activessf_engine.config import FilterConfig
+from activessf_engine.filter.focus import sharpness
 
 SAMPLE_SEED = 0  # the pixel sample that K-means is fitted on is drawn from this seed on every device
 
@@ -33,8 +34,19 @@ class TileRegions:
     mask: torch.Tensor | None = None  # (H, W) bool composite HSV mask, when asked for (QC overlays)
     palette: np.ndarray | None = None  # (m, 3) uint8 colours of G' (m <= merged_clusters)
     found: int = 0  # connected components of the mask, before the size and fill tests
-    too_small: int = 0  # of those, rejected because the box is under min_box on a side
+    too_small: int = 0  # of those, rejected for the box's size: under min_box on a side (or over max_box)
     low_fill: int = 0  # rejected because the fill rate is under min_fill (after passing the size test)
+    sharpness: float = 0.0  # variance of the Laplacian of the tile's grey image (filter/focus.py)
+    out_of_focus: bool = False  # sharpness under min_sharpness: every region dropped
+
+    def focus_record(self) -> dict[str, float | bool]:
+        """The tile's columns of a sources table row about focus."""
+        return {"sharpness": round(self.sharpness, 2), "out_of_focus": self.out_of_focus}
+
+    def drop_all(self) -> None:
+        """Keep no region (an out-of-focus tile); the counts of what the masks held stay."""
+        self.boxes, self.areas, self.fill_rates = self.boxes[:0], self.areas[:0], self.fill_rates[:0]
+        self.out_of_focus = True
 
 
 @dataclass
@@ -130,11 +142,23 @@ def cell_masks(tiles: torch.Tensor, config: FilterConfig, times: StageTimes) -> 
     return hsv_masks(quantized, config, times), quantized.palettes
 
 
+def grow_boxes(boxes: np.ndarray, scale: float, height: int, width: int) -> np.ndarray:
+    """(n, 4) boxes grown about their centres by `scale`, clipped to a height x width tile."""
+    if scale == 1.0 or not len(boxes):
+        return boxes
+    centre = (boxes[:, :2] + boxes[:, 2:]) / 2
+    half = (boxes[:, 2:] - boxes[:, :2]) * scale / 2
+    low = np.maximum(np.floor(centre - half), 0)
+    high = np.minimum(np.ceil(centre + half), (width, height))
+    return np.concatenate([low, high], axis=1).astype(boxes.dtype)
+
+
 def regions_of_masks(masks: torch.Tensor, config: FilterConfig) -> list[TileRegions]:
     """Connected components (8-connected by default) of each mask of a (B, H, W) stack, kept when the box
-    is at least min_box x min_box and the fill rate (region pixels / box pixels, II-B2) is at least
-    min_fill. The stack is labelled at once (no region joins two tiles) and its statistics come back to
-    the host in one copy; stacks past the kernels' 2^31-element launch limit go in slices of whole tiles."""
+    is at least min_box x min_box (at most max_box on its longer side, when set) and the fill rate (region
+    pixels / box pixels, II-B2) is at least min_fill; the boxes kept are then grown by box_scale. The stack
+    is labelled at once (no region joins two tiles) and its statistics come back to the host in one copy;
+    stacks past the kernels' 2^31-element launch limit go in slices of whole tiles."""
     batch, height, width = masks.shape
     step = max(1, (kernels.LAUNCH_ELEMENT_LIMIT - 1) // max(1, height * width))
     results: list[TileRegions] = []
@@ -144,7 +168,10 @@ def regions_of_masks(masks: torch.Tensor, config: FilterConfig) -> list[TileRegi
         tiles_here = min(step, batch - first)
         found = np.bincount(tiles, minlength=tiles_here)
         widths, heights = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-        big = np.flatnonzero((widths >= config.min_box) & (heights >= config.min_box))
+        sized_ok = (widths >= config.min_box) & (heights >= config.min_box)
+        if config.max_box:
+            sized_ok &= np.maximum(widths, heights) <= config.max_box
+        big = np.flatnonzero(sized_ok)
         boxes, areas, tiles = boxes[big], areas[big], tiles[big]
         if config.fill_holes and len(big):  # scipy on the host, per kept region (listed in the run's device notes)
             lab = labels.cpu().numpy()
@@ -155,6 +182,7 @@ def regions_of_masks(masks: torch.Tensor, config: FilterConfig) -> list[TileRegi
         keep = fill >= config.min_fill
         sized = np.bincount(tiles, minlength=tiles_here)
         boxes, areas, fill, tiles = boxes[keep], areas[keep], fill[keep], tiles[keep]
+        boxes = grow_boxes(boxes, config.box_scale, height, width)
         kept = np.bincount(tiles, minlength=tiles_here)
         for tile in range(tiles_here):
             mine = tiles == tile  # labels run tile after tile, so each tile's regions stay in raster order
@@ -188,8 +216,11 @@ def find_regions(
         group = tiles[indices[0]][None] if len(indices) == 1 else torch.stack([tiles[i] for i in indices])
         masks, palettes = cell_masks(group, config, times)
         start = time.perf_counter()
+        focus = sharpness(group)
         for j, (i, found) in enumerate(zip(indices, regions_of_masks(masks, config), strict=True)):
-            found.palette = palettes[j]
+            found.palette, found.sharpness = palettes[j], focus[j]
+            if focus[j] < config.min_sharpness:
+                found.drop_all()
             if keep_masks:
                 found.mask = masks[j]
             results[i] = found

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from activessf_engine.config import FilterConfig, InputConfig
+from activessf_engine.config import EngineConfig, FilterConfig, InputConfig
 from activessf_engine.filter.decode import DecodedImage, pixel_bounded_batches
 from activessf_engine.filter.slide_readers import SlideReader, open_slide, slide_reader_for
 from activessf_engine.filter.sources import SlideTile, Source
@@ -198,11 +198,22 @@ def expand_slides(sources: list[Source], config: InputConfig) -> tuple[list[Sour
     return expanded, table
 
 
-def scaled_filter(config: FilterConfig, tile: SlideTile | None) -> FilterConfig:
-    """The filter's settings at a tile's level: its pixel sizes times the tile's scale."""
-    if tile is None or tile.scale == 1.0:
-        return config
-    return dataclasses.replace(config, min_box=max(1, round(config.min_box * tile.scale)))
+def tile_file_scale(config: InputConfig) -> float:
+    """What the filter's pixel sizes are multiplied by on tile files: reference_mpp / the tiles' mpp (1 unless
+    both are set)."""
+    return config.reference_mpp / config.mpp if config.mpp and config.reference_mpp else 1.0
+
+
+def scaled_filter(config: EngineConfig, tile: SlideTile | None) -> FilterConfig:
+    """The filter's settings at a slide tile's level, or for tile files at their `input.mpp`: its pixel sizes
+    (min_box, max_box) times the scale."""
+    scale = tile.scale if tile is not None else tile_file_scale(config.input)
+    if scale == 1.0:
+        return config.filter
+    settings = config.filter
+    return dataclasses.replace(
+        settings, min_box=max(1, round(settings.min_box * scale)), max_box=round(settings.max_box * scale)
+    )
 
 
 class _Readers:

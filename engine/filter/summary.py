@@ -37,6 +37,7 @@ class FilterSummary:
     rejected_size: int = 0
     rejected_fill: int = 0
     sources_without_roi: list[str] = field(default_factory=list)  # read, but no region kept
+    out_of_focus: list[str] = field(default_factory=list)  # read, sharpness under filter.min_sharpness: no region kept
     store_rois: int = 0  # ROIs the store holds after the run (a resumed run's earlier parts included)
     dry_run: bool = False  # `filter --limit N`: a few tiles filtered, no store written
     slides: int = 0  # whole slides among the inputs (each read as tiles, which count as sources)
@@ -72,6 +73,8 @@ class FilterSummary:
                 setattr(self, name, getattr(self, name) + row.get(name, 0))
             if not row["rois"]:
                 self.sources_without_roi.append(row["path"])
+            if row.get("out_of_focus"):
+                self.out_of_focus.append(row["path"])
             self.sources_read += 1
             self.megapixels += row["width"] * row["height"] / 1e6
             self.decoders[row["decoder"]] = self.decoders.get(row["decoder"], 0) + 1

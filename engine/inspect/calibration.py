@@ -3,21 +3,29 @@ better it does on the annotated tiles it did not see.
 
 The search. A found box counts when a one-to-one IoU >= `iou` matching pairs it with an annotated box;
 recall, precision and F1 are over all tiles of a set. The annotated tiles are split at random (seeded):
-`fit` tiles to search on, the rest held out for the before/after figures. On the fit tiles every
-combination of these is tried, and the one with the best F1 kept (then recall, then the summed IoU of
-the matched boxes; full ties go to the earlier, nearer the paper's settings):
+`fit` tiles to search on, the rest held out for the before/after figures. With no more tiles than `fit`,
+the search runs on all of them and the figures are leave-one-tile-out: each tile scored under the best
+config of the others. On the fit tiles every combination of these is tried, and the one that ranks first
+under the `Objective` kept (`f1`: the best F1, then recall; `recall-at-precision P`: the best recall among
+those with precision >= P, else the best F1; then the summed IoU of the matched boxes; full ties go to the
+earlier, nearer the paper's settings):
 
 * illumination normalization: `minmax`, `channel_minmax` (each tile's own white balance), `none`;
 * K-means settings (kmeans_clusters, merged_clusters): KMEANS;
 * HSV source (`quantized` G' or `blurred` G) and HSV ranges: the paper's, or ranges learned from the fit
   tiles under that normalization: the saturation floor at a quantile of the background's saturation
-  (pixels outside every box), the hue range that of the pixels inside the boxes above that floor. Learning
-  the ranges from the user's own tiles (after per-tile normalization) is what makes the search carry over
-  to other stains and scanners, where the paper's purple range does not fit;
-* fill holes or not, min_fill in MIN_FILLS, and min_box as fractions of the annotated boxes' shorter side.
+  (pixels outside every box), the hue range that of the pixels inside the boxes above that floor, used for
+  both masks; and the purple and deep-blue masks learned separately, from the two groups (2-means on hue
+  and value) of those pixels, each with its own hue and value range. Learning the ranges from the user's
+  own tiles (after per-tile normalization) is what makes the search carry over to other stains and
+  scanners, where the paper's purple range does not fit;
+* fill holes or not, min_fill in MIN_FILLS, min_box as fractions of the annotated boxes' shorter side,
+  max_box (no bound, or multiples of their longer side): the upper bound drops clumps and smears; and
+  box_scale in BOX_SCALES: the mask holds mostly the nucleus, the annotated box the whole cell.
 
 Masks are made once per (tile, normalization, K-means, source, ranges); the size and fill decisions are
 thresholds on per-region numbers, so all of them are judged on one loose `regions_of_masks` per mask.
+Every configuration's counts are kept per tile, so the leave-one-tile-out choice costs no second search.
 """
 
 from __future__ import annotations
@@ -26,12 +34,14 @@ import dataclasses
 import itertools
 import logging
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
+from scipy.cluster.vq import kmeans2
 
 from activessf_engine.config import EngineConfig, FilterConfig, HsvRange, dumps_toml, load_config, to_dict
 from activessf_engine.device import DeviceChoice, as_choice
@@ -42,6 +52,7 @@ from activessf_engine.filter import (
     decode_files,
     find_regions,
     find_sources,
+    grow_boxes,
     hsv_masks,
     quantize,
     regions_of_masks,
@@ -59,6 +70,10 @@ HUE_QUANTILES = (0.01, 0.99)  # hue range of the wanted pixels above the floor
 MIN_WANTED_PIXELS = 50  # fewer pixels above a floor: no range learned from it
 MIN_FILLS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 MIN_BOX_FRACTIONS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)  # of the 10th percentile of the boxes' shorter side
+MAX_BOX_FACTORS = (1.5, 2.0, 3.0)  # of the 90th percentile of the boxes' longer side; no bound is tried too
+BOX_SCALES = (1.0, 1.25, 1.5, 1.75)  # kept boxes grown by these: a nucleus's box to its cell's
+VALUE_QUANTILES = (0.01, 0.99)  # value range of each of the two separately learned masks
+CLUSTER_PIXELS = 20_000  # wanted pixels the two mask groups are told apart on (a seeded sample)
 
 
 @dataclass
@@ -86,9 +101,11 @@ class Score:
         self.truth += len(truth)
         self.kept += len(kept)
 
-    def rank(self) -> tuple[float, float, float]:
-        """What the search maximizes: F1, then recall, then how well the matched boxes fit."""
-        return self.f1, self.recall, self.matched_iou
+    @classmethod
+    def of(cls, counts: np.ndarray) -> Score:
+        """The score of one row of `Grid.counts` summed over tiles: found, annotated, kept, summed IoU."""
+        found, truth, kept, matched_iou = counts.tolist()
+        return cls(round(found), round(truth), round(kept), matched_iou)
 
     @property
     def recall(self) -> float:
@@ -136,12 +153,50 @@ def load_annotated(
     return samples
 
 
+@dataclass(frozen=True)
+class Objective:
+    """What the search maximizes: `f1` (then recall), or `recall-at-precision` (the best recall among the
+    configurations with precision >= min_precision; where none reaches it, the best F1); then the summed IoU
+    of the matched boxes."""
+
+    name: Literal["f1", "recall-at-precision"] = "f1"
+    min_precision: float = 0.0
+
+    @classmethod
+    def parse(cls, words: Sequence[str]) -> Objective:
+        """`["f1"]` or `["recall-at-precision", "0.85"]`, as `--objective` takes them."""
+        if list(words) == ["f1"]:
+            return cls()
+        if len(words) == 2 and words[0] == "recall-at-precision":
+            try:
+                floor = float(words[1])
+            except ValueError:
+                floor = -1.0
+            if 0 < floor <= 1:
+                return cls("recall-at-precision", floor)
+        raise ValueError(f"--objective must be `f1` or `recall-at-precision P` with P in (0, 1], got {' '.join(words)}")
+
+    def describe(self) -> str:
+        return "F1" if self.name == "f1" else f"recall at precision >= {self.min_precision}"
+
+    def best(self, counts: np.ndarray) -> int:
+        """The index of the first-ranked row of (configs, 4) counts summed over tiles (ties: the earliest)."""
+        found, truth, kept, matched_iou = counts.T
+        recall = np.divide(found, truth, out=np.zeros_like(found), where=truth > 0)
+        precision = np.divide(found, kept, out=np.zeros_like(found), where=kept > 0)
+        f1 = np.divide(
+            2 * recall * precision, recall + precision, out=np.zeros_like(found), where=recall + precision > 0
+        )
+        if self.name == "f1":
+            keys = [f1, recall, matched_iou]
+        else:
+            meets = (precision >= self.min_precision).astype(np.float64)
+            keys = [meets, np.where(meets > 0, recall, f1), precision, matched_iou]
+        return int(np.lexsort([-k for k in reversed(keys)])[0])  # lexsort is stable and sorts by its last key first
+
+
 def split(samples: list[Annotated], fit: int, seed: int) -> tuple[list[Annotated], list[Annotated]]:
     """`fit` tiles drawn at random (seeded) to search on, and the rest, held out."""
-    if fit < 1 or len(samples) <= fit:
-        raise ValueError(
-            f"need more annotated tiles than --fit {fit} (found {len(samples)}), so that some are held out to score on"
-        )
     order = np.random.default_rng(seed).permutation(len(samples))
     return [samples[i] for i in sorted(order[:fit])], [samples[i] for i in sorted(order[fit:])]
 
@@ -154,8 +209,24 @@ def evaluate(samples: list[Annotated], config: FilterConfig, iou: float) -> Scor
     return score
 
 
-def learned_ranges(quantized: list[Quantized], samples: list[Annotated]) -> list[HsvRange]:
-    """HSV ranges of the pixels inside the boxes that are more saturated than most of the background."""
+def _range_of(hsv: np.ndarray, floor: int) -> HsvRange:
+    """The hue (and with `VALUE_QUANTILES` the value) range of (3, n) HSV pixels above a saturation floor."""
+    hue = tuple(int(v) for v in np.quantile(hsv[0], HUE_QUANTILES))
+    value = tuple(int(v) for v in np.quantile(hsv[2], VALUE_QUANTILES))
+    return HsvRange(h=hue, s=(min(floor, 255), 255), v=value)
+
+
+def _two_groups(hsv: np.ndarray) -> list[np.ndarray]:
+    """The (3, n) pixels split in two by a seeded 2-means on hue and value (nuclei from paler cytoplasm)."""
+    rng = np.random.default_rng(0)
+    picked = hsv[:, rng.permutation(hsv.shape[1])[:CLUSTER_PIXELS]]
+    _, labels = kmeans2(picked[[0, 2]].T.astype(np.float64), 2, minit="++", seed=0)
+    return [picked[:, labels == k] for k in range(2)]
+
+
+def learned_ranges(quantized: list[Quantized], samples: list[Annotated]) -> list[tuple[HsvRange, HsvRange]]:
+    """(purple, deep_blue) pairs learned from the pixels inside the boxes that are more saturated than most of the
+    background: per saturation floor, one hue range for both masks, and the two groups' ranges apart."""
     inside_hsv, outside_s = [], []
     for q, sample in zip(quantized, samples, strict=True):
         hsv = hsv_opencv(q.smooth[0].permute(2, 0, 1)).cpu().numpy()  # (3, H, W)
@@ -165,17 +236,19 @@ def learned_ranges(quantized: list[Quantized], samples: list[Annotated]) -> list
         inside_hsv.append(hsv[:, inside])
         outside_s.append(hsv[1, ~inside])
     wanted, background = np.concatenate(inside_hsv, axis=1), np.concatenate(outside_s)
-    ranges = []
+    pairs: list[tuple[HsvRange, HsvRange]] = []
     for quantile in BACKGROUND_QUANTILES:
         floor = int(np.quantile(background, quantile)) if len(background) else 0
-        hues = wanted[0, wanted[1] >= floor]
-        if len(hues) < MIN_WANTED_PIXELS:
+        above = wanted[:, wanted[1] >= floor]
+        if above.shape[1] < MIN_WANTED_PIXELS:
             continue
-        low, high = (int(v) for v in np.quantile(hues, HUE_QUANTILES))
-        found = HsvRange(h=(low, high), s=(min(floor, 255), 255), v=(0, 255))
-        if found not in ranges:
-            ranges.append(found)
-    return ranges
+        both = HsvRange(h=_range_of(above, floor).h, s=(min(floor, 255), 255), v=(0, 255))
+        found = [(both, both)]
+        groups = _two_groups(above)
+        if all(g.shape[1] >= MIN_WANTED_PIXELS for g in groups):
+            found.append((_range_of(groups[0], floor), _range_of(groups[1], floor)))
+        pairs += [pair for pair in found if pair not in pairs]
+    return pairs
 
 
 def _min_boxes(samples: list[Annotated], base: FilterConfig) -> list[int]:
@@ -183,40 +256,91 @@ def _min_boxes(samples: list[Annotated], base: FilterConfig) -> list[int]:
     if not len(boxes):
         return [base.min_box]
     shorter = np.percentile(np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]), 10)
-    return sorted({max(4, round(f * shorter)) for f in MIN_BOX_FRACTIONS} | {base.min_box})
+    return _nearest_first({max(4, round(f * shorter)) for f in MIN_BOX_FRACTIONS} | {base.min_box}, base.min_box)
 
 
-def _passing(regions: TileRegions, min_box: int, min_fill: float) -> np.ndarray:
+def _nearest_first(values: Iterable[float], start: float) -> list[float]:
+    """`values` nearest `start` first: a full tie on the fit tiles goes to the setting nearest the starting one
+    (a loose min_box that keeps the same boxes on 5 tiles keeps platelets on the others)."""
+    return sorted(values, key=lambda v: (abs(v - start), v))
+
+
+def _max_boxes(samples: list[Annotated]) -> list[int]:
+    boxes = np.concatenate([s.boxes for s in samples])
+    if not len(boxes):
+        return [0]
+    longer = np.percentile(np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]), 90)
+    return [0, *sorted({round(f * longer) for f in MAX_BOX_FACTORS})]
+
+
+def _passing(regions: TileRegions, min_box: int, max_box: int, min_fill: float) -> np.ndarray:
+    """The boxes of the loose `regions` that pass stricter size and fill tests."""
     b = regions.boxes
-    keep = ((b[:, 2] - b[:, 0]) >= min_box) & ((b[:, 3] - b[:, 1]) >= min_box) & (regions.fill_rates >= min_fill)
+    widths, heights = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
+    keep = (widths >= min_box) & (heights >= min_box) & (regions.fill_rates >= min_fill)
+    if max_box:
+        keep &= np.maximum(widths, heights) <= max_box
     return b[keep]
 
 
-def search(samples: list[Annotated], base: FilterConfig, iou: float) -> tuple[FilterConfig, Score, int]:
-    """The best config for `samples` (see the module docstring), its score and how many were tried."""
+def _counts(kept: np.ndarray, truth: np.ndarray, iou: float) -> tuple[int, int, int, float]:
+    found, matched_iou = match_boxes(kept, truth, iou)
+    return found, len(truth), len(kept), matched_iou
+
+
+@dataclass
+class Grid:
+    """Every configuration tried, the starting one first, and its counts on each tile."""
+
+    configs: list[FilterConfig]
+    counts: np.ndarray  # (configs, tiles, 4): annotated boxes found, annotated boxes, boxes kept, summed IoU
+
+    def best(self, objective: Objective) -> int:
+        return objective.best(self.counts.sum(axis=1))
+
+    def leave_one_out(self, objective: Objective) -> Score:
+        """Each tile scored under the configuration that ranks first on the other tiles, summed."""
+        total, score = self.counts.sum(axis=1), np.zeros(4)
+        for tile in range(self.counts.shape[1]):
+            score += self.counts[objective.best(total - self.counts[:, tile]), tile]
+        return Score.of(score)
+
+
+def search(samples: list[Annotated], base: FilterConfig, iou: float) -> Grid:
+    """Every configuration of the grid (see the module docstring) and its counts on each of `samples`."""
     times = StageTimes()
-    min_boxes = _min_boxes(samples, base)
-    best, best_score, tried = base, evaluate(samples, base, iou), 0
+    min_boxes, max_boxes = _min_boxes(samples, base), _max_boxes(samples)
+    min_fills = _nearest_first(MIN_FILLS, base.min_fill)
+    configs = [base]
+    rows = [[_counts(find_regions([s.image], base)[0].boxes, s.boxes, iou) for s in samples]]
     for normalize, (clusters, merged) in itertools.product(NORMALIZE, KMEANS):
         settings = dataclasses.replace(base, normalize=normalize, kmeans_clusters=clusters, merged_clusters=merged)
         quantized = [quantize(s.image[None], settings, times) for s in samples]
-        ranges = [(base.purple, base.deep_blue)] + [(r, r) for r in learned_ranges(quantized, samples)]
+        ranges = [(base.purple, base.deep_blue), *learned_ranges(quantized, samples)]
         sources = HSV_SOURCES if (clusters, merged) == KMEANS[0] else ("quantized",)  # G does not depend on K-means
         for source, (purple, deep_blue) in itertools.product(sources, ranges):
             masked = dataclasses.replace(settings, hsv_source=source, purple=purple, deep_blue=deep_blue)
             masks = [hsv_masks(q, masked, times) for q in quantized]
             for holes in (False, True):
-                loose = dataclasses.replace(masked, fill_holes=holes, min_box=min_boxes[0], min_fill=MIN_FILLS[0])
+                loose = dataclasses.replace(
+                    masked, fill_holes=holes, min_box=min(min_boxes), max_box=0, min_fill=min(min_fills), box_scale=1.0
+                )
                 regions = [regions_of_masks(m, loose)[0] for m in masks]
-                for min_fill, min_box in itertools.product(MIN_FILLS, min_boxes):
-                    score = Score()
-                    for found, sample in zip(regions, samples, strict=True):
-                        score.add(_passing(found, min_box, min_fill), sample.boxes, iou)
-                    tried += 1
-                    if score.rank() > best_score.rank():
-                        best = dataclasses.replace(loose, min_box=min_box, min_fill=min_fill)
-                        best_score = score
-    return best, best_score, tried
+                for min_fill, min_box, max_box in itertools.product(min_fills, min_boxes, max_boxes):
+                    if max_box and max_box < min_box:
+                        continue
+                    passing = [_passing(found, min_box, max_box, min_fill) for found in regions]
+                    for scale in BOX_SCALES:
+                        grown = (
+                            grow_boxes(b, scale, *s.image.shape[:2]) for b, s in zip(passing, samples, strict=True)
+                        )
+                        rows.append([_counts(kept, s.boxes, iou) for kept, s in zip(grown, samples, strict=True)])
+                        configs.append(
+                            dataclasses.replace(
+                                loose, min_box=min_box, max_box=max_box, min_fill=min_fill, box_scale=scale
+                            )
+                        )
+    return Grid(configs, np.asarray(rows, dtype=np.float64))
 
 
 def write_filter_toml(path: Path, config: FilterConfig, comments: list[str]) -> None:
@@ -238,23 +362,38 @@ def calibrate(
     fit: int = 5,
     seed: int = 0,
     iou: float = 0.5,
+    objective: Objective = Objective(),
     device: DeviceChoice | str = "cpu",
 ) -> dict[str, Any]:
-    """Search the filter's parameters on `fit` annotated tiles, write the best as a TOML [filter] section to
-    `out`, and score `config.filter` (before) and the result (after) on the held-out tiles."""
+    """Search the filter's parameters on `fit` annotated tiles for the best under `objective`, write it as a
+    TOML [filter] section to `out`, and score `config.filter` (before) and the result (after) on the held-out
+    tiles; with no more than `fit` annotated tiles, on all of them, the after figures leave one tile out."""
     if not 0 < iou <= 1:
         raise ValueError(f"--iou must lie in (0, 1], got {iou}")
+    if fit < 1:
+        raise ValueError(f"--fit must be >= 1, got {fit}")
     started = time.perf_counter()
     samples = load_annotated(input_path, annotations, labels, config, as_choice(device))
-    fitted_on, held_out = split(samples, fit, seed)
-    fit_before = evaluate(fitted_on, config.filter, iou)
-    best, fit_after, tried = search(fitted_on, config.filter, iou)
-    before, after = evaluate(held_out, config.filter, iou), evaluate(held_out, best, iou)
+    if len(samples) < 2:
+        raise ValueError(f"need at least 2 annotated tiles (found {len(samples)}): one to fit on, one to score on")
+    one_out = len(samples) <= fit
+    fitted_on, held_out = (samples, []) if one_out else split(samples, fit, seed)
+    grid = search(fitted_on, config.filter, iou)
+    pick = grid.best(objective)
+    best = grid.configs[pick]
+    fit_before, fit_after = Score.of(grid.counts[0].sum(axis=0)), Score.of(grid.counts[pick].sum(axis=0))
+    if one_out:
+        before, after = fit_before, grid.leave_one_out(objective)
+        scored = f"{len(samples)} tiles, each left out of the fit in turn"
+    else:
+        before, after = evaluate(held_out, config.filter, iou), evaluate(held_out, best, iou)
+        scored = f"{len(held_out)} held-out tiles"
     changed = {k: v for k, v in to_dict(best).items() if to_dict(config.filter)[k] != v}
     comments = [
-        f"activessf-engine calibrate: {tried} configurations tried on {len(fitted_on)} tiles "
-        f"({', '.join(s.name for s in fitted_on)}), labels {sorted(labels) if labels else 'all'}, IoU >= {iou}",
-        f"fit tiles: F1 {fit_before.f1:.3f} -> {fit_after.f1:.3f}; {len(held_out)} held-out tiles: recall "
+        f"activessf-engine calibrate: {len(grid.configs)} configurations tried on {len(fitted_on)} tiles "
+        f"({', '.join(s.name for s in fitted_on)}), labels {sorted(labels) if labels else 'all'}, IoU >= {iou}, "
+        f"objective {objective.describe()}",
+        f"fit tiles: F1 {fit_before.f1:.3f} -> {fit_after.f1:.3f}; {scored}: recall "
         f"{before.recall:.3f} -> {after.recall:.3f}, precision {before.precision:.3f} -> {after.precision:.3f}, "
         f"F1 {before.f1:.3f} -> {after.f1:.3f}",
         f"changed from the starting config: {', '.join(changed) or 'nothing'}",
@@ -265,7 +404,9 @@ def calibrate(
         "out": str(out),
         "fit_tiles": [s.name for s in fitted_on],
         "held_out_tiles": len(held_out),
-        "configurations_tried": tried,
+        "scored_by": "leave_one_tile_out" if one_out else "held_out",
+        "objective": objective.describe(),
+        "configurations_tried": len(grid.configs),
         "iou": iou,
         "fit": {"before": fit_before.to_json(), "after": fit_after.to_json()},
         "held_out": {"before": before.to_json(), "after": after.to_json()},

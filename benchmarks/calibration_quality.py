@@ -1,0 +1,86 @@
+"""How well `calibrate` carries from 5 annotated tiles to the rest: BCCD's test split, WBC boxes, IoU 0.5.
+
+For each seed, 5 of the 72 test tiles are drawn (`calibration.split`, as `calibrate --fit 5 --seed S` does),
+the grid is searched once on them (`calibration.search`), and the configuration each objective ranks first
+is scored on the other 67 tiles, next to the paper's defaults ("before"). Objectives: `f1` and
+`recall-at-precision P` (`--precision`, default 0.85). Wall seconds of the search and of one objective's
+held-out scoring are printed per seed.
+
+Run (from the repository root; CPU is enough):
+
+    python benchmarks/calibration_quality.py --seeds 0 1 2 3 4 --json /tmp/calibration_quality.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bccd_quality import default_data  # this folder is on sys.path when the script runs
+
+from activessf_engine.config import EngineConfig, to_dict
+from activessf_engine.device import as_choice
+from activessf_engine.inspect.calibration import Objective, evaluate, load_annotated, search, split
+
+
+def test_split(data: Path, folder: Path) -> Path:
+    """A .txt list of the test split's JPEGs (what `--input` takes)."""
+    names = (data / "ImageSets" / "Main" / "test.txt").read_text().split()
+    listing = folder / "test.txt"
+    listing.write_text("".join(f"{data / 'JPEGImages' / name}.jpg\n" for name in names))
+    return listing
+
+
+def measure(data: Path, seeds: list[int], fit: int, precision: float, iou: float) -> list[dict[str, Any]]:
+    config = EngineConfig()
+    objectives = [Objective(), Objective("recall-at-precision", precision)]
+    with tempfile.TemporaryDirectory() as folder:
+        listing = test_split(data, Path(folder))
+        samples = load_annotated(listing, data / "Annotations", {"WBC"}, config, as_choice("cpu"))
+    rows = []
+    for seed in seeds:
+        fitted_on, held_out = split(samples, fit, seed)
+        started = time.perf_counter()
+        grid = search(fitted_on, config.filter, iou)
+        searched = time.perf_counter() - started
+        row: dict[str, Any] = {
+            "seed": seed,
+            "fit_tiles": [s.name for s in fitted_on],
+            "held_out_tiles": len(held_out),
+            "configurations": len(grid.configs),
+            "search_seconds": round(searched, 1),
+            "before": evaluate(held_out, config.filter, iou).to_json(),
+        }
+        for objective in objectives:
+            best = grid.configs[grid.best(objective)]
+            row[objective.describe()] = {**evaluate(held_out, best, iou).to_json(), "config": to_dict(best)}
+        rows.append(row)
+        print(json.dumps({k: v for k, v in row.items() if k != "fit_tiles"}, default=str), flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="BCCD (default: shared/data/bccd)",
+    )
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--fit", type=int, default=5)
+    parser.add_argument("--precision", type=float, default=0.85, help="the floor of recall-at-precision")
+    parser.add_argument("--iou", type=float, default=0.5)
+    parser.add_argument("--json", type=Path, help="write the rows here")
+    args = parser.parse_args()
+    rows = measure(args.data or default_data(), args.seeds, args.fit, args.precision, args.iou)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()
