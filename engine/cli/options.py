@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,9 @@ from activessf_engine.device import DeviceChoice, resolve_device
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SKIPPED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 log = logging.getLogger("activessf_engine")
+# The loggers of the libraries a run starts (a Dask cluster and its workers): they follow -v, and --quiet
+# leaves them only their errors.
+LIBRARY_LOGGERS = ("dask", "distributed")
 
 
 def add_common_flags(parser: argparse.ArgumentParser, sections: tuple[str, ...]) -> None:
@@ -51,9 +55,15 @@ def add_dask_flags(parser: argparse.ArgumentParser, what: str = "filter") -> Non
     group.add_argument("--scheduler", help=f"{what} on the Dask cluster at this address (tcp://host:8786)")
 
 
-def setup_logging(verbose: int) -> None:
+def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
+    """Warnings, -v info, -vv debug; Dask's and distributed's loggers the same, or errors only with --quiet,
+    here and in the worker processes a run starts (Dask reads its logging config from the environment)."""
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    library_level = logging.ERROR if quiet else level
+    for name in LIBRARY_LOGGERS:
+        logging.getLogger(name).setLevel(library_level)
+        os.environ[f"DASK_LOGGING__{name.upper()}"] = logging.getLevelName(library_level).lower()
 
 
 def run_config(args: argparse.Namespace) -> EngineConfig:

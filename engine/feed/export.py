@@ -26,20 +26,17 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from activessf_engine.feed.formats import EXPORT_FORMATS, IMAGE_FORMATS, ExportFormat, ImageFormat
 from activessf_engine.feed.query import RoiQuery, query_rows
 from activessf_engine.feed.shard_order import store_shards
 from activessf_engine.progress import Progress, make_progress
 from activessf_engine.store import RoiStore, manifest_header, manifest_rows
 
-ExportFormat = Literal["imagefolder", "webdataset"]
-ImageFormat = Literal["png", "jpeg"]
-EXPORT_FORMATS: tuple[str, ...] = ("imagefolder", "webdataset")
-IMAGE_FORMATS: tuple[str, ...] = ("png", "jpeg")
 MARKER = "export.json"  # written last; marks a folder as an export that `overwrite` may replace
 SUFFIX = {"png": ".png", "jpeg": ".jpg"}
 

@@ -1,0 +1,78 @@
+"""What a new user meets first (issue 27): an instant `--help`, no silent guesses at flags, list files that
+say how their paths resolve, quiet Dask, a "next:" line that carries the run's flags, typed exports."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import BCCD
+
+from activessf_engine.cli import main
+
+HEAVY = ("torch", "timm", "torchvision", "zarr", "dask", "distributed", "nvidia.dali", "matplotlib", "numcodecs")
+
+
+def modules_after(code: str) -> set[str]:
+    """The modules a fresh interpreter holds after running `code`."""
+    probe = f"{code}\nimport sys, json\nprint(json.dumps(sorted(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    return set(json.loads(result.stdout.splitlines()[-1]))
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["--version"], ["filter", "--help"], ["select", "--help"]])
+def test_help_and_version_import_no_heavy_library(argv):
+    loaded = modules_after(
+        f"import contextlib, activessf_engine.cli as c\nwith contextlib.suppress(SystemExit): c.main({argv})"
+    )
+    assert not {name for name in HEAVY if name in loaded}
+
+
+def test_package_faces_import_their_modules_on_first_use():
+    loaded = modules_after("import activessf_engine.store, activessf_engine.feed, activessf_engine.select")
+    assert "zarr" not in loaded and "torch" not in loaded
+    loaded = modules_after("from activessf_engine.store import StoreLockedError")
+    assert "zarr" not in loaded and "activessf_engine.store.lock" in loaded
+    loaded = modules_after("from activessf_engine.feed import RoiDataset, ShardedRoiDataset, RoiQuery")
+    assert "torch" in loaded
+
+
+def test_a_package_face_refuses_a_name_it_does_not_offer():
+    import activessf_engine.store as store
+
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        store.Nope  # noqa: B018
+    assert "RoiStore" in store.__all__
+
+
+def test_no_flag_is_taken_by_its_prefix(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["filter", "--input", str(BCCD), "--limit", "1", "--min-fil", "0.5"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: activessf-engine filter ")  # the command's own usage, not the top-level one
+    assert "--min-fil" in err and "did you mean --min-fill?" in err
+
+
+def test_an_unknown_command_suggests_the_nearest(capsys):
+    with pytest.raises(SystemExit):
+        main(["fitler", "--help"])
+    assert "did you mean filter?" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("flags", "level"), [("quiet=True", "ERROR"), ("verbose=1", "INFO"), ("", "WARNING")])
+def test_quiet_silences_dask_and_verbose_shows_it(flags, level):
+    """Dask configures its loggers when `distributed` is first imported (after the flags are read), and
+    its worker processes from the environment they inherit: both follow --quiet and -v."""
+    probe = (
+        "import logging, os\n"
+        "from activessf_engine.cli.options import setup_logging\n"
+        f"setup_logging({flags or 'verbose=0'})\n"
+        "import distributed\n"
+        "print(logging.getLevelName(logging.getLogger('distributed.scheduler').getEffectiveLevel()),"
+        " logging.getLevelName(logging.getLogger('dask').getEffectiveLevel()), os.environ['DASK_LOGGING__DISTRIBUTED'])"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == [level, level, level.lower()]
