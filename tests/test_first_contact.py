@@ -4,11 +4,12 @@ say how their paths resolve, quiet Dask, a "next:" line that carries the run's f
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
 import pytest
-from conftest import BCCD
+from conftest import BCCD, run_cli
 
 from activessf_engine.cli import main
 
@@ -76,3 +77,18 @@ def test_quiet_silences_dask_and_verbose_shows_it(flags, level):
     )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert result.stdout.split() == [level, level, level.lower()]
+
+
+def test_a_list_file_says_how_its_paths_resolve_and_a_skip_names_the_path_tried(tmp_path, capsys, monkeypatch):
+    (tmp_path / "tiles").mkdir()
+    shutil.copy(BCCD / "BloodImage_00016.jpg", tmp_path / "tiles")
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "lists" / "index.txt").write_text("tiles/BloodImage_00016.jpg\n")  # relative to the cwd: wrong
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit):
+        main(["filter", "--help"])
+    assert "relative paths in a list are taken from the list file's folder" in " ".join(capsys.readouterr().out.split())
+    code, text = run_cli(["filter", "--input", "lists/index.txt", "--limit", "1", "--json", "--quiet"])
+    assert code == 3
+    error = json.loads(text)["skipped"][0]["error"]
+    assert error.startswith("unreadable") and error.endswith(str(tmp_path / "lists" / "tiles" / "BloodImage_00016.jpg"))

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from activessf_engine.cli.options import add_common_flags, run_config, run_device
+from activessf_engine.cli.options import add_common_flags, add_input_flag, run_config, run_device
 from activessf_engine.cli.summary import print_summary
 
 
@@ -117,13 +117,13 @@ def add_parsers(sub: Any) -> None:
     add_common_flags(p, ())
 
     p = sub.add_parser("overlay", help="tiles with their HSV mask, components and kept/rejected boxes with reasons")
-    p.add_argument("--input", required=True, type=Path, help="folder of tiles, one image, or a .txt list of paths")
+    add_input_flag(p)
     p.add_argument("--out", required=True, type=Path, help="folder for one PNG per tile")
     p.add_argument("--limit", type=int, default=8, help="only the first N tiles, in path order (default 8)")
     add_common_flags(p, ("input", "filter"))
 
     p = sub.add_parser("calibrate", help="fit the filter to a few tiles with boxes round the wanted cells; writes TOML")
-    p.add_argument("--input", required=True, type=Path, help="folder of tiles, one image, or a .txt list of paths")
+    add_input_flag(p)
     p.add_argument(
         "--annotations",
         required=True,

@@ -25,6 +25,18 @@ log = logging.getLogger("activessf_engine")
 LIBRARY_LOGGERS = ("dask", "distributed")
 
 
+def add_input_flag(parser: argparse.ArgumentParser) -> None:
+    """--input, as `filter`, `run`, `overlay` and `calibrate` read it (`find_sources`)."""
+    parser.add_argument(
+        "--input",
+        required=True,
+        type=Path,
+        help="folder of tiles or whole slides (searched recursively), one image or slide, or a list file (.txt, "
+        ".lst, .list) of one path per line: relative paths in a list are taken from the list file's folder, "
+        "not from the working directory",
+    )
+
+
 def add_common_flags(parser: argparse.ArgumentParser, sections: tuple[str, ...]) -> None:
     """--config, --device, --json, --quiet, -v, and a flag for every field of the config `sections`."""
     parser.add_argument("--config", type=Path, help="TOML file with [section] tables of parameters")

@@ -104,7 +104,7 @@ def _probe(path: Path, config: InputConfig) -> _Probe:
     try:
         probe.data = path.read_bytes()
     except OSError as exc:
-        probe.error = f"unreadable: {exc.strerror or exc}"
+        probe.error = f"unreadable: {exc.strerror or exc}: {path}"
         return probe
     if not probe.data:
         probe.error = "empty file"
