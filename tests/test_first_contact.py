@@ -92,3 +92,14 @@ def test_a_list_file_says_how_its_paths_resolve_and_a_skip_names_the_path_tried(
     assert code == 3
     error = json.loads(text)["skipped"][0]["error"]
     assert error.startswith("unreadable") and error.endswith(str(tmp_path / "lists" / "tiles" / "BloodImage_00016.jpg"))
+
+
+def test_an_input_without_an_image_stops_before_a_store_is_made(tmp_path, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "notes.jpg").write_text("not an image")
+    (folder / "table.png").write_text("a,b\n1,2\n")
+    code = main(["filter", "--input", str(folder), "--out", str(tmp_path / "store"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and not (tmp_path / "store").exists()
+    assert "none of the 2 source(s)" in err and "notes.jpg: not a readable image" in err and "next:" not in err

@@ -326,6 +326,11 @@ def pixel_bounded_batches(
         yield batch
 
 
+def why_unreadable(path: Path, config: InputConfig) -> str | None:
+    """Why the file at `path` would be skipped (its header read, nothing decoded), or None if it is an image."""
+    return _probe(path, config).error
+
+
 def _probe_batches(paths: Sequence[Path], config: InputConfig, batch_size: int) -> Iterator[list[_Probe]]:
     probes = (_probe(Path(path), config) for path in paths)
     return pixel_bounded_batches(
