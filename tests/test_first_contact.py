@@ -7,11 +7,16 @@ import json
 import shutil
 import subprocess
 import sys
+import tarfile
+from pathlib import Path
 
+import numpy as np
 import pytest
-from conftest import BCCD, run_cli
+import zarr
+from conftest import BCCD, run_cli, synthetic_store
 
 from activessf_engine.cli import main
+from activessf_engine.store import RoiStore
 
 HEAVY = ("torch", "timm", "torchvision", "zarr", "dask", "distributed", "nvidia.dali", "matplotlib", "numcodecs")
 
@@ -103,3 +108,48 @@ def test_an_input_without_an_image_stops_before_a_store_is_made(tmp_path, capsys
     err = capsys.readouterr().err
     assert code == 2 and not (tmp_path / "store").exists()
     assert "none of the 2 source(s)" in err and "notes.jpg: not a readable image" in err and "next:" not in err
+
+
+def _selection_of(candidates: Path, tmp_path: Path) -> Path:
+    """A selected store made from `candidates` (every other candidate kept, clusters 0-2)."""
+    n = len(RoiStore(candidates))
+    keep = np.arange(n) % 2 == 0
+    kept = np.flatnonzero(keep)
+    root = synthetic_store(
+        tmp_path / "selected",
+        (len(kept),),
+        kind="selected",
+        columns=lambda i: {"cluster": (kept[i] % 3).astype(np.int32)},
+    )
+    group = zarr.open_group(str(root / "decisions"), mode="w", zarr_format=3)
+    for name, values in (("cluster", (np.arange(n) % 3).astype(np.int32)), ("selected", keep)):
+        group.create_array(name, shape=values.shape, dtype=values.dtype)[:] = values
+    return root
+
+
+def test_webdataset_metadata_is_typed_and_labelled_from_the_selection(tmp_path, capsys):
+    candidates = synthetic_store(tmp_path / "candidates", (3, 2))
+    selected = _selection_of(candidates, tmp_path)
+    out = tmp_path / "wds"
+    argv = ["export", str(candidates), "--out", str(out), "--format", "webdataset", "--selected-by", str(selected)]
+    assert main([*argv, "--quiet"]) == 0
+    assert "next: train on" in capsys.readouterr().err
+    with tarfile.open(out / "rois-000000.tar") as tar:
+        files = {member.name: tar.extractfile(member).read() for member in tar.getmembers()}
+    meta = json.loads(files["00000002.json"])
+    assert meta["fill_rate"] == pytest.approx(0.8) and isinstance(meta["fill_rate"], float)
+    assert isinstance(meta["area"], int) and isinstance(meta["x0"], int)
+    assert files["00000002.cls"] == b"2" and "00000001.json" not in files  # candidate 1 was not selected
+
+
+def test_the_dry_run_suggests_the_overlay_with_its_own_flags(capsys):
+    argv = ["filter", "--input", str(BCCD), "--limit", "1", "--min-fill", "0.5", "--no-fill-holes", "--quiet"]
+    main([*argv, "--purple", "120-160,20-255,20-255", "--roi-size", "64"])
+    nxt = capsys.readouterr().err.strip().splitlines()[-1]
+    overlay, run = nxt.split("; then the whole input: ")
+    assert (
+        "activessf-engine overlay" in overlay
+        and "--min-fill 0.5 --no-fill-holes --purple 120-160,20-255,20-255" in overlay
+    )
+    assert "--roi-size" not in overlay  # overlay has no crop flags
+    assert run.startswith("activessf-engine filter") and "--min-fill 0.5" in run and "--roi-size 64" in run

@@ -68,14 +68,25 @@ def field_comments(cls: type) -> dict[str, str]:
     return comments
 
 
+def flag_text(value: Any) -> str:
+    """A value as its flag takes it: H0-H1,S0-S1,V0-V1 for an HSV range (or its dict), A,B,... for a tuple."""
+    if isinstance(value, HsvRange):
+        value = {"h": value.h, "s": value.s, "v": value.v}
+    if isinstance(value, dict):
+        return ",".join(f"{value[c][0]}-{value[c][1]}" for c in "hsv")
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def flag_name(section: str, name: str) -> str:
+    """The flag of the field `name` of the config section `section`: --min-fill, --roi-size, ..."""
+    return "--" + RENAMED.get((section, name), name.replace("_", "-"))
+
+
 def _describe(cls: type, name: str) -> str:
     default = next(f.default for f in dataclasses.fields(cls) if f.name == name)
-    if isinstance(default, HsvRange):
-        shown = f"{default.h[0]}-{default.h[1]},{default.s[0]}-{default.s[1]},{default.v[0]}-{default.v[1]}"
-    elif isinstance(default, tuple):
-        shown = ",".join(map(str, default))
-    else:
-        shown = str(default)
+    shown = flag_text(default)
     comment = field_comments(cls).get(name, "")
     # argparse formats help with %: a literal percent sign must be doubled
     return f"{comment} (default: {shown})".replace("%", "%%").strip()
@@ -90,7 +101,7 @@ def add_section_flags(parser: argparse.ArgumentParser, section: str, only: froze
         if only is not None and field.name not in only:
             continue
         hint = get_type_hints(cls)[field.name]
-        flag = "--" + RENAMED.get((section, field.name), field.name.replace("_", "-"))
+        flag = flag_name(section, field.name)
         kwargs: dict[str, Any] = {
             "dest": f"cfg:{section}:{field.name}",
             "default": argparse.SUPPRESS,
@@ -109,6 +120,21 @@ def add_section_flags(parser: argparse.ArgumentParser, section: str, only: froze
         else:
             kwargs["type"] = hint
         group.add_argument(flag, help=help_text, **kwargs)
+
+
+def given_flags(args: argparse.Namespace, sections: tuple[str, ...] | None = None) -> list[str]:
+    """The config flags given on the command line (of `sections`, or all), as arguments that give them
+    again (to another command: the dry run's "next:" line)."""
+    given = []
+    for dest, value in vars(args).items():
+        if dest.startswith("cfg:") and (sections is None or dest.split(":")[1] in sections):
+            _, section, name = dest.split(":")
+            flag = flag_name(section, name)
+            if isinstance(value, bool):
+                given.append(flag if value else f"--no-{flag[2:]}")
+            else:
+                given += [flag, flag_text(value)]
+    return given
 
 
 def apply_flags(config: EngineConfig, args: argparse.Namespace) -> EngineConfig:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from activessf_engine.cli.options import add_common_flags, add_input_flag, run_config, run_device
+from activessf_engine.cli.options import TILE_SECTIONS, add_common_flags, add_input_flag, run_config, run_device
 from activessf_engine.cli.summary import print_summary
 
 
@@ -120,7 +120,7 @@ def add_parsers(sub: Any) -> None:
     add_input_flag(p)
     p.add_argument("--out", required=True, type=Path, help="folder for one PNG per tile")
     p.add_argument("--limit", type=int, default=8, help="only the first N tiles, in path order (default 8)")
-    add_common_flags(p, ("input", "filter"))
+    add_common_flags(p, TILE_SECTIONS)
 
     p = sub.add_parser("calibrate", help="fit the filter to a few tiles with boxes round the wanted cells; writes TOML")
     add_input_flag(p)
@@ -136,7 +136,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--fit", type=int, default=5, help="annotated tiles to fit on; the rest are held out (default 5)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random choice of the fit tiles")
     p.add_argument("--iou", type=float, default=0.5, help="IoU at which a kept box matches an annotated one")
-    add_common_flags(p, ("input", "filter"))
+    add_common_flags(p, TILE_SECTIONS)
 
     p = sub.add_parser("report", help="one HTML page about a store: sources, rejections, ROIs, clusters, throughput")
     p.add_argument("store", type=Path, help="a store made by `filter` or `select`")

@@ -13,11 +13,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from activessf_engine.cli.flags import add_section_flags, apply_flags
+from activessf_engine.cli.flags import add_section_flags, apply_flags, given_flags
 from activessf_engine.config import EngineConfig, load_config
 from activessf_engine.device import DeviceChoice, resolve_device
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SKIPPED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+DEFAULT_DEVICE = "cpu"
+TILE_SECTIONS = ("input", "filter")  # the config sections of the commands that look at tiles: overlay, calibrate
 
 log = logging.getLogger("activessf_engine")
 # The loggers of the libraries a run starts (a Dask cluster and its workers): they follow -v, and --quiet
@@ -41,7 +43,10 @@ def add_common_flags(parser: argparse.ArgumentParser, sections: tuple[str, ...])
     """--config, --device, --json, --quiet, -v, and a flag for every field of the config `sections`."""
     parser.add_argument("--config", type=Path, help="TOML file with [section] tables of parameters")
     parser.add_argument(
-        "--device", default="cpu", choices=("auto", "cpu", "cuda"), help="where to compute (default cpu)"
+        "--device",
+        default=DEFAULT_DEVICE,
+        choices=("auto", "cpu", "cuda"),
+        help=f"where to compute (default {DEFAULT_DEVICE})",
     )
     parser.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -76,6 +81,14 @@ def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
     for name in LIBRARY_LOGGERS:
         logging.getLogger(name).setLevel(library_level)
         os.environ[f"DASK_LOGGING__{name.upper()}"] = logging.getLevelName(library_level).lower()
+
+
+def run_flags(args: argparse.Namespace, sections: tuple[str, ...] | None = None) -> list[str]:
+    """--config, --device (where not the default) and the config flags (of `sections`) given to this command,
+    as arguments for another that should run the same way."""
+    config = ["--config", str(args.config)] if args.config else []
+    device = ["--device", args.device] if args.device != DEFAULT_DEVICE else []
+    return [*config, *device, *given_flags(args, sections)]
 
 
 def run_config(args: argparse.Namespace) -> EngineConfig:
