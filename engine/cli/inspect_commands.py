@@ -21,8 +21,18 @@ def cmd_preview(args: argparse.Namespace) -> int:
 
     out = args.out or args.store.parent / f"{args.store.name}-preview"
     sheets = write_contact_sheets(args.store, out, rows=args.rows, per_row=args.per_row)
-    summary = {"store": str(args.store), "sheets": [str(p) for p in sheets]}
-    print_summary(args, summary, [f"contact sheet    {p}" for p in sheets])
+    summary = {
+        "store": str(args.store),
+        "sheets": [str(p) for p in sheets.paths],
+        "sources_shown": sheets.sources_shown,
+        "sources_with_rois": sheets.sources_with_rois,
+    }
+    more = " (--rows N shows more)" if sheets.sources_shown < sheets.sources_with_rois else ""
+    lines = [
+        f"sources shown    {sheets.sources_shown} of {sheets.sources_with_rois} sources with ROIs{more}",
+        *(f"contact sheet    {p}" for p in sheets.paths),
+    ]
+    print_summary(args, summary, lines)
     return 0
 
 
