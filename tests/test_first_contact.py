@@ -85,18 +85,23 @@ def test_quiet_silences_dask_and_verbose_shows_it(flags, level):
 
 
 def test_a_list_file_says_how_its_paths_resolve_and_a_skip_names_the_path_tried(tmp_path, capsys, monkeypatch):
-    (tmp_path / "tiles").mkdir()
-    shutil.copy(BCCD / "BloodImage_00016.jpg", tmp_path / "tiles")
-    (tmp_path / "lists").mkdir()
-    (tmp_path / "lists" / "index.txt").write_text("tiles/BloodImage_00016.jpg\n")  # relative to the cwd: wrong
+    (tmp_path / "lists" / "tiles").mkdir(parents=True)
+    shutil.copy(BCCD / "BloodImage_00016.jpg", tmp_path / "lists" / "tiles")
+    listing = tmp_path / "lists" / "index.txt"
+    listing.write_text("tiles/BloodImage_00016.jpg\nmissing/BloodImage_00017.jpg\n")
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit):
         main(["filter", "--help"])
     assert "relative paths in a list are taken from the list file's folder" in " ".join(capsys.readouterr().out.split())
-    code, text = run_cli(["filter", "--input", "lists/index.txt", "--limit", "1", "--json", "--quiet"])
+    code, text = run_cli(["filter", "--input", "lists/index.txt", "--limit", "2", "--json", "--quiet"])
     assert code == 3
     error = json.loads(text)["skipped"][0]["error"]
-    assert error.startswith("unreadable") and error.endswith(str(tmp_path / "lists" / "tiles" / "BloodImage_00016.jpg"))
+    assert error.startswith("unreadable") and error.endswith(
+        str(tmp_path / "lists" / "missing" / "BloodImage_00017.jpg")
+    )
+    listing.write_text("missing/BloodImage_00017.jpg\n")  # nothing readable: stopped, the path tried named
+    assert main(["filter", "--input", "lists/index.txt", "--out", "store", "--quiet"]) == 2
+    assert str(tmp_path / "lists" / "missing" / "BloodImage_00017.jpg") in capsys.readouterr().err
 
 
 def test_an_input_without_an_image_stops_before_a_store_is_made(tmp_path, capsys):
