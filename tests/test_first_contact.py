@@ -45,6 +45,10 @@ def test_package_faces_import_their_modules_on_first_use():
     assert "torch" in loaded
 
 
+def test_select_imports_scikit_learn_only_for_the_baselines_that_cluster():
+    assert "sklearn" not in modules_after("from activessf_engine.select import run_select, reselect")
+
+
 def test_a_package_face_refuses_a_name_it_does_not_offer():
     import activessf_engine.store as store
 
