@@ -7,10 +7,12 @@ and a flag given on the command line wins over both.
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import functools
 import inspect
 import io
+import sys
 import tokenize
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
@@ -43,10 +45,21 @@ def _parse_hsv(text: str) -> dict[str, list[int]]:
 
 
 @functools.cache
+def _class_sources(module: str) -> dict[str, str]:
+    """The source of each top-level class of a module, from one parse of it (`inspect.getsource` of each
+    class would parse the module again each time: seconds of `--help`)."""
+    source = inspect.getsource(sys.modules[module])
+    tree = ast.parse(source)
+    return {
+        node.name: ast.get_source_segment(source, node) or "" for node in tree.body if isinstance(node, ast.ClassDef)
+    }
+
+
+@functools.cache
 def field_comments(cls: type) -> dict[str, str]:
     """The comments that explain each field of a config dataclass, read from its source: the comment
     lines right above the field and the comment at the end of its line, joined."""
-    source = inspect.getsource(cls)
+    source = _class_sources(cls.__module__)[cls.__name__]
     names = {f.name for f in dataclasses.fields(cls)}
     comments: dict[str, str] = {}
     above: list[str] = []
@@ -92,15 +105,21 @@ def _describe(cls: type, name: str) -> str:
     return f"{comment} (default: {shown})".replace("%", "%%").strip()
 
 
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    """The type hints of a config dataclass, resolved once (every parser of every command reads them)."""
+    return get_type_hints(cls)
+
+
 def add_section_flags(parser: argparse.ArgumentParser, section: str, only: frozenset[str] | None = None) -> None:
     """One flag per field of `EngineConfig.<section>` (or per field named in `only`), its help the
     field's comment in config.py."""
-    cls = get_type_hints(EngineConfig)[section]
+    cls = _hints(EngineConfig)[section]
     group = parser.add_argument_group(f"[{section}] {(cls.__doc__ or '').strip().splitlines()[0].rstrip('.')}")
     for field in dataclasses.fields(cls):
         if only is not None and field.name not in only:
             continue
-        hint = get_type_hints(cls)[field.name]
+        hint = _hints(cls)[field.name]
         flag = flag_name(section, field.name)
         kwargs: dict[str, Any] = {
             "dest": f"cfg:{section}:{field.name}",
