@@ -14,10 +14,12 @@ from __future__ import annotations
 import functools
 import logging
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from activessf_engine.config import EngineConfig
+
+if TYPE_CHECKING:  # torch is imported where a device is resolved, not by `import activessf_engine.device`
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +79,8 @@ def _error_text(exc: BaseException) -> str:
 
 def cuda_available() -> tuple[bool, str]:
     """Whether torch sees a CUDA GPU."""
+    import torch
+
     if not torch.backends.cuda.is_built():
         return False, f"this torch build ({torch.__version__}) has no CUDA support"
     if not torch.cuda.is_available():
@@ -155,6 +159,8 @@ def resolve_device(requested: str = "auto") -> DeviceChoice:
     reason (a warning when a GPU is there but unusable, info when there is none). ``cuda`` that cannot
     run raises DeviceUnavailableError with the reason and the fix.
     """
+    import torch
+
     kind, index = _parse_request(requested)
     dali_ok, dali_reason = dali_installed()
     if kind == "cpu":
@@ -195,6 +201,8 @@ def resolve_device(requested: str = "auto") -> DeviceChoice:
 
 
 def _cpu_choice(reason: str, requested: str, dali_ok: bool, dali_reason: str) -> DeviceChoice:
+    import torch
+
     return DeviceChoice(
         "cpu",
         torch.device("cpu"),

@@ -183,13 +183,13 @@ def test_demo_makes_a_selected_store_and_a_report(demo_run):
 
 
 def test_demo_report_says_at_the_top_what_was_kept_and_the_rare_share(demo_run):
-    """Issue 25: the report should say at the top, in one sentence, kept X of Y and the rare share before
+    """Issue 25: the report should say at the top, in one sentence, selected X of Y and the rare share before
     and after (the PBC tiles' classes are known); degenerate clusters are named with the rule and remedy."""
     _, _, summary = demo_run
     select = summary["select"]
     text = Path(summary["report"]).read_text()
     top = text[text.index("</h1>") : text.index("<h2>")]
-    assert f"Kept {select['selected']} of {select['candidates']} candidates" in top
+    assert f"Selected {select['selected']} of {select['candidates']} candidates" in top
     assert re.search(r"Rare classes \(([a-z]+, ){2}[a-z]+\) are \d+ of the \d+ candidates of known class", top)
     assert select["selected"] > 0  # the demo keeps something
     degenerate = select["degenerate_clusters"]
@@ -248,6 +248,55 @@ def test_report_opens_in_headless_chromium_with_every_image(demo_run, tmp_path):
     image = np.asarray(Image.open(shot).convert("RGB"))
     assert image.shape[:2] == (6000, 1200)
     assert (image < 200).any(axis=-1).mean() > 0.02  # text and plots drawn, not a blank page
+
+
+def _page_text(browser: str, page: Path, profile: Path) -> str:
+    """The text of `page` as headless Chromium renders it (scripts, styles and tags gone), in reading order."""
+    flags = [browser, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=5000"]
+    dom = subprocess.run([*flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    body = re.sub(r"<(style|script)[^>]*>.*?</\1>", " ", dom, flags=re.S)
+    return " ".join(re.sub(r"<[^>]+>", " ", body).split())
+
+
+def test_the_report_answers_first_and_links_its_overlays(demo_run, tmp_path):
+    """What a person reads first is the result: kept X of Y with the thresholds that rejected the rest, and
+    the selection; the overlays of a few tiles are on the page, each linked to its full-size file."""
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("no chromium on PATH (apt-get install -y chromium)")
+    summary = demo_run[2]
+    filtered, selected = summary["filter"], summary["select"]
+    page = Path(summary["report"])
+    text = _page_text(browser, page, tmp_path / "profile")
+    first = text[: text.index("store kind")]  # everything above the store's table
+    assert f"Kept {filtered['rois']} of {filtered['regions_found']} regions as ROIs" in first
+    assert f"{filtered['rejected_size']} with a bounding box under min_box = 70 px" in first
+    assert f"{filtered['rejected_fill']} with a fill rate (region pixels / box pixels) under min_fill = 0.5" in first
+    assert f"Selected {selected['selected']} of {selected['candidates']} candidates" in first
+    assert "rejected: fill rate under min_fill = 0.5" in text  # the rejection table names its thresholds too
+    assert "Distance: the Euclidean distance" in text
+    html_text = page.read_text()
+    links = re.findall(r'<a href="(overlays/[^"]+\.png)"><img src="\1"', html_text)
+    assert len(links) == 3 and all((page.parent / link).is_file() for link in links)
+    empty = [c["cluster"] for c in selected["clusters"] if not c["candidates"]]
+    if empty:  # a cluster without candidates gets a sentence, not an empty plot
+        assert f"No candidate is nearest to the prototype of cluster(s) {', '.join(map(str, empty))}" in text
+
+
+def test_contact_sheets_say_what_they_leave_out(demo_run, bccd_run, tmp_path, capsys):
+    from activessf_engine.inspect.contact_sheets import StoredDecisions, cluster_rows, read_summary
+
+    out, _, summary = bccd_run
+    with_rois = 6 - len(summary["sources_without_roi"])
+    assert main(["preview", str(out), "--out", str(tmp_path / "sheets"), "--rows", "2", "--per-row", "1"]) == 0
+    assert f"sources shown    2 of {with_rois} sources with ROIs (--rows N shows more)" in capsys.readouterr().err
+    selected = RoiStore(demo_run[0] / "selected")
+    candidates = RoiStore(demo_run[0] / "candidates")
+    clusters = read_summary(selected)["clusters"]
+    rows = cluster_rows(candidates, StoredDecisions.load(selected.root), clusters, per_side=1)
+    for row, info in zip(rows, [c for c in clusters if c["candidates"]], strict=True):
+        left = info["candidates"] - info["selected"]
+        assert (f"+{left - 1} more left out" in row.label) == (left > 1), row.label
 
 
 def test_overlay_verdicts_are_the_filters(tmp_path, capsys):

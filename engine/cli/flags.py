@@ -7,10 +7,12 @@ and a flag given on the command line wins over both.
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import functools
 import inspect
 import io
+import sys
 import tokenize
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
@@ -43,10 +45,21 @@ def _parse_hsv(text: str) -> dict[str, list[int]]:
 
 
 @functools.cache
+def _class_sources(module: str) -> dict[str, str]:
+    """The source of each top-level class of a module, from one parse of it (`inspect.getsource` of each
+    class would parse the module again each time: seconds of `--help`)."""
+    source = inspect.getsource(sys.modules[module])
+    tree = ast.parse(source)
+    return {
+        node.name: ast.get_source_segment(source, node) or "" for node in tree.body if isinstance(node, ast.ClassDef)
+    }
+
+
+@functools.cache
 def field_comments(cls: type) -> dict[str, str]:
     """The comments that explain each field of a config dataclass, read from its source: the comment
     lines right above the field and the comment at the end of its line, joined."""
-    source = inspect.getsource(cls)
+    source = _class_sources(cls.__module__)[cls.__name__]
     names = {f.name for f in dataclasses.fields(cls)}
     comments: dict[str, str] = {}
     above: list[str] = []
@@ -68,29 +81,46 @@ def field_comments(cls: type) -> dict[str, str]:
     return comments
 
 
+def flag_text(value: Any) -> str:
+    """A value as its flag takes it: H0-H1,S0-S1,V0-V1 for an HSV range (or its dict), A,B,... for a tuple."""
+    if isinstance(value, HsvRange):
+        value = {"h": value.h, "s": value.s, "v": value.v}
+    if isinstance(value, dict):
+        return ",".join(f"{value[c][0]}-{value[c][1]}" for c in "hsv")
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def flag_name(section: str, name: str) -> str:
+    """The flag of the field `name` of the config section `section`: --min-fill, --roi-size, ..."""
+    return "--" + RENAMED.get((section, name), name.replace("_", "-"))
+
+
 def _describe(cls: type, name: str) -> str:
     default = next(f.default for f in dataclasses.fields(cls) if f.name == name)
-    if isinstance(default, HsvRange):
-        shown = f"{default.h[0]}-{default.h[1]},{default.s[0]}-{default.s[1]},{default.v[0]}-{default.v[1]}"
-    elif isinstance(default, tuple):
-        shown = ",".join(map(str, default))
-    else:
-        shown = str(default)
+    shown = flag_text(default)
     comment = field_comments(cls).get(name, "")
     # argparse formats help with %: a literal percent sign must be doubled
     return f"{comment} (default: {shown})".replace("%", "%%").strip()
 
 
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    """The type hints of a config dataclass, resolved once (every parser of every command reads them)."""
+    return get_type_hints(cls)
+
+
 def add_section_flags(parser: argparse.ArgumentParser, section: str, only: frozenset[str] | None = None) -> None:
     """One flag per field of `EngineConfig.<section>` (or per field named in `only`), its help the
     field's comment in config.py."""
-    cls = get_type_hints(EngineConfig)[section]
+    cls = _hints(EngineConfig)[section]
     group = parser.add_argument_group(f"[{section}] {(cls.__doc__ or '').strip().splitlines()[0].rstrip('.')}")
     for field in dataclasses.fields(cls):
         if only is not None and field.name not in only:
             continue
-        hint = get_type_hints(cls)[field.name]
-        flag = "--" + RENAMED.get((section, field.name), field.name.replace("_", "-"))
+        hint = _hints(cls)[field.name]
+        flag = flag_name(section, field.name)
         kwargs: dict[str, Any] = {
             "dest": f"cfg:{section}:{field.name}",
             "default": argparse.SUPPRESS,
@@ -109,6 +139,21 @@ def add_section_flags(parser: argparse.ArgumentParser, section: str, only: froze
         else:
             kwargs["type"] = hint
         group.add_argument(flag, help=help_text, **kwargs)
+
+
+def given_flags(args: argparse.Namespace, sections: tuple[str, ...] | None = None) -> list[str]:
+    """The config flags given on the command line (of `sections`, or all), as arguments that give them
+    again (to another command: the dry run's "next:" line)."""
+    given = []
+    for dest, value in vars(args).items():
+        if dest.startswith("cfg:") and (sections is None or dest.split(":")[1] in sections):
+            _, section, name = dest.split(":")
+            flag = flag_name(section, name)
+            if isinstance(value, bool):
+                given.append(flag if value else f"--no-{flag[2:]}")
+            else:
+                given += [flag, flag_text(value)]
+    return given
 
 
 def apply_flags(config: EngineConfig, args: argparse.Namespace) -> EngineConfig:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from activessf_engine.cli.options import add_common_flags, run_config, run_device
+from activessf_engine.cli.options import TILE_SECTIONS, add_common_flags, add_input_flag, run_config, run_device
 from activessf_engine.cli.summary import print_summary
 
 
@@ -21,8 +21,18 @@ def cmd_preview(args: argparse.Namespace) -> int:
 
     out = args.out or args.store.parent / f"{args.store.name}-preview"
     sheets = write_contact_sheets(args.store, out, rows=args.rows, per_row=args.per_row)
-    summary = {"store": str(args.store), "sheets": [str(p) for p in sheets]}
-    print_summary(args, summary, [f"contact sheet    {p}" for p in sheets])
+    summary = {
+        "store": str(args.store),
+        "sheets": [str(p) for p in sheets.paths],
+        "sources_shown": sheets.sources_shown,
+        "sources_with_rois": sheets.sources_with_rois,
+    }
+    more = " (--rows N shows more)" if sheets.sources_shown < sheets.sources_with_rois else ""
+    lines = [
+        f"sources shown    {sheets.sources_shown} of {sheets.sources_with_rois} sources with ROIs{more}",
+        *(f"contact sheet    {p}" for p in sheets.paths),
+    ]
+    print_summary(args, summary, lines)
     return 0
 
 
@@ -122,13 +132,13 @@ def add_parsers(sub: Any) -> None:
     add_common_flags(p, ())
 
     p = sub.add_parser("overlay", help="tiles with their HSV mask, components and kept/rejected boxes with reasons")
-    p.add_argument("--input", required=True, type=Path, help="folder of tiles, one image, or a .txt list of paths")
+    add_input_flag(p)
     p.add_argument("--out", required=True, type=Path, help="folder for one PNG per tile")
     p.add_argument("--limit", type=int, default=8, help="only the first N tiles, in path order (default 8)")
-    add_common_flags(p, ("input", "filter"))
+    add_common_flags(p, TILE_SECTIONS)
 
     p = sub.add_parser("calibrate", help="fit the filter to a few tiles with boxes round the wanted cells; writes TOML")
-    p.add_argument("--input", required=True, type=Path, help="folder of tiles, one image, or a .txt list of paths")
+    add_input_flag(p)
     p.add_argument(
         "--annotations",
         required=True,
@@ -155,7 +165,7 @@ def add_parsers(sub: Any) -> None:
         help="what the search maximizes: `f1` (default), or `recall-at-precision P`: the best recall among the "
         "settings with precision >= P (the best F1 where none reaches P)",
     )
-    add_common_flags(p, ("input", "filter"))
+    add_common_flags(p, TILE_SECTIONS)
 
     p = sub.add_parser("report", help="one HTML page about a store: sources, rejections, ROIs, clusters, throughput")
     p.add_argument("store", type=Path, help="a store made by `filter` or `select`")

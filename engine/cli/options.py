@@ -8,24 +8,45 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from activessf_engine.cli.flags import add_section_flags, apply_flags
+from activessf_engine.cli.flags import add_section_flags, apply_flags, given_flags
 from activessf_engine.config import EngineConfig, load_config
 from activessf_engine.device import DeviceChoice, resolve_device
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SKIPPED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+DEFAULT_DEVICE = "cpu"
+TILE_SECTIONS = ("input", "filter")  # the config sections of the commands that look at tiles: overlay, calibrate
 
 log = logging.getLogger("activessf_engine")
+# The loggers of the libraries a run starts (a Dask cluster and its workers): they follow -v, and --quiet
+# leaves them only their errors.
+LIBRARY_LOGGERS = ("dask", "distributed")
+
+
+def add_input_flag(parser: argparse.ArgumentParser) -> None:
+    """--input, as `filter`, `run`, `overlay` and `calibrate` read it (`find_sources`)."""
+    parser.add_argument(
+        "--input",
+        required=True,
+        type=Path,
+        help="folder of tiles or whole slides (searched recursively), one image or slide, or a list file (.txt, "
+        ".lst, .list) of one path per line: relative paths in a list are taken from the list file's folder, "
+        "not from the working directory",
+    )
 
 
 def add_common_flags(parser: argparse.ArgumentParser, sections: tuple[str, ...]) -> None:
     """--config, --device, --json, --quiet, -v, and a flag for every field of the config `sections`."""
     parser.add_argument("--config", type=Path, help="TOML file with [section] tables of parameters")
     parser.add_argument(
-        "--device", default="cpu", choices=("auto", "cpu", "cuda"), help="where to compute (default cpu)"
+        "--device",
+        default=DEFAULT_DEVICE,
+        choices=("auto", "cpu", "cuda"),
+        help=f"where to compute (default {DEFAULT_DEVICE})",
     )
     parser.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -51,9 +72,23 @@ def add_dask_flags(parser: argparse.ArgumentParser, what: str = "filter") -> Non
     group.add_argument("--scheduler", help=f"{what} on the Dask cluster at this address (tcp://host:8786)")
 
 
-def setup_logging(verbose: int) -> None:
+def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
+    """Warnings, -v info, -vv debug; Dask's and distributed's loggers the same, or errors only with --quiet,
+    here and in the worker processes a run starts (Dask reads its logging config from the environment)."""
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    library_level = logging.ERROR if quiet else level
+    for name in LIBRARY_LOGGERS:
+        logging.getLogger(name).setLevel(library_level)
+        os.environ[f"DASK_LOGGING__{name.upper()}"] = logging.getLevelName(library_level).lower()
+
+
+def run_flags(args: argparse.Namespace, sections: tuple[str, ...] | None = None) -> list[str]:
+    """--config, --device (where not the default) and the config flags (of `sections`) given to this command,
+    as arguments for another that should run the same way."""
+    config = ["--config", str(args.config)] if args.config else []
+    device = ["--device", args.device] if args.device != DEFAULT_DEVICE else []
+    return [*config, *device, *given_flags(args, sections)]
 
 
 def run_config(args: argparse.Namespace) -> EngineConfig:

@@ -11,6 +11,7 @@ from activessf_engine.cli.options import (
     EXIT_SKIPPED,
     add_common_flags,
     add_dask_flags,
+    add_input_flag,
     dask_options,
     on_dask,
     positive_int,
@@ -31,12 +32,7 @@ RUN_SECTIONS = (*FILTER_SECTIONS, "features", "prototypes", "selection")
 def add_parsers(sub: Any) -> None:
     """Register filter, prototypes, select and run on `sub` (the main parser's subparsers)."""
     p = sub.add_parser("filter", help="Cell Region Filtering of a folder of tiles into a ROI store")
-    p.add_argument(
-        "--input",
-        required=True,
-        type=Path,
-        help="folder of tiles or whole slides (searched recursively), one image or slide, or a .txt list of paths",
-    )
+    add_input_flag(p)
     p.add_argument("--out", type=Path, help="ROI store to create, or to resume if interrupted (not with --limit)")
     p.add_argument("--overwrite", action="store_true", help="delete an existing store at --out first")
     p.add_argument(
@@ -69,7 +65,7 @@ def add_parsers(sub: Any) -> None:
     add_common_flags(p, SELECT_SECTIONS)
 
     p = sub.add_parser("run", help="filter + prototypes + select: OUT/candidates, OUT/prototypes, OUT/selected")
-    p.add_argument("--input", required=True, type=Path, help="folder of tiles, one image, or a .txt list of paths")
+    add_input_flag(p)
     p.add_argument("--labeled", required=True, type=Path, help="labeled set, one folder per class")
     p.add_argument("--out", required=True, type=Path, help="folder for the three outputs")
     p.add_argument("--overwrite", action="store_true", help="start again from nothing")

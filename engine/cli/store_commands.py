@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from activessf_engine.cli.options import EXIT_FAILED, EXIT_OK
-from activessf_engine.cli.summary import what_next
+from activessf_engine.cli.summary import print_summary, what_next
 
 
 def _clusters(text: str) -> tuple[int, ...]:
@@ -116,12 +116,12 @@ def cmd_export(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=not args.quiet,
     )
-    if args.json:
-        json.dump(summary, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    else:
-        print(f"exported {summary['rois']} of {summary['store_rois']} ROIs to {summary['out']} ({args.format})")
-    return 0
+    print_summary(
+        args,
+        summary,
+        [f"exported         {summary['rois']} of {summary['store_rois']} ROIs to {summary['out']} ({args.format})"],
+    )
+    return EXIT_OK
 
 
 COMMANDS = {"verify": cmd_verify, "manifest": cmd_manifest, "export": cmd_export}

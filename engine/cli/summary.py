@@ -8,6 +8,7 @@ import shlex
 import sys
 from typing import Any
 
+from activessf_engine.cli.options import TILE_SECTIONS, run_flags
 from activessf_engine.device import summary_line
 
 SHOWN_WITHOUT_ROI = 10  # sources without ROI named in the terminal summary (--json lists all)
@@ -26,14 +27,19 @@ def quoted(path: Any) -> str:
     return shlex.quote(str(path))
 
 
+def command_line(command: str, *arguments: Any) -> str:
+    """`activessf-engine COMMAND ARGUMENTS...`, quoted for a shell."""
+    return shlex.join(["activessf-engine", command, *map(str, arguments)])
+
+
 def what_next(args: argparse.Namespace, summary: dict[str, Any]) -> str:
     """One line on what to do after `args.command` (printed on stderr after every command's summary)."""
     command = args.command
     if command == "filter" and summary.get("dry_run"):
-        return (
-            f"next: see why regions were kept or rejected: activessf-engine overlay --input {quoted(args.input)} "
-            f"--out overlays --limit {args.limit}; then run without --limit and with --out"
-        )
+        tiles = ("--input", args.input, "--out", "overlays", "--limit", args.limit)
+        overlay = command_line("overlay", *tiles, *run_flags(args, TILE_SECTIONS))
+        run = command_line("filter", "--input", args.input, "--out", "STORE", *run_flags(args))
+        return f"next: see why regions were kept or rejected: {overlay}; then the whole input: {run}"
     if command == "filter":
         return (
             f"next: look at it: activessf-engine preview {quoted(args.out)} (or report {quoted(args.out)} --out report)"
@@ -58,6 +64,16 @@ def what_next(args: argparse.Namespace, summary: dict[str, Any]) -> str:
         return f"next: activessf-engine verify --repair {quoted(args.store)}, then run the same filter again to redo"
     if command in ("verify", "manifest"):
         return f"next: look at it: activessf-engine report {quoted(args.store)} --out report"
+    if command == "export" and args.format == "webdataset":
+        return (
+            f"next: train on {quoted(args.out)}/rois-*.tar with webdataset (each ROI its image, .json and, in a "
+            "clustered store, .cls); metadata.csv lists every ROI"
+        )
+    if command == "export":
+        return (
+            f"next: train on it: torchvision.datasets.ImageFolder({quoted(args.out / 'train')}), or MAE's "
+            f"main_pretrain.py --data_path {quoted(args.out)}; metadata.csv lists every ROI"
+        )
     if command in ("report", "demo"):
         return f"next: open {quoted(summary['report'])} in a browser"
     return "next: activessf-engine --help lists every command"

@@ -1,17 +1,17 @@
 """ROIs for trainers: PyTorch datasets, metadata queries, file exports and a DALI source over a store."""
 
-from activessf_engine.feed.dali_source import RoiSource, roi_pipeline
-from activessf_engine.feed.datasets import RoiDataset, ShardedRoiDataset
-from activessf_engine.feed.export import EXPORT_FORMATS, IMAGE_FORMATS, export_store
-from activessf_engine.feed.query import RoiQuery
+from activessf_engine import lazy_face
 
-__all__ = [
-    "EXPORT_FORMATS",
-    "IMAGE_FORMATS",
-    "RoiDataset",
-    "RoiQuery",
-    "RoiSource",
-    "ShardedRoiDataset",
-    "export_store",
-    "roi_pipeline",
-]
+# Each name this package offers, and the module that holds it: imported on first use.
+_WHERE = {
+    "RoiSource": "dali_source",
+    "roi_pipeline": "dali_source",
+    "RoiDataset": "datasets",
+    "ShardedRoiDataset": "datasets",
+    "export_store": "export",
+    "EXPORT_FORMATS": "formats",
+    "IMAGE_FORMATS": "formats",
+    "RoiQuery": "query",
+}
+__all__ = sorted(_WHERE)
+__getattr__ = lazy_face(__name__, _WHERE)

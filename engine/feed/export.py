@@ -2,11 +2,12 @@
 
 `imagefolder`: ``OUT/train/<class>/<roi>.png``, the layout torchvision's ImageFolder (and so the official
 MAE ``main_pretrain.py``, which reads ``--data_path``/train) expects; the class is the ROI's prototype
-cluster in a selected store, ``rois`` otherwise. `webdataset`: ``OUT/rois-000000.tar`` ..., each sample
-``<roi>.png`` (or ``.jpg``) with ``<roi>.json`` (its metadata) and, in a selected store, ``<roi>.cls``.
-Tars are written with the standard library's tarfile: the format is plain POSIX tar with files grouped
-by key, so the `webdataset` package is needed only to read them. Both write ``OUT/metadata.csv`` (the
-manifest's columns plus the file of each ROI) and ``OUT/export.json`` (what was exported from where).
+cluster in a selected store or in the selection a query names (`selected_by`), ``rois`` otherwise.
+`webdataset`: ``OUT/rois-000000.tar`` ..., each sample ``<roi>.png`` (or ``.jpg``) with ``<roi>.json`` (its
+metadata, numbers as numbers) and, where there are clusters, ``<roi>.cls``. Tars are written with the
+standard library's tarfile: the format is plain POSIX tar with files grouped by key, so the `webdataset`
+package is needed only to read them. Both write ``OUT/metadata.csv`` (the manifest's columns plus the file
+of each ROI) and ``OUT/export.json`` (what was exported from where).
 
 The export is written into a temporary folder beside OUT, under a lock, and renamed into place when complete,
 so an interrupted export leaves no half-filled OUT, and the next export to OUT removes what a killed one left.
@@ -30,12 +31,13 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from activessf_engine.feed.query import RoiQuery, query_rows
+from activessf_engine.feed.formats import EXPORT_FORMATS, IMAGE_FORMATS, ExportFormat, ImageFormat
+from activessf_engine.feed.query import RoiQuery, query_rows, roi_clusters
 from activessf_engine.feed.shard_order import store_shards
 from activessf_engine.progress import Progress, make_progress
 from activessf_engine.store import (
@@ -51,10 +53,6 @@ from activessf_engine.store import (
 
 log = logging.getLogger(__name__)
 
-ExportFormat = Literal["imagefolder", "webdataset"]
-ImageFormat = Literal["png", "jpeg"]
-EXPORT_FORMATS: tuple[str, ...] = ("imagefolder", "webdataset")
-IMAGE_FORMATS: tuple[str, ...] = ("png", "jpeg")
 MARKER = "export.json"  # written last; marks a folder as an export that `overwrite` may replace
 SUFFIX = {"png": ".png", "jpeg": ".jpg"}
 
@@ -206,7 +204,7 @@ def export_store(
         raise ValueError(f"samples_per_tar must be >= 1, got {samples_per_tar}")
     store = RoiStore(store_root)
     indices = query_rows(store, query)
-    clusters = store.columns().get("cluster")
+    clusters = roi_clusters(store, query)  # labels of a selected store, or of the selection named by the query
     header = manifest_header(store)
     _remove_abandoned(out)
     tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")

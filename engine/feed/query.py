@@ -64,18 +64,25 @@ def _matches(paths: np.ndarray, patterns: tuple[str, ...]) -> np.ndarray:
     return hit[inverse] if len(unique) else np.zeros(len(paths), dtype=bool)
 
 
+def roi_clusters(store: RoiStore, query: RoiQuery | None = None) -> np.ndarray | None:
+    """Each ROI's prototype cluster: a selected store's `cluster` column, or for a candidates store the
+    decisions of the selection named by `query.selected_by`; None where neither gives one."""
+    clusters = store.columns().get("cluster")
+    if clusters is None and query is not None and query.selected_by is not None:
+        return _decisions(store, Path(query.selected_by))["cluster"]
+    return clusters
+
+
 def query_rows(store: RoiStore, query: RoiQuery | None = None) -> np.ndarray:
     """Global indices (sorted, int64) of the ROIs of `store` that `query` keeps."""
     if query is None or query.is_empty:
         return np.arange(len(store), dtype=np.int64)
     columns = store.columns()
     keep = np.ones(len(store), dtype=bool)
-    clusters = columns.get("cluster")
     if query.selected_by is not None:
-        decisions = _decisions(store, Path(query.selected_by))
-        keep &= decisions["selected"].astype(bool)
-        clusters = decisions["cluster"] if clusters is None else clusters
+        keep &= _decisions(store, Path(query.selected_by))["selected"].astype(bool)
     if query.clusters is not None:
+        clusters = roi_clusters(store, query)
         if clusters is None:
             raise ValueError(
                 f"{store.root} is a candidates store without clusters: filter by cluster on a selected store, "

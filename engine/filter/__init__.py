@@ -1,43 +1,30 @@
 """Cell Region Filtering (II-B): tiles and slides found, decoded, filtered into regions, cropped, stored by parts."""
 
-from activessf_engine.filter.crops import cut_rois, fit_to_square
-from activessf_engine.filter.decode import Decoder, decode_files, make_decoder
-from activessf_engine.filter.part import filter_part
-from activessf_engine.filter.plan import prepare_filter
-from activessf_engine.filter.regions import (
-    Quantized,
-    StageTimes,
-    TileRegions,
-    find_regions,
-    grow_boxes,
-    hsv_masks,
-    quantize,
-    regions_of_masks,
-)
-from activessf_engine.filter.run import dry_run_filter, run_filter
-from activessf_engine.filter.sources import Source, find_sources
-from activessf_engine.filter.summary import REJECTION_COUNTS, FilterSummary
+from activessf_engine import lazy_face
 
-__all__ = [
-    "REJECTION_COUNTS",
-    "Decoder",
-    "FilterSummary",
-    "Quantized",
-    "Source",
-    "StageTimes",
-    "TileRegions",
-    "cut_rois",
-    "decode_files",
-    "dry_run_filter",
-    "filter_part",
-    "find_regions",
-    "find_sources",
-    "fit_to_square",
-    "grow_boxes",
-    "hsv_masks",
-    "make_decoder",
-    "prepare_filter",
-    "quantize",
-    "regions_of_masks",
-    "run_filter",
-]
+# Each name this package offers, and the module that holds it: imported on first use.
+_WHERE = {
+    "cut_rois": "crops",
+    "fit_to_square": "crops",
+    "Decoder": "decode",
+    "decode_files": "decode",
+    "make_decoder": "decode",
+    "filter_part": "part",
+    "prepare_filter": "plan",
+    "Quantized": "regions",
+    "StageTimes": "regions",
+    "TileRegions": "regions",
+    "find_regions": "regions",
+    "grow_boxes": "regions",
+    "hsv_masks": "regions",
+    "quantize": "regions",
+    "regions_of_masks": "regions",
+    "dry_run_filter": "run",
+    "run_filter": "run",
+    "Source": "sources",
+    "find_sources": "sources",
+    "FilterSummary": "summary",
+    "REJECTION_COUNTS": "summary",
+}
+__all__ = sorted(_WHERE)
+__getattr__ = lazy_face(__name__, _WHERE)

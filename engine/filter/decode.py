@@ -117,7 +117,7 @@ def _probe(path: Path, config: InputConfig) -> _Probe:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as exc:
-        probe.error = f"unreadable: {exc.strerror or exc}"
+        probe.error = f"unreadable: {exc.strerror or exc}: {path}"
         return probe
     info = os.fstat(fd)
     if not stat.S_ISREG(info.st_mode):
@@ -369,6 +369,11 @@ def pixel_bounded_batches(
         pixels += size
     if batch:
         yield batch
+
+
+def why_unreadable(path: Path, config: InputConfig) -> str | None:
+    """Why the file at `path` would be skipped (its header read, nothing decoded), or None if it is an image."""
+    return _probe(path, config).error
 
 
 def _probe_batches(paths: Sequence[Path], config: InputConfig, batch_size: int) -> Iterator[list[_Probe]]:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from activessf_engine.config import EngineConfig, output_differences, to_dict
+from activessf_engine.filter.decode import why_unreadable
 from activessf_engine.filter.slides import expand_slides, plan_groups
 from activessf_engine.filter.sources import Source, find_sources
 from activessf_engine.filter.summary import FilterSummary
@@ -90,12 +91,27 @@ class FilterPlan:
 def find_inputs(
     input_path: str | Path, config: EngineConfig, exclude: Path | None = None
 ) -> tuple[list[Source], list[dict[str, Any]]]:
-    """The sources under `input_path`, each slide as its tiles, and the slides' records."""
+    """The sources under `input_path`, each slide as its tiles, and the slides' records. An input in which
+    no source is an image (every header read until one is) stops here, before any store is made."""
     suffixes = (*config.input.extensions, *config.input.slide_extensions)
     found = find_sources(input_path, suffixes, exclude=exclude)
     if not found:
         raise FileNotFoundError(f"no images or slides ({', '.join(suffixes)}) found under {input_path}")
-    return expand_slides(found, config.input)
+    sources, slides = expand_slides(found, config.input)
+    if not any(_readable(source, config) for source in sources):
+        first = sources[0]
+        why = first.tile.error if first.tile is not None else why_unreadable(first.path, config.input)
+        raise ValueError(
+            f"none of the {len(sources)} source(s) under {input_path} is a readable image (the first, "
+            f"{first.relpath}: {why}); nothing written"
+        )
+    return sources, slides
+
+
+def _readable(source: Source, config: EngineConfig) -> bool:
+    if source.tile is not None:
+        return source.tile.error is None
+    return why_unreadable(source.path, config.input) is None
 
 
 def prepare_filter(input_path: str | Path, out: str | Path, config: EngineConfig) -> FilterPlan:

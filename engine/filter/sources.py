@@ -79,15 +79,16 @@ LIST_SUFFIXES = (".txt", ".lst", ".list")  # an --input with one of these names 
 
 def read_list(listing: Path) -> list[Source]:
     """The images named in `listing`, one path per line (blank lines and lines starting with # are skipped;
-    relative paths are taken from the list's folder), sorted, each once. A path that names no readable image
-    becomes a skipped source when it is decoded, like any other bad file. A source's `relpath` is the path
-    as the list writes it."""
+    relative paths are taken from the list's folder, as the CLI's --help says), sorted, each once. A path that names no
+    readable image becomes a skipped source when it is decoded, like any other bad file, its reason naming
+    the path it was looked for at. A source's `relpath` is the path as the list writes it."""
+    folder = listing.absolute().parent
     found = {}
     for line in listing.read_text(encoding="utf-8", errors="surrogateescape").splitlines():
         entry = line.strip()
         if not entry or entry.startswith("#"):
             continue
-        path = Path(entry) if Path(entry).is_absolute() else listing.parent / entry
+        path = folder / entry  # an absolute entry stays itself
         found.setdefault(_printable(Path(entry).as_posix()), path)
     return [Source(relpath=rel, path=found[rel]) for rel in sorted(found)]
 

@@ -1,14 +1,14 @@
 """What a person looks at: reports, plots, contact sheets, overlays, and calibration against annotated tiles."""
 
-from activessf_engine.inspect.calibration import Objective, calibrate
-from activessf_engine.inspect.contact_sheets import write_contact_sheets
-from activessf_engine.inspect.overlay import write_overlays
-from activessf_engine.inspect.report import build_report
+from activessf_engine import lazy_face
 
-__all__ = [
-    "Objective",
-    "build_report",
-    "calibrate",
-    "write_contact_sheets",
-    "write_overlays",
-]
+# Each name this package offers, and the module that holds it: imported on first use.
+_WHERE = {
+    "Objective": "calibration",
+    "calibrate": "calibration",
+    "write_contact_sheets": "contact_sheets",
+    "write_overlays": "overlay",
+    "build_report": "report",
+}
+__all__ = sorted(_WHERE)
+__getattr__ = lazy_face(__name__, _WHERE)

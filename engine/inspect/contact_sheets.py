@@ -69,8 +69,14 @@ def _read(store: RoiStore, indices: np.ndarray) -> np.ndarray:
     return np.stack([store.roi(int(i)) for i in indices]) if len(indices) else np.zeros((0, size, size, 3), np.uint8)
 
 
-def source_rows(store: RoiStore, rows: int = 12, per_row: int = 8) -> list[SheetRow]:
-    """Rows of ROIs by source: `rows` sources with ROIs, spread over the store's order, `per_row` ROIs each."""
+def _more(shown: int, total: int, what: str = "") -> str:
+    """ ", +N more" where a row shows `shown` of `total` ROIs."""
+    return f", +{total - shown} more{what}" if total > shown else ""
+
+
+def source_rows(store: RoiStore, rows: int = 12, per_row: int = 8) -> tuple[list[SheetRow], int]:
+    """Rows of ROIs by source: `rows` sources with ROIs, spread over the store's order, `per_row` ROIs each;
+    and how many sources have ROIs."""
     paths = store.columns()["source_path"]
     names, first = np.unique(paths, return_index=True) if len(paths) else (np.array([]), np.array([], np.int64))
     order = np.argsort(first)
@@ -79,8 +85,10 @@ def source_rows(store: RoiStore, rows: int = 12, per_row: int = 8) -> list[Sheet
         name = names[order[k]]
         mine = np.flatnonzero(paths == name)
         rois = _read(store, mine[_spread(len(mine), per_row)])
-        picked.append(SheetRow(f"{name}: {len(mine)} ROI(s)", [(rois, PLAIN)]))
-    return picked
+        picked.append(
+            SheetRow(f"{name}: {len(mine)} ROI(s){_more(len(rois), len(mine), ' not shown')}", [(rois, PLAIN)])
+        )
+    return picked, len(names)
 
 
 @dataclass
@@ -122,24 +130,39 @@ def cluster_rows(
             continue
         mine = mine[np.argsort(decisions.distance[mine], kind="stable")]
         kept, left = mine[decisions.selected[mine]], mine[~decisions.selected[mine]]
+        shown_kept, shown_left = kept[:per_side], left[:per_side]
         label = (
             f"cluster {info['cluster']} ({info['dominant_class']}, n_i={info['n']}, "
-            f"threshold {info.get('threshold', 0):.2f}): kept {len(kept)} of {len(mine)}  |  left out, nearest first"
+            f"threshold {info.get('threshold', 0):.2f}): kept {len(kept)} of {len(mine)}"
+            f"{_more(len(shown_kept), len(kept), ' kept')}  |  left out, nearest first"
+            f"{_more(len(shown_left), len(left), ' left out')}"
         )
-        groups = [(_read(candidates, kept[:per_side]), KEPT), (_read(candidates, left[:per_side]), LEFT_OUT)]
+        groups = [(_read(candidates, shown_kept), KEPT), (_read(candidates, shown_left), LEFT_OUT)]
         rows.append(SheetRow(label, groups))
     return rows
 
 
-def write_contact_sheets(store_path: str | Path, out_dir: str | Path, rows: int = 12, per_row: int = 8) -> list[Path]:
-    """Contact sheets of the store at `store_path` as PNG files in `out_dir`; returns their paths."""
+@dataclass
+class ContactSheets:
+    """The sheets written, and how many sources the by-source sheet shows of those with ROIs."""
+
+    paths: list[Path]
+    sources_shown: int
+    sources_with_rois: int
+
+
+def write_contact_sheets(
+    store_path: str | Path, out_dir: str | Path, rows: int = 12, per_row: int = 8
+) -> ContactSheets:
+    """Contact sheets of the store at `store_path` as PNG files in `out_dir`."""
     store = RoiStore(store_path)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     title = f"{store.root.name}: {len(store)} ROIs of a {store.kind} store"
     by_source = out / "sheet-sources.png"
-    draw_sheet(source_rows(store, rows, per_row), f"{title}, by source").save(by_source)
+    sources, with_rois = source_rows(store, rows, per_row)
+    draw_sheet(sources, f"{title}, by source: {len(sources)} of the {with_rois} sources with ROIs").save(by_source)
     written.append(by_source)
     candidates = candidates_of(store) if store.kind == "selected" else None
     if candidates is not None:
@@ -149,7 +172,7 @@ def write_contact_sheets(store_path: str | Path, out_dir: str | Path, rows: int 
         by_cluster = out / "sheet-clusters.png"
         draw_sheet(sheet, f"{title}, by cluster: kept (green) and left out (red)").save(by_cluster)
         written.append(by_cluster)
-    return written
+    return ContactSheets(written, len(sources), with_rois)
 
 
 def read_summary(store: RoiStore) -> dict:

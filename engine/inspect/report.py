@@ -1,23 +1,29 @@
 """`report`: one self-contained HTML page about a store, with its PNG plots and contact sheets beside it.
 
 The page needs no network: no script, no web font, no remote image; every image is a file in the same
-folder. What it shows: the engine version and config; the sources read and skipped (with reasons); ROIs
-per source; the filter's rejection counts; contact sheets; for a selected store the clusters' n_i, LB,
-UB and thresholds and the distance histograms; the throughput of each stage of every recorded run.
+folder. What it shows, the answer first: what was kept of what was found, why the rest was rejected (with
+the thresholds used) and any warning; then the store; the sources read and skipped (with reasons); ROIs per
+source; the filter's rejection counts; overlays of a few input tiles (every region's verdict drawn);
+contact sheets; for a selected store the clusters' n_i, LB, UB and thresholds and the distance histograms;
+the throughput of each stage of every recorded run; the config.
 """
 
 from __future__ import annotations
 
 import html
+import logging
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from activessf_engine.config import dumps_toml
+from activessf_engine.config import EngineConfig, dumps_toml, from_dict
 from activessf_engine.filter import REJECTION_COUNTS
 from activessf_engine.inspect import plots
 from activessf_engine.inspect.contact_sheets import StoredDecisions, candidates_of, read_summary, write_contact_sheets
+from activessf_engine.inspect.overlay import write_overlays
 from activessf_engine.store import RoiStore
+
+log = logging.getLogger(__name__)
 
 STYLE = """
 body { font-family: sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
@@ -26,8 +32,17 @@ table { border-collapse: collapse; margin: 0.5em 0; } td, th { border: 1px solid
 th { background: #f0f0f0; text-align: left; } td.n { text-align: right; }
 pre { background: #f6f6f6; padding: 0.8em; overflow-x: auto; font-size: 0.85em; }
 img { max-width: 100%; border: 1px solid #ddd; margin: 0.3em 0; }
+.answer { background: #eef4ee; border-left: 4px solid #3a9a4f; padding: 0.4em 1em; font-size: 1.1em; }
+.warning { background: #fbeeee; border-left: 4px solid #c0504d; padding: 0.4em 1em; }
 """
 SKIPPED_LISTED = 200  # rows of the skipped-sources table; the rest are counted
+OVERLAY_TILES = 3  # input tiles drawn with every region's verdict
+DISTANCE = (
+    "Distance: the Euclidean distance, in the backbone's feature space, from a candidate's features to the "
+    "nearest prototype (Eq. 7). LB and UB are the least and greatest distance of a cluster's labeled images to "
+    "its prototype; the threshold lies between them (Eq. 8), and a candidate is kept when its distance is at "
+    "most its cluster's threshold (Eq. 9)."
+)
 
 
 def _table(headers: list[str] | None, rows: list[list[Any]]) -> str:
@@ -47,22 +62,78 @@ def _image(path: Path, alt: str) -> str:
     return f'<p><img src="{html.escape(path.name)}" alt="{html.escape(alt)}"></p>'
 
 
-def rejection_counts(sources: list[dict[str, Any]]) -> dict[str, int] | None:
+def rejection_counts(sources: list[dict[str, Any]], limits: dict[str, Any]) -> dict[str, int] | None:
     """Regions found / rejected for size / rejected for fill / kept over the sources read, from the sources
-    tables; None for a store written before the engine recorded rejections."""
+    tables, each named with the threshold used (`limits`: the filter's config); None for a store written
+    before the engine recorded rejections."""
     read = [s for s in sources if s["status"] == "ok"]
     if any(name not in s for s in read for name in REJECTION_COUNTS):
         return None
     total = {name: sum(s[name] for s in read) for name in REJECTION_COUNTS}
     return {
         "regions found": total["regions_found"],
-        "rejected: box under min_box": total["rejected_size"],
-        "rejected: fill rate under min_fill": total["rejected_fill"],
+        f"rejected: box under min_box = {limits['min_box']} px a side": total["rejected_size"],
+        f"rejected: fill rate under min_fill = {limits['min_fill']}": total["rejected_fill"],
         "kept (ROIs)": sum(s["rois"] for s in read),
     }
 
 
-def _sources_section(store: RoiStore, out: Path) -> str:
+def _answer(
+    store: RoiStore,
+    limits: dict[str, Any],
+    select: dict[str, Any] | None,
+    candidates: RoiStore | None,
+    labels: dict[str, str] | None,
+) -> str:
+    """The first thing on the page: what was kept of what was found, why the rest went, and any warning."""
+    sources = store.sources()
+    read = sum(s["status"] == "ok" for s in sources)
+    skipped = f", {len(sources) - read} skipped (see Sources)" if len(sources) > read else ""
+    counts = rejection_counts(sources, limits)
+    if counts is None:
+        found = f"{sum(s['rois'] for s in sources if s['status'] == 'ok')} ROIs from {read} sources read{skipped}."
+    else:
+        found_, size, fill, kept = counts.values()
+        found = (
+            f"Kept <b>{kept} of {found_}</b> regions as ROIs, from {read} sources read{skipped}. Rejected: {size} "
+            f"with a bounding box under min_box = {limits['min_box']} px a side, {fill} with a fill rate (region "
+            f"pixels / box pixels) under min_fill = {limits['min_fill']}."
+        )
+    lines = [found]
+    warnings = []
+    if counts is not None and read and not counts["kept (ROIs)"]:
+        warnings.append("no region passed the filter: lower min_fill or min_box, or check the HSV ranges")
+    if select is not None:
+        lines.append(selection_headline(store, candidates, select, labels))
+        warnings += select.get("warnings", [])
+    text = [f'<div class="answer">{"".join(f"<p>{line}</p>" for line in lines)}</div>']
+    text += [f'<p class="warning">WARNING: {html.escape(w)}</p>' for w in warnings]
+    return "".join(text)
+
+
+def _overlays_section(input_root: str | None, config: EngineConfig, out: Path) -> str:
+    """Overlays of the first input tiles: every region's box and verdict, as `overlay` draws them."""
+    command = f"activessf-engine overlay --input {html.escape(str(input_root))} --out overlays"
+    try:
+        if input_root is None:
+            raise FileNotFoundError("the store names no input")
+        tiles = write_overlays(input_root, out / "overlays", config, OVERLAY_TILES)
+    except (FileNotFoundError, ValueError) as exc:
+        log.info("no overlays in the report: %s", exc)
+        return f"<p>No overlay drawn ({html.escape(str(exc))}); draw them with <code>{command}</code>.</p>"
+    text = [
+        f"<p>The first {len(tiles)} input tiles with every region the filter found: its box, and whether it was "
+        f"kept or why not (too small, fill rate). More: <code>{command} --limit N</code>.</p>",
+        "<p>",
+    ]
+    for tile in tiles:
+        name = f"overlays/{Path(tile['overlay']).name}"
+        alt = f"{tile['source']}: kept {tile['kept']}"
+        text.append(f'<a href="{html.escape(name)}"><img src="{html.escape(name)}" alt="{html.escape(alt)}"></a>')
+    return "".join([*text, "</p>"])
+
+
+def _sources_section(store: RoiStore, limits: dict[str, Any], out: Path) -> str:
     sources = store.sources()
     read = [s for s in sources if s["status"] == "ok"]
     skipped = [s for s in sources if s["status"] != "ok"]
@@ -76,16 +147,17 @@ def _sources_section(store: RoiStore, out: Path) -> str:
         rows = [[s["path"], s["error"]] for s in skipped[:SKIPPED_LISTED]]
         more = len(skipped) - len(rows)
         text.append(_table(["skipped source", "why"], rows) + (f"<p>... and {more} more.</p>" if more else ""))
-    text.append(
-        _image(plots.rois_per_source([s["rois"] for s in read], out / "rois-per-source.png"), "ROIs per source")
-    )
-    counts = rejection_counts(sources)
+    if read:
+        rois = [s["rois"] for s in read]
+        text.append(_image(plots.rois_per_source(rois, out / "rois-per-source.png"), "ROIs per source"))
+    counts = rejection_counts(sources, limits)
     text.append("<h2>Rejection counts</h2>")
     if counts is None:
         text.append("<p>Not recorded: this store was written before the engine counted rejections.</p>")
     else:
         text.append(_table(["", "count"], [[k, v] for k, v in counts.items()]))
-        text.append(_image(plots.rejections(counts, out / "rejections.png"), "rejection counts"))
+        if counts["regions found"]:
+            text.append(_image(plots.rejections(counts, out / "rejections.png"), "rejection counts"))
         empty = [s["path"] for s in read if not s["rois"]]
         if empty:
             shown = ", ".join(empty[:SKIPPED_LISTED]) + (" ..." if len(empty) > SKIPPED_LISTED else "")
@@ -113,7 +185,8 @@ def _throughput_section(runs: list[dict[str, Any]], select: dict[str, Any] | Non
         stages: Counter = Counter()
         for r in runs:
             stages.update(r.get("stage_seconds", {}))
-        text.append(_image(plots.stage_seconds(dict(stages), out / "filter-stages.png"), "filter stages"))
+        if stages:
+            text.append(_image(plots.stage_seconds(dict(stages), out / "filter-stages.png"), "filter stages"))
     else:
         text.append("<p>No filter run recorded in the store (written before the engine recorded runs).</p>")
     if select is not None:
@@ -135,11 +208,14 @@ def _class_counts(store: RoiStore, labels: dict[str, str]) -> Counter:
 def selection_headline(
     selected: RoiStore, candidates: RoiStore | None, select: dict[str, Any], labels: dict[str, str] | None = None
 ) -> str:
-    """One sentence (HTML) for the top of the page: kept X of Y; with `labels` (source file name -> class),
+    """One sentence (HTML) for the top of the page: selected X of Y; with `labels` (source file name -> class),
     the rare classes' share of the candidates of known class before and after."""
     total = select["candidates"]
     share = f" ({select['selected'] / total:.0%})" if total else ""
-    text = f"Kept {select['selected']} of {total} candidates{share}."
+    text = (
+        f"Selected {select['selected']} of {total} candidates{share}: those within their cluster's distance "
+        f"threshold ({select['strategy']}, alpha {select['alpha']})."
+    )
     if labels and candidates is not None:
         before, after = _class_counts(candidates, labels), _class_counts(selected, labels)
         rare = [name for name, _ in sorted(before.items(), key=lambda item: (item[1], item[0]))[:RARE_CLASSES]]
@@ -182,8 +258,14 @@ def _selection_section(store: RoiStore, select: dict[str, Any], out: Path) -> st
     if select.get("untrained_weights"):
         text.append("<p><b>The features came from an untrained network (--weights random).</b></p>")
     decisions = StoredDecisions.load(store.root)
-    path = plots.distance_histograms(decisions.cluster, decisions.distance, clusters, out / "distances.png")
-    text.append(_image(path, "distance histograms"))
+    with_candidates = [c for c in clusters if c["candidates"]]
+    if with_candidates:
+        path = plots.distance_histograms(decisions.cluster, decisions.distance, with_candidates, out / "distances.png")
+        text.append(_image(path, "distance histograms"))
+    empty = [str(c["cluster"]) for c in clusters if not c["candidates"]]
+    if empty:
+        text.append(f"<p>No candidate is nearest to the prototype of cluster(s) {', '.join(empty)}.</p>")
+    text.append(f"<p>{DISTANCE}</p>")
     return "".join(text)
 
 
@@ -200,9 +282,12 @@ def build_report(store_path: str | Path, out_dir: str | Path, labels: dict[str, 
     runs = candidates.meta.get("runs", []) if candidates is not None else []
     sheets = write_contact_sheets(store.root, out)
     meta = store.meta
+    filtered = (candidates or store).meta  # the filter's own config and input, also for a selected store
+    config = from_dict(EngineConfig, filtered.get("config", {}))
+    limits = {"min_box": config.filter.min_box, "min_fill": config.filter.min_fill}
     sections = [
         f"<h1>activessf-engine report: {html.escape(str(store.root))}</h1>",
-        *([f"<p><b>{selection_headline(store, candidates, select, labels)}</b></p>"] if select is not None else []),
+        _answer(store, limits, select, candidates, labels),
         _table(
             None,
             [
@@ -213,9 +298,12 @@ def build_report(store_path: str | Path, out_dir: str | Path, labels: dict[str, 
             ],
         ),
         "<h2>Sources</h2>",
-        _sources_section(store, out),
+        _sources_section(store, limits, out),
+        "<h2>Overlays</h2>",
+        _overlays_section(filtered.get("input_root"), config, out),
         "<h2>Contact sheets</h2>",
-        *(_image(p, p.stem) for p in sheets),
+        f"<p>{sheets.sources_shown} of the {sheets.sources_with_rois} sources with ROIs are shown by source.</p>",
+        *(_image(p, p.stem) for p in sheets.paths),
     ]
     if select is not None:
         sections += ["<h2>Selection</h2>", _selection_section(store, select, out)]

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from sklearn.cluster import KMeans
 
 from activessf_engine.config import SelectionConfig
 from activessf_engine.select.nearest import nearest_prototype
@@ -98,6 +97,8 @@ def _kmeans_labels(points: np.ndarray, clusters: int, seed: int) -> np.ndarray:
     clusters = min(clusters, len(points))
     if clusters <= 1:
         return np.zeros(len(points), dtype=np.int64)
+    from sklearn.cluster import KMeans  # only the baselines that cluster need scikit-learn (seconds to import)
+
     return KMeans(n_clusters=clusters, n_init=1, random_state=seed).fit(points).labels_.astype(np.int64)
 
 

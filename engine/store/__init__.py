@@ -1,41 +1,31 @@
 """The ROI store: sharded Zarr v3 parts written whole under a lock, read straight from their shards, verified."""
 
-from activessf_engine.store.feature_cache import FeatureCache, features_key
-from activessf_engine.store.layout import (
-    FORMAT_VERSION,
-    ROI_COLUMNS,
-    committed_parts,
-    configure_zarr,
-    read_attrs,
-    roi_column_names,
-)
-from activessf_engine.store.lock import StoreLock, StoreLockedError
-from activessf_engine.store.manifest import manifest_header, manifest_rows, spreadsheet_safe
-from activessf_engine.store.overwrite import Artefact, check_overwrite, store_artefact
-from activessf_engine.store.reader import RoiStore
-from activessf_engine.store.verify import repair_store, verify_store
-from activessf_engine.store.writer import PartData, StoreWriter
+from activessf_engine import lazy_face
 
-__all__ = [
-    "FORMAT_VERSION",
-    "ROI_COLUMNS",
-    "Artefact",
-    "FeatureCache",
-    "PartData",
-    "RoiStore",
-    "StoreLock",
-    "StoreLockedError",
-    "StoreWriter",
-    "check_overwrite",
-    "committed_parts",
-    "configure_zarr",
-    "features_key",
-    "manifest_header",
-    "manifest_rows",
-    "read_attrs",
-    "repair_store",
-    "roi_column_names",
-    "spreadsheet_safe",
-    "store_artefact",
-    "verify_store",
-]
+# Each name this package offers, and the module that holds it: imported on first use.
+_WHERE = {
+    "FeatureCache": "feature_cache",
+    "features_key": "feature_cache",
+    "FORMAT_VERSION": "layout",
+    "ROI_COLUMNS": "layout",
+    "committed_parts": "layout",
+    "configure_zarr": "layout",
+    "read_attrs": "layout",
+    "roi_column_names": "layout",
+    "StoreLock": "lock",
+    "StoreLockedError": "lock",
+    "manifest_header": "manifest",
+    "manifest_rows": "manifest",
+    "spreadsheet_safe": "manifest",
+    "Artefact": "overwrite",
+    "check_overwrite": "overwrite",
+    "store_artefact": "overwrite",
+    "RoiStore": "reader",
+    "RoiChecksumError": "shard_reader",
+    "repair_store": "verify",
+    "verify_store": "verify",
+    "PartData": "writer",
+    "StoreWriter": "writer",
+}
+__all__ = sorted(_WHERE)
+__getattr__ = lazy_face(__name__, _WHERE)

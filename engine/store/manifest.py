@@ -42,7 +42,7 @@ def _cell(value: Any, name: str) -> list[Any]:
     if name in SPLIT_COLUMNS:
         return value.tolist()
     if name == "fill_rate":
-        return [f"{float(value):.4f}"]
+        return [round(float(value), 4)]  # a number (in exports' JSON too), to the filter's precision
     return [value.item() if isinstance(value, np.generic) else value]  # numpy scalars, or str of object columns
 
 
