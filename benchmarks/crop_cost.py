@@ -3,8 +3,8 @@
     python benchmarks/crop_cost.py                                   # 6 BCCD tiles + 300 PBC images
     python benchmarks/crop_cost.py --pbc-count 1745 --json crops.json
 
-Two measures, each with the code of `--baseline` (a git commit; its engine/crops.py is loaded from git)
-and with the working tree's, alternating rounds so drift hits both:
+Two measures, each with the code of `--baseline` (a git commit from before the layout change; its
+engine/crops.py is loaded from git) and with the working tree's, alternating rounds so drift hits both:
 - isolated: the regions of every tile are found once, then `cut_rois` (windows, resize, padding) is timed
   on the same tiles and boxes, one torch thread (as the filter runs it);
 - in the filter: `run_filter` into a fresh store with one or the other `cut_rois`, its "crops" stage time
@@ -29,9 +29,9 @@ from types import ModuleType
 import numpy as np
 import torch
 
-from activessf_engine import parts
 from activessf_engine.config import EngineConfig
 from activessf_engine.filter import crops
+from activessf_engine.filter import part as filter_part_module
 from activessf_engine.filter.decode import decode_files
 from activessf_engine.filter.regions import find_regions
 from activessf_engine.filter.run import run_filter
@@ -78,12 +78,12 @@ def filter_crops_seconds(cut, folder: Path, count: int, config: EngineConfig) ->
     with tempfile.TemporaryDirectory() as tmp:
         listing = Path(tmp) / "inputs.txt"
         listing.write_text("\n".join(str(p) for p in paths))
-        real = parts.cut_rois
-        parts.cut_rois = cut
+        real = filter_part_module.cut_rois
+        filter_part_module.cut_rois = cut
         try:
             summary = run_filter(listing, Path(tmp) / "store", config)
         finally:
-            parts.cut_rois = real
+            filter_part_module.cut_rois = real
     return summary.stage_seconds["crops"], summary.wall_seconds
 
 
