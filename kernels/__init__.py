@@ -9,6 +9,7 @@ from activessf_engine.kernels.blur import normalize_blur
 from activessf_engine.kernels.components import batch_region_stats, label, region_stats
 from activessf_engine.kernels.cupy_source import LAUNCH_ELEMENT_LIMIT
 from activessf_engine.kernels.hsv import hsv_opencv, in_hsv_ranges
+from activessf_engine.kernels.laplacian import laplacian_sums
 from activessf_engine.kernels.pixel_kmeans import (
     FIXED_POINT,
     assign,
@@ -28,6 +29,7 @@ __all__ = [
     "in_hsv_ranges",
     "initial_centres",
     "label",
+    "laplacian_sums",
     "lloyd",
     "merge_clusters",
     "normalize_blur",

@@ -1,4 +1,5 @@
-"""Fast CPU kernels (numba), each bit-identical to its torch reference in ``blur`` / ``pixel_kmeans``.
+"""Fast CPU kernels (numba), each bit-identical to its torch reference in ``blur`` / ``pixel_kmeans`` /
+``laplacian``.
 
 Hand-written because they are measurably faster than composing torch ops on the CPU (one pass over
 the pixels instead of one per operation; see benchmarks/filter_throughput.py for the per-stage
@@ -269,3 +270,43 @@ def merge_clusters(means, sizes, target, ward):  # pragma: no cover - compiled
             if owner[i] == b:
                 owner[i] = a
     return owner
+
+
+@njit(cache=True, inline="always")
+def _grey_row(tiles, b: int, y: int, weights, shift: int, row) -> None:
+    half = 1 << (shift - 1)
+    for x in range(row.shape[0]):
+        px = tiles[b, y, x]
+        row[x] = (weights[0] * px[0] + weights[1] * px[1] + weights[2] * px[2] + half) >> shift
+
+
+@njit(parallel=True, cache=True)
+def laplacian_sums(tiles, weights, shift, sums):  # pragma: no cover - compiled
+    """tiles (B, H, W, 3) uint8, grey weights (3,) int32 -> sums (B, 2) int64: the sum and the sum of
+    squares of each tile's Laplacian (3x3 aperture, reflect-101 borders as cv2.Laplacian) of its grey
+    image, grey = (weights . rgb + 2^(shift-1)) >> shift.
+
+    Exact integers, equal to the torch reference's (``laplacian.reference_laplacian_sums``). Bands of
+    BAND rows per task, each with its three grey rows in a buffer of its own.
+    """
+    batch, height, width, _ = tiles.shape
+    bands = (height + BAND - 1) // BAND
+    partial = np.zeros((batch * bands, 2), dtype=np.int64)
+    for task in prange(batch * bands):
+        b, first = task // bands, (task % bands) * BAND
+        last = min(first + BAND, height)
+        grey = np.empty((last - first + 2, width), dtype=np.int32)  # grey rows first-1 .. last
+        for j in range(grey.shape[0]):
+            _grey_row(tiles, b, _reflect(first - 1 + j, height), weights, shift, grey[j])
+        total, squares = 0, 0
+        for y in range(1, grey.shape[0] - 1):
+            above, row, below = grey[y - 1], grey[y], grey[y + 1]
+            for x in range(width):
+                left, right = row[_reflect(x - 1, width)], row[_reflect(x + 1, width)]
+                lap = above[x] + below[x] + left + right - 4 * row[x]
+                total += lap
+                squares += lap * lap
+        partial[task, 0], partial[task, 1] = total, squares
+    for b in range(batch):
+        sums[b, 0] = partial[b * bands : (b + 1) * bands, 0].sum()
+        sums[b, 1] = partial[b * bands : (b + 1) * bands, 1].sum()

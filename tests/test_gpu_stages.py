@@ -44,6 +44,11 @@ def test_normalize_blur_identical(mode: str) -> None:
     assert torch.equal(gpu.cpu(), cpu)
 
 
+def test_laplacian_sums_identical() -> None:
+    tiles = torch.stack(_tiles())
+    assert kernels.laplacian_sums(tiles.cuda()).tolist() == kernels.laplacian_sums(tiles).tolist()
+
+
 def test_hsv_of_every_colour_identical() -> None:
     code = torch.arange(1 << 24, dtype=torch.int64)
     rgb = torch.stack([code >> 16, (code >> 8) & 255, code & 255]).to(torch.uint8).reshape(3, 4096, 4096)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from activessf_engine.kernels import blur, components, pixel_kmeans
+from activessf_engine.kernels import blur, components, laplacian, pixel_kmeans
 from activessf_engine.kernels.pixel_kmeans import FIXED_POINT
 
 # --- normalize + blur -------------------------------------------------------------------------------
@@ -69,6 +69,38 @@ def test_normalize_blur_rejects_bad_input():
         blur.normalize_blur(torch.zeros(1, 1, 4, 3, dtype=torch.uint8), "minmax", 3, 1.5)
     with pytest.raises(ValueError):
         blur.normalize_blur(torch.zeros(1, 4, 4, 3, dtype=torch.uint8), "bogus", 3, 1.5)
+
+
+# --- Laplacian (focus) ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("height", "width"), [(2, 2), (3, 5), (17, 33), (40, 31)])  # bands of 16 rows, partial last
+def test_laplacian_sums_equal_reference_and_opencv(height, width):
+    import cv2
+
+    tiles = _random_tiles(3, height, width, seed=height + 7 * width)
+    got = laplacian.laplacian_sums(tiles)
+    assert got.dtype == np.int64 and got.tolist() == laplacian.reference_laplacian_sums(tiles).tolist()
+    for tile, (total, squares) in zip(tiles.numpy(), got.tolist(), strict=True):
+        lap = cv2.Laplacian(cv2.cvtColor(tile, cv2.COLOR_RGB2GRAY), cv2.CV_64F).astype(np.int64)
+        assert (total, squares) == (int(lap.sum()), int((lap * lap).sum()))
+
+
+def test_grey_is_opencvs_for_every_colour():
+    import cv2
+
+    code = np.arange(1 << 24, dtype=np.int64)
+    rgb = np.stack([code >> 16, (code >> 8) & 255, code & 255], axis=-1).astype(np.uint8).reshape(4096, 4096, 3)
+    weights, shift = np.array(laplacian.GREY_WEIGHTS), laplacian.GREY_SHIFT
+    grey = (rgb.astype(np.int64) @ weights + (1 << (shift - 1))) >> shift
+    assert np.array_equal(grey, cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY))
+
+
+def test_laplacian_sums_reject_bad_input():
+    with pytest.raises(ValueError, match="too small"):
+        laplacian.laplacian_sums(torch.zeros(1, 1, 9, 3, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="uint8"):
+        laplacian.laplacian_sums(torch.zeros(1, 4, 4, 3, dtype=torch.float32))
 
 
 # --- assignment --------------------------------------------------------------------------------------

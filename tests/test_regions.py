@@ -261,7 +261,7 @@ def test_sharpness_is_opencv_variance_of_laplacian_and_min_sharpness_drops_blurr
     blurred = cv2.GaussianBlur(sharp, (0, 0), 4)
     for tile in (sharp, blurred):
         grey = cv2.cvtColor(tile, cv2.COLOR_RGB2GRAY)
-        assert regions(tile).sharpness == pytest.approx(cv2.Laplacian(grey, cv2.CV_64F).var(), rel=1e-4)
+        assert regions(tile).sharpness == pytest.approx(cv2.Laplacian(grey, cv2.CV_64F).var(), rel=1e-9)
     threshold = (regions(sharp).sharpness + regions(blurred).sharpness) / 2
     strict = FilterConfig(min_sharpness=threshold)
     assert len(regions(sharp, strict).boxes) == 2 and not regions(sharp, strict).out_of_focus

@@ -217,6 +217,7 @@ def find_regions(
         masks, palettes = cell_masks(group, config, times)
         start = time.perf_counter()
         focus = sharpness(group)
+        start = times.lap("focus", start)
         for j, (i, found) in enumerate(zip(indices, regions_of_masks(masks, config), strict=True)):
             found.palette, found.sharpness = palettes[j], focus[j]
             if focus[j] < config.min_sharpness:
