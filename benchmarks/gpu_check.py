@@ -58,8 +58,11 @@ class Step:
     result: dict[str, Any] = field(default_factory=dict)
 
 
-def _filter(name: str, device: str, size: str | None, count: int, batch: int, timeout: int) -> Step:
+def _filter(
+    name: str, device: str, size: str | None, count: int, batch: int, timeout: int, processes: str = "1"
+) -> Step:
     command = f"benchmarks/filter_throughput.py --device {device} --count {count} --rounds 3 --batch-size {batch}"
+    command += f" --processes {processes}"
     command += f" --json {{json}} --size {size}" if size else " --json {json}"
     return Step(
         name, "filter" if device == "cuda" else "cpu-filter", command.split(), timeout, compare=device == "cuda"
@@ -77,7 +80,7 @@ STEPS = [
     _filter("filter-gpu-640x480-b16", "cuda", None, 512, 16, 60),
     _filter("filter-gpu-640x480-b64", "cuda", None, 512, 64, 60),
     _filter("filter-gpu-2048-b8", "cuda", "2048x2048", 64, 8, 90),
-    _filter("filter-cpu-640x480-b16", "cpu", None, 256, 16, 90),
+    _filter("filter-cpu-640x480-b16", "cpu", None, 1024, 16, 240, processes="1,4,8,16"),
     _filter("filter-cpu-2048-b4", "cpu", "2048x2048", 32, 4, 90),
     Step(
         "features",

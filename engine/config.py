@@ -171,6 +171,10 @@ class InputConfig:
     # threads; more torch threads on top of them oversubscribe the cores (measured on 2 cores: a
     # crop resize took 1.3 ms with 1 thread and over 100 ms with 2 while the decoder was busy).
     torch_threads: int = 1
+    # Filter worker processes on this machine, each filtering and committing whole parts with its share of the
+    # cores. 0 = one per core on 4 cores or more, at most one per 128 pending tiles (a worker takes seconds to
+    # start); 1 on fewer cores, where one process already runs its kernels on every core.
+    processes: int = 0
     # Whole slides (README, "Whole slides"). Files with these suffixes, and pyramidal, OME, Aperio and Hamamatsu
     # TIFFs, are read as slides: cut into overlapping tiles on the fly, background tiles skipped.
     slide_extensions: tuple[str, ...] = (".svs", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".vmu", ".svslide")
@@ -210,6 +214,7 @@ class InputConfig:
         _require("input", "batch_size", self.batch_size, low=1, high=MAX_BATCH)
         _require("input", "torch_threads", self.torch_threads, low=1, high=MAX_THREADS)
         _require("input", "threads", self.threads, low=0, high=MAX_THREADS)
+        _require("input", "processes", self.processes, low=0, high=MAX_THREADS)
         if not all(isinstance(e, str) and e.startswith(".") for e in self.slide_extensions):
             raise ValueError(f"input.slide_extensions must be suffixes such as ['.svs'], got {self.slide_extensions!r}")
         for name in ("mpp", "reference_mpp", "base_mpp"):
@@ -350,7 +355,7 @@ class EngineConfig:
 # are cut, so a resume under other values would mix two kinds of ROI in one store.
 FILTER_SECTIONS = ("input", "filter", "crop", "store")
 RESUME_FREE = {
-    "input": {"batch_size", "threads", "torch_threads", "max_batch_pixels"},
+    "input": {"batch_size", "threads", "torch_threads", "processes", "max_batch_pixels"},
     # each part's metadata says how it is stored; the number of compression threads changes no byte
     "store": {"rois_per_shard", "codec", "compression_level", "write_threads"},
 }

@@ -7,7 +7,8 @@ dies is run again by Dask on another worker; a part its first run already commit
 nothing is duplicated. Each part is decoded in the same batches as in a single-process run, so the store
 is the same, ROI for ROI.
 
-`--workers N` starts a local cluster of N worker processes (one thread each); `--scheduler ADDRESS` uses a
+`--workers N` starts a local cluster of N worker processes (one task at a time each; the workers of a machine
+share its cores for their kernels and decoders, as `filter.workers` sizes them); `--scheduler ADDRESS` uses a
 running cluster (`dask scheduler` + `dask worker` on each machine, or dask-cuda's `LocalCUDACluster`, one
 worker per GPU). Every worker must see the input and the store at the same paths (a shared file system).
 """
@@ -16,20 +17,18 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from activessf_engine.config import EngineConfig, FeatureConfig, from_dict, to_dict
-from activessf_engine.device import DeviceChoice, resolve_device
-from activessf_engine.filter import Decoder, FilterSummary, Source, filter_part, make_decoder, prepare_filter
+from activessf_engine.device import resolve_device
+from activessf_engine.filter import FilterSummary, filter_part_task, kept_per_thread, prepare_filter
 from activessf_engine.progress import Progress, make_progress
-from activessf_engine.store import RoiStore, StoreWriter
+from activessf_engine.store import RoiStore
 
 try:
     from distributed import Client, LocalCluster, as_completed
@@ -126,9 +125,12 @@ def run_filter_on_dask(
         summary = prepared.start_summary(out, device, pending)
         bar = make_progress(progress, sum(len(s) for _, s in pending), "img", "filter")
         with dask_client(scheduler, workers, quiet) as client:
-            workers_seen = len(client.scheduler_info()["workers"])
-            tasks = [(index, (str(writer.root), index, sources, to_dict(config), device)) for index, sources in pending]
-            for part, choice in _per_part(client, "filter", _filter_part_task, tasks):
+            seen = client.scheduler_info()["workers"].values()
+            workers_seen = len(seen)
+            sharing = max(Counter(worker["host"] for worker in seen).values(), default=1)  # workers on one machine
+            values = to_dict(config)
+            tasks = [(index, (str(writer.root), index, sources, values, device, sharing)) for index, sources in pending]
+            for part, choice in _per_part(client, "filter", filter_part_task, tasks):
                 summary.absorb(part)
                 summary.device_choice = summary.device_choice or {**choice, "workers": workers_seen, "host_work": []}
                 bar.update(part.sources_read + part.sources_skipped)
@@ -170,25 +172,6 @@ def features_on_dask(
     return {"computed": computed, "cached": len(store) - computed, "dtype": dtypes.pop() if dtypes else "float32"}
 
 
-_worker = threading.local()  # per worker thread: what its tasks share (device choice, decoder, backbone)
-
-
-def _kept(name: str, key: object, make: Callable[[], Any]) -> Any:
-    """What `make()` returns, made once per worker thread and kept while `key` stays the same."""
-    kept = getattr(_worker, name, None)
-    if kept is None or kept[0] != key:
-        kept = (key, make())
-        setattr(_worker, name, kept)
-    return kept[1]
-
-
-def _worker_tools(device: str, config: EngineConfig) -> tuple[DeviceChoice, Decoder]:
-    choice = _kept("choice", device, lambda: resolve_device(device))
-    decoder_key = (device, config.input.batch_size, config.input.threads)
-    decoder = _kept("decoder", decoder_key, lambda: make_decoder(config.input.batch_size, config.input.threads, choice))
-    return choice, decoder
-
-
 def _features_task(
     root: str, part: int, feature_values: dict[str, Any], device: str, stain: dict[str, Any]
 ) -> tuple[int, str]:
@@ -197,9 +180,9 @@ def _features_task(
     from activessf_engine.select import StainNormalizer, extract, feature_cache, load_backbone
 
     feature_config = from_dict(FeatureConfig, feature_values)
-    choice = _kept("choice", device, lambda: resolve_device(device))
+    choice = kept_per_thread("choice", device, lambda: resolve_device(device))
     key = (device, tuple(sorted(feature_values.items())))
-    backbone = _kept("backbone", key, lambda: load_backbone(feature_config, choice))
+    backbone = kept_per_thread("backbone", key, lambda: load_backbone(feature_config, choice))
     store = RoiStore(root)
     cache = feature_cache(store, backbone, stain)
     if cache.has(part):
@@ -207,19 +190,3 @@ def _features_task(
     features = extract(backbone, StainNormalizer(stain)(store.part_rois(part)), feature_config.batch_size)
     cache.save(part, features)
     return len(features), backbone.dtype_name
-
-
-def _filter_part_task(
-    root: str, index: int, sources: list[Source], config_values: dict[str, Any], device: str
-) -> tuple[FilterSummary, dict[str, object]]:
-    """One part, in a worker: decode, filter, crop, commit (skipped when already committed)."""
-    config = from_dict(EngineConfig, config_values)
-    choice, decoder = _worker_tools(device, config)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, config.input.torch_threads))
-    try:
-        writer = StoreWriter(root, config.store)  # no lock of its own: the run's client holds the store's
-        part = filter_part(writer, index, sources, config, choice, decoder)
-    finally:
-        torch.set_num_threads(threads)
-    return part, choice.describe()

@@ -76,6 +76,7 @@ PLANTED = [
 STOPPED = ["decoding:2:SIGTERM", "mid-write:2:SIGINT"]  # a clean stop, from the decoder's thread or a write
 RANDOM_KILLS = 3
 DASK_KILLS = 1  # a filter on two local Dask workers, the whole process group killed at a seeded moment
+PROCESS_KILLS = 1  # a filter with two worker processes, only the run's own process killed: its worker dies too
 
 
 def child(args: list[str], kill_at: str = "") -> subprocess.Popen:
@@ -100,6 +101,7 @@ def test_sigkill_anywhere_then_resume_gives_the_uninterrupted_store(tmp_path: Pa
 
     points = PLANTED + STOPPED + [f"random:{rng.uniform(0.3, 1.0) * duration:.2f}" for _ in range(RANDOM_KILLS)]
     points += [f"dask:{rng.uniform(1.0, 2.5) * duration:.2f}" for _ in range(DASK_KILLS)]
+    points += [f"processes:{rng.uniform(0.5, 1.5) * duration:.2f}" for _ in range(PROCESS_KILLS)]
     with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 1)) as pool:  # scenarios are independent
         outcomes = list(
             pool.map(lambda k: kill_and_resume(points[k], tiles, tmp_path / f"store{k}"), range(len(points)))
@@ -113,7 +115,18 @@ def test_sigkill_anywhere_then_resume_gives_the_uninterrupted_store(tmp_path: Pa
 def kill_and_resume(point: str, tiles: Path, out: Path) -> Path:
     """Kill a filter run at `point` ("step:N" planted, or "random:SECONDS"), then run it again to the end."""
     args = ["filter", "--input", str(tiles), "--out", str(out), *FLAGS]
-    if point.startswith(("random:", "dask:")):
+    if point.startswith("processes:"):
+        process = child([*args, "--processes", "2"])
+        time.sleep(float(point.split(":")[1]))
+        workers = children(process.pid)
+        assert workers or process.poll() is not None, f"{point}: a run with --processes 2 started no worker"
+        os.kill(process.pid, signal.SIGKILL)  # the run alone: the kernel kills its workers (PR_SET_PDEATHSIG)
+        process.wait()
+        deadline = time.monotonic() + 10
+        while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [pid for pid in workers if alive(pid)], f"{point}: workers outlived the run"
+    elif point.startswith(("random:", "dask:")):
         process = child(args + (["--workers", "2"] if point.startswith("dask:") else []))
         time.sleep(float(point.split(":")[1]))
         os.killpg(process.pid, signal.SIGKILL)  # the run and every worker it started, at once
@@ -127,3 +140,24 @@ def kill_and_resume(point: str, tiles: Path, out: Path) -> Path:
     _, err = finish.communicate()
     assert finish.returncode == 0, f"{point}: the resume failed: {err}"
     return out
+
+
+def children(parent: int) -> list[int]:
+    """The processes whose parent is `parent` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[1]) == parent:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

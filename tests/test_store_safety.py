@@ -244,7 +244,7 @@ def test_resume_with_other_output_settings_is_refused_naming_them(store: Path, t
 # Fields a resume may change, reviewed: none of them changes which sources are read, which regions are kept or
 # how a ROI is cut or stored pixel for pixel. A field added to config.RESUME_FREE must be reviewed here too.
 REVIEWED_RESUME_FREE = {
-    "input": {"batch_size", "threads", "torch_threads", "max_batch_pixels"},
+    "input": {"batch_size", "threads", "torch_threads", "processes", "max_batch_pixels"},
     "store": {"rois_per_shard", "codec", "compression_level", "write_threads"},  # how, not what, is written
 }
 

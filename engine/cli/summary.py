@@ -95,5 +95,7 @@ def device_lines(described: dict[str, Any], host_work: list[str]) -> list[str]:
     if "kind" not in described:  # a Dask run with nothing left to do
         return []
     workers = f" on each of {described['workers']} Dask workers" if described.get("workers") else ""
+    if described.get("processes", 1) > 1:
+        workers = f" in each of {described['processes']} filter worker processes"
     lines = [f"device           {summary_line(described)}{workers}"]
     return lines + [f"  on the host    {work}" for work in host_work]

@@ -25,6 +25,8 @@ _WHERE = {
     "find_sources": "sources",
     "FilterSummary": "summary",
     "REJECTION_COUNTS": "summary",
+    "filter_part_task": "workers",
+    "kept_per_thread": "workers",
 }
 __all__ = sorted(_WHERE)
 __getattr__ = lazy_face(__name__, _WHERE)

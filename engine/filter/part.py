@@ -34,7 +34,13 @@ def filter_part(
         return summary
     times = StageTimes()
     part = PartBuilder(config.crop.size)
-    for batch, images in decode_part(sources, config, device, decoder):
+    batches = decode_part(sources, config, device, decoder)
+    while True:
+        start = time.perf_counter()
+        batch, images = next(batches, (None, None))
+        times.lap("decode", start)
+        if images is None:
+            break
         summary.record(filter_batch(batch, images, config, times, part), config.filter.min_box)
     data = part.finish()
     start = time.perf_counter()

@@ -1,8 +1,9 @@
-"""The filter run in one process: sources -> decode -> regions -> crops -> store, part by part, resumable.
+"""The filter run on one machine: sources -> decode -> regions -> crops -> store, part by part, resumable.
 
-This module owns the threads, queues, progress and I/O order of a single-process run: decoding runs in a
-producer thread, each part is committed in a writer thread while the next one is filtered. The parts
-themselves (plan, filtering, summary) are in `plan`, `part` and `summary`, shared with the Dask run in `distributed`.
+This module owns the threads, queues, progress and I/O order of a run: with one worker, decoding runs in a
+producer thread and each part is committed in a writer thread while the next one is filtered; with several,
+worker processes filter and commit whole parts (`workers`). The parts themselves (plan, filtering, summary)
+are in `plan`, `part` and `summary`, shared with the Dask run in `distributed`.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from activessf_engine.filter.plan import find_inputs, plan_parts, prepare_filter
 from activessf_engine.filter.regions import StageTimes
 from activessf_engine.filter.sources import Source
 from activessf_engine.filter.summary import FilterSummary
+from activessf_engine.filter.workers import filter_in_processes, worker_count
 from activessf_engine.progress import Progress, make_progress
 from activessf_engine.store import PartData, StoreWriter
 
@@ -217,10 +219,35 @@ def _run_filter(
     with prepared.open_store(out, config, overwrite) as writer:
         pending = prepared.pending(writer.root)
         summary = prepared.start_summary(out, str(device.torch_device), pending)
-        summary.device_choice = {**device.describe(), "host_work": host_work(config, device)}
-        _filter_into(writer, pending, config, device, progress, summary)
+        workers = worker_count(config, pending, device)
+        summary.device_choice = {**device.describe(), "host_work": host_work(config, device), "processes": workers}
+        if workers > 1:
+            _filter_in_workers(writer, pending, config, device, workers, progress, summary)
+        else:
+            _filter_into(writer, pending, config, device, progress, summary)
         prepared.finish_summary(summary, writer, started)
     return summary
+
+
+def _filter_in_workers(
+    writer: StoreWriter,
+    pending: list[tuple[int, list[Source]]],
+    config: EngineConfig,
+    device: DeviceChoice,
+    workers: int,
+    progress: bool | Progress,
+    summary: FilterSummary,
+) -> None:
+    """The filter run proper on `workers` processes, into a store whose lock `writer` holds."""
+    bar = make_progress(progress, sum(len(s) for _, s in pending), "img", f"filter ({workers} workers)")
+    try:
+        for part in filter_in_processes(str(writer.root), pending, config, device, workers):
+            summary.absorb(part)
+            bar.update(part.sources_read + part.sources_skipped)
+            bar.set_postfix_str(f"rois={summary.rois}")
+    finally:
+        writer.clean_temporary()  # what a worker that died mid-part left half-written
+        bar.close()
 
 
 def _filter_into(

@@ -85,11 +85,12 @@ class FilterSummary:
             self.skip_reasons[kind] = self.skip_reasons.get(kind, 0) + 1
 
     def absorb(self, part: FilterSummary) -> None:
-        """Add the counts of one part's summary (a Dask task's) to this run's."""
+        """Add the counts of one part's summary (a worker's or a Dask task's) to this run's."""
         for name in ("sources_read", "sources_skipped", "rois", "megapixels", "tiles_below_min_box", *REJECTION_COUNTS):
             setattr(self, name, getattr(self, name) + getattr(part, name))
         self.skipped += part.skipped
         self.sources_without_roi += part.sources_without_roi
+        self.out_of_focus += part.out_of_focus
         for mine, theirs in ((self.skip_reasons, part.skip_reasons), (self.decoders, part.decoders)):
             for key, count in theirs.items():
                 mine[key] = mine.get(key, 0) + count
