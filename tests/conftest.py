@@ -259,3 +259,16 @@ def run_cli(argv: list[str]) -> tuple[int, str]:
         mp.setattr(sys, "stdout", stdout)
         code = main(argv)
     return code, stdout.getvalue()
+
+
+def selected_store(root: Path, keep: np.ndarray) -> Path:
+    """A selected store over a candidates store of `len(keep)` ROIs: candidate i is assigned cluster i % 3 and
+    kept where `keep[i]`; its decisions group as `select` writes it."""
+    import zarr
+
+    kept = np.flatnonzero(keep)
+    synthetic_store(root, (len(kept),), kind="selected", columns=lambda i: {"cluster": (kept[i] % 3).astype(np.int32)})
+    group = zarr.open_group(str(root / "decisions"), mode="w", zarr_format=3)
+    for name, values in (("cluster", (np.arange(len(keep)) % 3).astype(np.int32)), ("selected", keep)):
+        group.create_array(name, shape=values.shape, dtype=values.dtype)[:] = values
+    return root

@@ -8,8 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import zarr
-from conftest import synthetic_store
+from conftest import selected_store, synthetic_store
 
 from activessf_engine.feed.datasets import RoiDataset, ShardedRoiDataset
 from activessf_engine.feed.query import RoiQuery, query_rows
@@ -102,23 +101,6 @@ def test_unshuffled_order_is_store_order(store: Path) -> None:
     assert _collect_ids(ShardedRoiDataset(store, with_meta=True, shuffle=False)) == list(range(sum(COUNTS)))
 
 
-def _selected(tmp_path: Path, candidates: Path) -> Path:
-    """A selected store over `candidates`: candidate i is assigned cluster i % 3 and kept when i % 4 != 0."""
-    n = sum(COUNTS)
-    keep = np.arange(n) % 4 != 0
-    kept = np.flatnonzero(keep)
-    root = synthetic_store(
-        tmp_path / "selected",
-        (len(kept),),
-        kind="selected",
-        columns=lambda i: {"cluster": (kept[i] % 3).astype(np.int32)},
-    )
-    group = zarr.open_group(str(root / "decisions"), mode="w", zarr_format=3)
-    for name, values in (("cluster", (np.arange(n) % 3).astype(np.int32)), ("selected", keep)):
-        group.create_array(name, shape=values.shape, dtype=values.dtype)[:] = values
-    return root
-
-
 def test_queries_read_only_matching_rois(store: Path, tmp_path: Path) -> None:
     rois = RoiStore(store)
     paths = rois.columns()["source_path"].astype(str)
@@ -128,7 +110,7 @@ def test_queries_read_only_matching_rois(store: Path, tmp_path: Path) -> None:
     only_b = query_rows(rois, RoiQuery(sources=("*b.png",), exclude_sources=("pat0/*",)))
     assert len(only_b) and all(paths[i].endswith("b.png") and paths[i].startswith("pat1/") for i in only_b)
 
-    selected = _selected(tmp_path, store)
+    selected = selected_store(tmp_path / "selected", np.arange(sum(COUNTS)) % 4 != 0)  # cluster i % 3
     kept = query_rows(rois, RoiQuery(selected_by=selected))
     assert kept.tolist() == [i for i in range(len(rois)) if i % 4]
     assert query_rows(rois, RoiQuery(selected_by=selected, clusters=(1,))).tolist() == [

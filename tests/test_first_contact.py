@@ -8,12 +8,10 @@ import shutil
 import subprocess
 import sys
 import tarfile
-from pathlib import Path
 
 import numpy as np
 import pytest
-import zarr
-from conftest import BCCD, run_cli, synthetic_store
+from conftest import BCCD, run_cli, selected_store, synthetic_store
 
 from activessf_engine.cli import main
 from activessf_engine.store import RoiStore
@@ -119,26 +117,9 @@ def test_an_input_without_an_image_stops_before_a_store_is_made(tmp_path, capsys
     assert "none of the 2 source(s)" in err and "notes.jpg: not a readable image" in err and "next:" not in err
 
 
-def _selection_of(candidates: Path, tmp_path: Path) -> Path:
-    """A selected store made from `candidates` (every other candidate kept, clusters 0-2)."""
-    n = len(RoiStore(candidates))
-    keep = np.arange(n) % 2 == 0
-    kept = np.flatnonzero(keep)
-    root = synthetic_store(
-        tmp_path / "selected",
-        (len(kept),),
-        kind="selected",
-        columns=lambda i: {"cluster": (kept[i] % 3).astype(np.int32)},
-    )
-    group = zarr.open_group(str(root / "decisions"), mode="w", zarr_format=3)
-    for name, values in (("cluster", (np.arange(n) % 3).astype(np.int32)), ("selected", keep)):
-        group.create_array(name, shape=values.shape, dtype=values.dtype)[:] = values
-    return root
-
-
 def test_webdataset_metadata_is_typed_and_labelled_from_the_selection(tmp_path, capsys):
     candidates = synthetic_store(tmp_path / "candidates", (3, 2))
-    selected = _selection_of(candidates, tmp_path)
+    selected = selected_store(tmp_path / "selected", np.arange(len(RoiStore(candidates))) % 2 == 0)
     out = tmp_path / "wds"
     argv = ["export", str(candidates), "--out", str(out), "--format", "webdataset", "--selected-by", str(selected)]
     assert main([*argv, "--quiet"]) == 0

@@ -192,8 +192,9 @@ def test_a_store_with_parts_of_each_codec_reads_back_exactly(tmp_path) -> None:
     assert np.array_equal(store.part_rois(0, np.array([4, 0])), rois[0][[4, 0]])
 
 
-def test_the_store_reads_other_layouts_through_zarr(tmp_path) -> None:
-    """A part whose `rois` this reader does not know (written by another tool, say) reads the same."""
+def _store_with_plain_zarr_rois(tmp_path: Path) -> tuple[Path, np.ndarray, zarr.Array]:
+    """A one-part store whose `rois` were rewritten as a plain zarr array (chunks, no shards): its root, the
+    ROIs and that array."""
     rois = rois_like_cells(5)
     root = tmp_path / "store"
     StoreWriter.create(root, "candidates", {}, [["a.png"]], layout=StoreConfig(rois_per_shard=2)).commit_part(
@@ -203,7 +204,13 @@ def test_the_store_reads_other_layouts_through_zarr(tmp_path) -> None:
     shutil.rmtree(folder)
     plain = zarr.create_array(str(folder), shape=rois.shape, chunks=(2, SIZE, SIZE, 3), dtype="uint8")
     plain[:] = rois
-    assert ShardReader.open(folder) is None
+    return root, rois, plain
+
+
+def test_the_store_reads_other_layouts_through_zarr(tmp_path) -> None:
+    """A part whose `rois` this reader does not know (written by another tool, say) reads the same."""
+    root, rois, _ = _store_with_plain_zarr_rois(tmp_path)
+    assert ShardReader.open(root / "parts" / "p000000" / "rois") is None
     store = RoiStore(root)
     assert np.array_equal(store.part_rois(0), rois)
     assert np.array_equal(store.part_rois(0, np.array([3, 1]), channels_first=True), rois[[3, 1]].transpose(0, 3, 1, 2))
@@ -308,15 +315,7 @@ def test_checksums_are_checked_in_every_layout(tmp_path, stored_channels_first, 
 
 
 def test_rois_read_through_zarr_are_checked_too(tmp_path) -> None:
-    rois = rois_like_cells(5)
-    root = tmp_path / "store"
-    StoreWriter.create(root, "candidates", {}, [["a.png"]], layout=StoreConfig(rois_per_shard=2)).commit_part(
-        0, part(rois, "a.png")
-    )
-    folder = root / "parts" / "p000000" / "rois"
-    shutil.rmtree(folder)
-    plain = zarr.create_array(str(folder), shape=rois.shape, chunks=(2, SIZE, SIZE, 3), dtype="uint8")
-    plain[:] = rois
+    root, rois, plain = _store_with_plain_zarr_rois(tmp_path)
     plain[2] = rois[3]  # another ROI where row 2 should be
     store = RoiStore(root)
     assert np.array_equal(store.part_rois(0, np.array([4, 1])), rois[[4, 1]])
