@@ -125,3 +125,15 @@ def test_configs_no_machine_could_honour_are_refused_with_exit_2(tmp_path, capsy
     assert main(["filter", "--input", str(tiles), "--out", str(tmp_path / "s"), "--config", str(config)]) == 2
     assert named in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
+
+
+def test_an_image_under_max_pixels_but_over_pillows_own_limit_is_read_from_a_fresh_process(tmp_path, monkeypatch):
+    """The first look at the inputs (before any decode) judges size by max_pixels, not by Pillow's default
+    bomb limit (89.5 MP, an error past twice that): a 14000x14000 tile (196 MP) is not "over 800000000"."""
+    from activessf_engine.filter.decode import why_unreadable
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 89_478_485)  # Pillow's default, as in a fresh process
+    path = tmp_path / "wide.png"
+    Image.new("1", (14000, 14000), 1).save(path)
+    assert why_unreadable(path, InputConfig()) is None
+    assert "14000x14000 pixels exceeds max_pixels=100000000" in why_unreadable(path, InputConfig(max_pixels=10**8))

@@ -151,7 +151,10 @@ def _file_kind(mode: int) -> str:
 
 
 def _read_header(probe: _Probe, fh: BinaryIO, config: InputConfig) -> None:
-    """Format, mode, size and orientation from the file's header (Pillow opens lazily), and the size guards."""
+    """Format, mode, size and orientation from the file's header (Pillow opens lazily), and the size guards.
+    Pillow's own decompression-bomb limit (a process-wide setting of Pillow's) is raised to `config.max_pixels`
+    when it is lower, since this probe enforces that limit itself, with its own message."""
+    Image.MAX_IMAGE_PIXELS = max(config.max_pixels, Image.MAX_IMAGE_PIXELS or 0)
     try:
         with Image.open(fh) as img:
             probe.mode, probe.format = img.mode, img.format or ""
@@ -342,10 +345,7 @@ def decode_batches(
 
     A batch holds at most the decoder's batch size of files and `config.max_batch_pixels` pixels, so the
     memory of decoded tiles is bounded whatever their size (an image larger than the cap is decoded alone).
-    Pillow's own decompression-bomb limit (a process-wide setting of Pillow's) is raised to
-    `config.max_pixels` when it is lower, since the probe enforces that limit itself, with its own message.
     """
-    Image.MAX_IMAGE_PIXELS = max(config.max_pixels, Image.MAX_IMAGE_PIXELS or 0)
     decoder = decoder or make_decoder(config.batch_size, config.threads, device)
     for probes in _probe_batches(paths, config, decoder.batch_size):
         good = [p for p in probes if p.error is None]
