@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from activessf_engine.config import SelectionConfig
+from activessf_engine.config import FilterConfig, SelectionConfig
 from activessf_engine.select.prototypes import Prototypes
 from activessf_engine.select.strategies import Decisions
 from activessf_engine.select.thresholds import borrowed_bounds, degenerate_clusters
@@ -18,6 +18,7 @@ from activessf_engine.select.thresholds import borrowed_bounds, degenerate_clust
 FEW_KEPT = 0.05  # a selection keeping less than this share of the candidates is warned about
 GATED = ("activessf", "gated-balanced")  # strategies whose selection Eq. 9's thresholds decide
 BUDGETED = ("random", "balanced", "gated-balanced")
+MOSTLY_WHOLE = 0.5  # labeled images taken whole (no region passed their filter) above this share are warned about
 
 
 def degenerate_report(prototypes: Prototypes, config: SelectionConfig) -> dict[str, Any] | None:
@@ -101,4 +102,18 @@ def _few_kept(decisions: Decisions, prototypes: Prototypes, config: SelectionCon
         "`calibrate` the filter on these tiles, lower --alpha (thresholds move towards UB) or use --bounds global, or "
         f"--threshold-mode fixed --fixed-threshold {median:.2f} (the candidates' median distance), or "
         "--strategy balanced --budget N (no gate: junk is kept too)"
+    )
+
+
+def whole_images_warning(whole: int, total: int, config: FilterConfig) -> str | None:
+    """A warning when most labeled images held no region passing the filter and were taken whole
+    (`labeled_crop = "filter"`): their prototypes are then framed unlike every candidate; None otherwise."""
+    if whole <= MOSTLY_WHOLE * total:
+        return None
+    return (
+        f"{whole} of {total} labeled images held no region passing the filter (min_fill {config.min_fill:g}, "
+        f"min_box {config.min_box}) and were taken whole: their prototypes are framed unlike every candidate, "
+        "which is cut round a region, so few candidates can come within a threshold. Lower --min-fill for the "
+        "filter and the prototypes alike (0.5 keeps the lobed nuclei that fail the paper's 0.7, as the demo does; "
+        "prototypes --like STORE takes the store's)"
     )
