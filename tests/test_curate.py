@@ -339,6 +339,8 @@ def test_a_selection_of_nothing_says_so(tmp_path: Path, labeled: Path, candidate
     err = capsys.readouterr().err
     assert "error: nothing was selected (0 of 21 candidates" in err and "No candidate was selected: " in err
     assert "WARNING" not in err and "Try: " in err  # the cause and the fix are the error, said once
+    # the fixture's labeled images hold no region that passes the filter: prototypes.json records it, select names it
+    assert "14 of 14 labeled images held no region passing the filter (min_fill 0.7, min_box 70)" in err
     assert len(RoiStore(tmp_path / "s")) == 0  # the empty store is still written, for the report
     assert main([*select, "--out", str(tmp_path / "s2"), *fixed_zero, "--json"]) == 2
     summary = json.loads(capsys.readouterr().out)

@@ -97,7 +97,9 @@ def end_with_selection(
 
     A selection that kept nothing is an error, never a quiet exit 0: the warnings (each names its cause and
     what to try) become the error line, and EXIT_USAGE is returned. Otherwise they are printed as WARNING
-    lines and None is returned (the command's own exit code stands)."""
+    lines and None is returned (the command's own exit code stands). A warning given twice (by prototypes and
+    by select) is said once."""
+    warnings = list(dict.fromkeys(warnings))
     if selected["selected"]:
         print_summary(args, summary, lines + [f"WARNING: {warning}" for warning in warnings])
         return None

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from activessf_engine.config import FilterConfig, SelectionConfig
+from activessf_engine.config import SelectionConfig
 from activessf_engine.select.prototypes import Prototypes
 from activessf_engine.select.strategies import Decisions
 from activessf_engine.select.thresholds import borrowed_bounds, degenerate_clusters
@@ -56,14 +56,16 @@ def degenerate_report(prototypes: Prototypes, config: SelectionConfig) -> dict[s
 
 
 def selection_warnings(decisions: Decisions, prototypes: Prototypes, config: SelectionConfig) -> list[str]:
-    """Warnings about what was kept: nothing or under FEW_KEPT of the candidates (with the distances that
-    explain it and what to try), and a budget that was not met."""
+    """Warnings about what was kept: nothing or under FEW_KEPT of the candidates (with the labeled images
+    taken whole and the distances that explain it, and what to try), and a budget that was not met."""
     total, kept = len(decisions), int(decisions.selected.sum())
     if not total:
         return ["the candidate store holds no ROI, so nothing could be selected: see the filter's summary (or run "
                 "`filter --limit 20` on the tiles) to find why no region passed"]  # fmt: skip
     warnings = []
     if config.strategy in GATED and kept < FEW_KEPT * total:
+        whole = whole_images_warning(prototypes)  # the likeliest cause, named first
+        warnings += [whole] if whole else []
         warnings.append(_few_kept(decisions, prototypes, config))
     if config.strategy in BUDGETED and config.budget:
         asked = int(config.budget) if config.budget > 1 else round(config.budget * total)
@@ -105,15 +107,17 @@ def _few_kept(decisions: Decisions, prototypes: Prototypes, config: SelectionCon
     )
 
 
-def whole_images_warning(whole: int, total: int, config: FilterConfig) -> str | None:
-    """A warning when most labeled images held no region passing the filter and were taken whole
-    (`labeled_crop = "filter"`): their prototypes are then framed unlike every candidate; None otherwise."""
-    if whole <= MOSTLY_WHOLE * total:
+def whole_images_warning(prototypes: Prototypes) -> str | None:
+    """A warning when most labeled images held no region passing the filter and were taken whole (with
+    `labeled_crop = "filter"`): their prototypes are then framed unlike every candidate; None otherwise."""
+    framing = prototypes.framing.get("filter")  # recorded only when the filter cropped the labeled images
+    total = int(prototypes.sizes.sum())
+    if framing is None or prototypes.whole_images <= MOSTLY_WHOLE * total:
         return None
     return (
-        f"{whole} of {total} labeled images held no region passing the filter (min_fill {config.min_fill:g}, "
-        f"min_box {config.min_box}) and were taken whole: their prototypes are framed unlike every candidate, "
-        "which is cut round a region, so few candidates can come within a threshold. Lower --min-fill for the "
-        "filter and the prototypes alike (0.5 keeps the lobed nuclei that fail the paper's 0.7, as the demo does; "
-        "prototypes --like STORE takes the store's)"
+        f"{prototypes.whole_images} of {total} labeled images held no region passing the filter (min_fill "
+        f"{framing['min_fill']:g}, min_box {framing['min_box']}) and were taken whole: their prototypes are framed "
+        "unlike every candidate, which is cut round a region, so few candidates can come within a threshold. Lower "
+        "--min-fill for the filter and the prototypes alike (0.5 keeps the lobed nuclei that fail the paper's 0.7, "
+        "as the demo does; prototypes --like STORE takes the store's)"
     )

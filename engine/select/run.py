@@ -207,10 +207,10 @@ def run_prototypes(
         framing=labeled_framing(config),
         labeled=str(labeled_root),
         stain=stain.reference,
+        whole_images=report["whole_images"],
     )
     prototypes.save(Path(out))
-    cropped = config.prototypes.labeled_crop == "filter"
-    whole = whole_images_warning(report["whole_images"], len(labels), config.filter) if cropped else None
+    whole = whole_images_warning(prototypes)
     return {
         "prototypes": str(out),
         "labeled": len(labels),
