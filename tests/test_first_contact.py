@@ -4,6 +4,7 @@ say how their paths resolve, quiet Dask, a "next:" line that carries the run's f
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pytest
 from conftest import BCCD, run_cli, selected_store, synthetic_store
 
 from activessf_engine.cli import main
+from activessf_engine.cli.demo import SAMPLE_DATA
 from activessf_engine.store import RoiStore
 
 HEAVY = ("torch", "timm", "torchvision", "zarr", "dask", "distributed", "nvidia.dali", "matplotlib", "numcodecs")
@@ -143,3 +145,38 @@ def test_the_dry_run_suggests_the_overlay_with_its_own_flags(capsys):
     )
     assert "--roi-size" not in overlay  # overlay has no crop flags
     assert run.startswith("activessf-engine filter") and "--min-fill 0.5" in run and "--roi-size 64" in run
+
+
+def readme_use_chain() -> list[list[str]]:
+    """The README's "Use" lines of filter, prototypes and select (the first plain one of each), as argv
+    without the optional [...] parts: the chain a new user copies."""
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    block = text[text.index("## Use") : text.index("Every command has `--help`")]
+    chain: dict[str, list[str]] = {}
+    for line in block.splitlines():
+        words = re.sub(r"\[.*?\]", "", line.split("#")[0]).split()
+        if words[:1] == ["activessf-engine"] and words[1] in ("filter", "prototypes", "select") and "..." not in words:
+            chain.setdefault(words[1], words[1:])
+    return [chain[command] for command in ("filter", "prototypes", "select")]
+
+
+def test_the_readme_use_chain_keeps_cells_of_the_shipped_data(tmp_path, capsys):
+    """Issue 25: the README's filter, prototypes --like, select chain, run as written on the shipped sample data,
+    kept 0 of 8 candidates and exited 0."""
+    folders = {"slides/": SAMPLE_DATA / "tiles", "labeled/": SAMPLE_DATA / "labeled"}
+    for argv in readme_use_chain():
+        argv = [str(folders.get(w, tmp_path / w if w.endswith("/") else w)) for w in argv]
+        assert main([*argv, "--quiet"]) == 0, capsys.readouterr().err
+    assert len(RoiStore(tmp_path / "selected")) > 0
+
+
+def test_run_on_the_shipped_data_never_ends_with_nothing_selected_and_exit_0(tmp_path, capsys):
+    """Issue 25: `run` at the paper's fill rate selected 0 of 8 and exited 0; an empty selection is exit 2,
+    naming its cause (the labeled cells taken whole) and the fix."""
+    inputs = ["--input", str(SAMPLE_DATA / "tiles"), "--labeled", str(SAMPLE_DATA / "labeled")]
+    code, out = run_cli(["run", *inputs, "--out", str(tmp_path / "r"), "--json", "--quiet"])
+    selected, err = json.loads(out)["select"]["selected"], capsys.readouterr().err
+    assert selected == len(RoiStore(tmp_path / "r" / "selected"))
+    assert (code == 0 and selected > 0) or (code == 2 and not selected), (code, selected)
+    if not selected:
+        assert "error: nothing was selected (0 of" in err and "were taken whole" in err and "--min-fill" in err

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from activessf_engine.cli.options import TILE_SECTIONS, add_common_flags, add_input_flag, run_config, run_device
-from activessf_engine.cli.summary import print_summary
+from activessf_engine.cli.summary import end_with_selection, print_summary
 
 
 def cmd_preview(args: argparse.Namespace) -> int:
@@ -112,10 +112,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"report           {summary['report']}",
         f"wall time        {summary['wall_seconds']:.1f} s",
     ]
-    if selected["untrained_weights"]:
-        lines.append("WARNING: the demo's features come from an untrained network (--weights random)")
-    print_summary(args, summary, lines)
-    return 0
+    warnings = [*summary["prototypes"]["warnings"], *selected["warnings"]]
+    return end_with_selection(args, summary, lines, warnings, selected) or 0
 
 
 def add_parsers(sub: Any) -> None:

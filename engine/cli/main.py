@@ -57,7 +57,10 @@ def build_parser() -> Parser:
     parser = Parser(
         prog="activessf-engine",
         description="ActiveSSF: Cell Region Filtering and Active Sample Selection into sharded Zarr v3 stores.",
-        epilog="Exit codes: 0 done, 1 failed, 2 bad usage or input, 3 done with skipped inputs, 130 interrupted.",
+        epilog=(
+            "Exit codes: 0 done, 1 failed, 2 bad usage or input (or nothing selected), 3 done with skipped inputs, "
+            "130 interrupted."
+        ),
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

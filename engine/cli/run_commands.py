@@ -18,7 +18,12 @@ from activessf_engine.cli.options import (
     run_config,
     run_device,
 )
-from activessf_engine.cli.summary import device_lines, print_summary, sources_without_roi_lines
+from activessf_engine.cli.summary import (
+    device_lines,
+    end_with_selection,
+    print_summary,
+    sources_without_roi_lines,
+)
 from activessf_engine.config import EngineConfig, replace_section
 from activessf_engine.device import DeviceChoice, resolve_device
 
@@ -128,9 +133,7 @@ def _select_lines(s: dict[str, Any]) -> list[str]:
             f"{c['cluster']:>7}  {c['n']:>4}  {c.get('threshold', 0):>9.3f}  {c['candidates']:>10}  "
             f"{c['selected']:>8}  {c['dominant_class']}{'  (degenerate)' if c.get('degenerate') else ''}"
         )
-    lines += _degenerate_lines(s)
-    lines += [f"WARNING: {warning}" for warning in s["warnings"]]
-    return lines
+    return lines + _degenerate_lines(s)
 
 
 def _filter(args: argparse.Namespace, config: EngineConfig, device: DeviceChoice | None, out: Path) -> dict[str, Any]:
@@ -196,7 +199,8 @@ def cmd_prototypes(args: argparse.Namespace) -> int:
         f"  cluster {c['cluster']:>2}: n={c['n']:<4} LB={c['lb']:.3f} UB={c['ub']:.3f} {c['classes']}"
         for c in summary["clusters"]
     ]
-    print_summary(args, summary, lines + _degenerate_lines(summary))
+    lines += [*_degenerate_lines(summary), *[f"WARNING: {warning}" for warning in summary["warnings"]]]
+    print_summary(args, summary, lines)
     return EXIT_SKIPPED if summary["labeled_skipped"] else EXIT_OK
 
 
@@ -233,8 +237,8 @@ def cmd_select(args: argparse.Namespace) -> int:
     choice = None if on_dask(args) else run_device(args)
     paths = (args.candidates, args.prototypes, args.out)
     summary = _select(args, run_config(args), choice, paths, args.overwrite)
-    print_summary(args, summary, [*device_lines(summary["device_choice"], []), *_select_lines(summary)])
-    return EXIT_OK
+    lines = [*device_lines(summary["device_choice"], []), *_select_lines(summary)]
+    return end_with_selection(args, summary, lines, summary["warnings"], summary) or EXIT_OK
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -250,8 +254,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     paths = (out / "candidates", out / "prototypes", out / "selected")
     selected = _select(args, config, choice, paths, overwrite=True)
     summary = {"device_choice": choice.describe(), "filter": filtered, "prototypes": protos, "select": selected}
-    print_summary(args, summary, _filter_lines(filtered) + _select_lines(selected))
-    return EXIT_SKIPPED if filtered["sources_skipped"] or protos["labeled_skipped"] else EXIT_OK
+    warnings = [*protos["warnings"], *selected["warnings"]]
+    ended = end_with_selection(args, summary, _filter_lines(filtered) + _select_lines(selected), warnings, selected)
+    return ended or (EXIT_SKIPPED if filtered["sources_skipped"] or protos["labeled_skipped"] else EXIT_OK)
 
 
 COMMANDS = {"filter": cmd_filter, "prototypes": cmd_prototypes, "select": cmd_select, "run": cmd_run}

@@ -8,7 +8,7 @@ import shlex
 import sys
 from typing import Any
 
-from activessf_engine.cli.options import TILE_SECTIONS, run_flags
+from activessf_engine.cli.options import EXIT_USAGE, TILE_SECTIONS, run_flags
 from activessf_engine.device import summary_line
 
 SHOWN_WITHOUT_ROI = 10  # sources without ROI named in the terminal summary (--json lists all)
@@ -88,6 +88,29 @@ def print_summary(args: argparse.Namespace, summary: dict[str, Any], lines: list
         for line in lines:
             print(line, file=sys.stderr)
     print(what_next(args, summary), file=sys.stderr)
+
+
+def end_with_selection(
+    args: argparse.Namespace, summary: dict[str, Any], lines: list[str], warnings: list[str], selected: dict[str, Any]
+) -> int | None:
+    """Print the summary of a command that selected (`selected` is its select summary) with `warnings`.
+
+    A selection that kept nothing is an error, never a quiet exit 0: the warnings (each names its cause and
+    what to try) become the error line, and EXIT_USAGE is returned. Otherwise they are printed as WARNING
+    lines and None is returned (the command's own exit code stands). A warning given twice (by prototypes and
+    by select) is said once."""
+    warnings = list(dict.fromkeys(warnings))
+    if selected["selected"]:
+        print_summary(args, summary, lines + [f"WARNING: {warning}" for warning in warnings])
+        return None
+    print_summary(args, summary, lines)
+    causes = ". ".join(w[:1].upper() + w[1:].rstrip(".") for w in warnings) or "No candidate came within its threshold"
+    print(
+        f"error: nothing was selected (0 of {selected['candidates']} candidates; the store "
+        f"{quoted(selected['selected_store'])} holds no ROI). {causes}.",
+        file=sys.stderr,
+    )
+    return EXIT_USAGE
 
 
 def device_lines(described: dict[str, Any], host_work: list[str]) -> list[str]:

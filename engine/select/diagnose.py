@@ -18,6 +18,7 @@ from activessf_engine.select.thresholds import borrowed_bounds, degenerate_clust
 FEW_KEPT = 0.05  # a selection keeping less than this share of the candidates is warned about
 GATED = ("activessf", "gated-balanced")  # strategies whose selection Eq. 9's thresholds decide
 BUDGETED = ("random", "balanced", "gated-balanced")
+MOSTLY_WHOLE = 0.5  # labeled images taken whole (no region passed their filter) above this share are warned about
 
 
 def degenerate_report(prototypes: Prototypes, config: SelectionConfig) -> dict[str, Any] | None:
@@ -55,14 +56,16 @@ def degenerate_report(prototypes: Prototypes, config: SelectionConfig) -> dict[s
 
 
 def selection_warnings(decisions: Decisions, prototypes: Prototypes, config: SelectionConfig) -> list[str]:
-    """Warnings about what was kept: nothing or under FEW_KEPT of the candidates (with the distances that
-    explain it and what to try), and a budget that was not met."""
+    """Warnings about what was kept: nothing or under FEW_KEPT of the candidates (with the labeled images
+    taken whole and the distances that explain it, and what to try), and a budget that was not met."""
     total, kept = len(decisions), int(decisions.selected.sum())
     if not total:
         return ["the candidate store holds no ROI, so nothing could be selected: see the filter's summary (or run "
                 "`filter --limit 20` on the tiles) to find why no region passed"]  # fmt: skip
     warnings = []
     if config.strategy in GATED and kept < FEW_KEPT * total:
+        whole = whole_images_warning(prototypes)  # the likeliest cause, named first
+        warnings += [whole] if whole else []
         warnings.append(_few_kept(decisions, prototypes, config))
     if config.strategy in BUDGETED and config.budget:
         asked = int(config.budget) if config.budget > 1 else round(config.budget * total)
@@ -101,4 +104,20 @@ def _few_kept(decisions: Decisions, prototypes: Prototypes, config: SelectionCon
         "`calibrate` the filter on these tiles, lower --alpha (thresholds move towards UB) or use --bounds global, or "
         f"--threshold-mode fixed --fixed-threshold {median:.2f} (the candidates' median distance), or "
         "--strategy balanced --budget N (no gate: junk is kept too)"
+    )
+
+
+def whole_images_warning(prototypes: Prototypes) -> str | None:
+    """A warning when most labeled images held no region passing the filter and were taken whole (with
+    `labeled_crop = "filter"`): their prototypes are then framed unlike every candidate; None otherwise."""
+    framing = prototypes.framing.get("filter")  # recorded only when the filter cropped the labeled images
+    total = int(prototypes.sizes.sum())
+    if framing is None or prototypes.whole_images <= MOSTLY_WHOLE * total:
+        return None
+    return (
+        f"{prototypes.whole_images} of {total} labeled images held no region passing the filter (min_fill "
+        f"{framing['min_fill']:g}, min_box {framing['min_box']}) and were taken whole: their prototypes are framed "
+        "unlike every candidate, which is cut round a region, so few candidates can come within a threshold. Lower "
+        "--min-fill for the filter and the prototypes alike (0.5 keeps the lobed nuclei that fail the paper's 0.7, "
+        "as the demo does; prototypes --like STORE takes the store's)"
     )

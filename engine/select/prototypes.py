@@ -94,6 +94,8 @@ class Prototypes:
     framing: dict[str, Any] = field(default_factory=dict)
     labeled: str = ""  # the labeled set's folder, for the messages that name the fix
     stain: dict[str, Any] = field(default_factory=dict)  # stain normalization reference (stain.py); {}: none
+    # Labeled images in which no region passed the filter, taken whole (labeled_crop "filter"); 0 when not recorded.
+    whole_images: int = 0
 
     def __post_init__(self) -> None:
         k, c = len(self.centres), len(self.class_names)
@@ -142,6 +144,7 @@ class Prototypes:
             "framing": self.framing,
             "labeled": self.labeled,
             "stain": self.stain,
+            "whole_images": self.whole_images,
             "clusters": [
                 {
                     "index": i,
@@ -211,6 +214,7 @@ def load_prototypes(directory: Path) -> Prototypes:
             framing=meta.get("framing", {}),
             labeled=meta.get("labeled", ""),
             stain=meta.get("stain", {}),
+            whole_images=meta.get("whole_images", 0),
         )
     except ValueError as error:
         raise ValueError(f"{directory}: inconsistent prototypes: {error}") from error
@@ -235,12 +239,13 @@ def fit_prototypes(
     framing: dict[str, Any] | None = None,
     labeled: str = "",
     stain: dict[str, Any] | None = None,
+    whole_images: int = 0,
 ) -> Prototypes:
     """K-means (Eq. 4-6) on labeled features (n, d), then each cluster's n_i, LB and UB.
 
     After fitting, members are re-assigned to their nearest centre (Eq. 5, `nearest_prototype`) so that
-    sizes and bounds agree with how candidates are assigned later. `framing`, `labeled` and `stain` are
-    recorded as they are (see the fields of `Prototypes`). A centre that then has no member
+    sizes and bounds agree with how candidates are assigned later. `framing`, `labeled`, `stain` and
+    `whole_images` are recorded as they are (see the fields of `Prototypes`). A centre that then has no member
     (K-means can leave one on duplicate points) is dropped with a warning, so K may shrink.
     """
     features = np.asarray(features, dtype=np.float32)
@@ -296,4 +301,5 @@ def fit_prototypes(
         framing=framing or {},
         labeled=labeled,
         stain=stain or {},
+        whole_images=whole_images,
     )

@@ -23,7 +23,7 @@ from activessf_engine.config import EngineConfig, FeatureConfig, to_dict
 from activessf_engine.device import DeviceChoice, as_choice
 from activessf_engine.filter import TileRegions, cut_rois, decode_files, find_regions, fit_to_square
 from activessf_engine.progress import Progress, make_progress
-from activessf_engine.select.diagnose import degenerate_report, selection_warnings
+from activessf_engine.select.diagnose import degenerate_report, selection_warnings, whole_images_warning
 from activessf_engine.select.features import Backbone, iter_extract, load_backbone, resolve_features
 from activessf_engine.select.framing import check_framing, labeled_framing
 from activessf_engine.select.labeled_set import scan_labeled
@@ -207,8 +207,10 @@ def run_prototypes(
         framing=labeled_framing(config),
         labeled=str(labeled_root),
         stain=stain.reference,
+        whole_images=report["whole_images"],
     )
     prototypes.save(Path(out))
+    whole = whole_images_warning(prototypes)
     return {
         "prototypes": str(out),
         "labeled": len(labels),
@@ -218,6 +220,7 @@ def run_prototypes(
         "classes": dict(zip(class_names, np.bincount(labels, minlength=len(class_names)).tolist(), strict=True)),
         "clusters": _cluster_table(prototypes),
         "degenerate_clusters": degenerate_report(prototypes, config.selection),
+        "warnings": [whole] if whole else [],
         "model": backbone.name,
         "kmeans_backend": prototypes.backend,
         "stain_normalization": config.prototypes.stain_normalization,
