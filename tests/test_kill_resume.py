@@ -101,7 +101,7 @@ def test_sigkill_anywhere_then_resume_gives_the_uninterrupted_store(tmp_path: Pa
 
     points = PLANTED + STOPPED + [f"random:{rng.uniform(0.3, 1.0) * duration:.2f}" for _ in range(RANDOM_KILLS)]
     points += [f"dask:{rng.uniform(1.0, 2.5) * duration:.2f}" for _ in range(DASK_KILLS)]
-    points += [f"processes:{rng.uniform(0.5, 1.5) * duration:.2f}" for _ in range(PROCESS_KILLS)]
+    points += [f"processes:{rng.uniform(0.0, 0.8) * duration:.2f}" for _ in range(PROCESS_KILLS)]
     with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 1)) as pool:  # scenarios are independent
         outcomes = list(
             pool.map(lambda k: kill_and_resume(points[k], tiles, tmp_path / f"store{k}"), range(len(points)))
@@ -117,9 +117,12 @@ def kill_and_resume(point: str, tiles: Path, out: Path) -> Path:
     args = ["filter", "--input", str(tiles), "--out", str(out), *FLAGS]
     if point.startswith("processes:"):
         process = child([*args, "--processes", "2"])
-        time.sleep(float(point.split(":")[1]))
+        deadline = time.monotonic() + 120
+        while not (workers := children(process.pid)) and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert workers, f"{point}: a run with --processes 2 started no worker"
+        time.sleep(float(point.split(":")[1]))  # then a seeded moment after its workers started
         workers = children(process.pid)
-        assert workers or process.poll() is not None, f"{point}: a run with --processes 2 started no worker"
         os.kill(process.pid, signal.SIGKILL)  # the run alone: the kernel kills its workers (PR_SET_PDEATHSIG)
         process.wait()
         deadline = time.monotonic() + 10

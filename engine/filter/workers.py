@@ -25,10 +25,11 @@ from typing import Any
 
 import torch
 
-from activessf_engine.config import EngineConfig, from_dict, to_dict
+from activessf_engine.config import EngineConfig, FilterConfig, from_dict, to_dict
 from activessf_engine.device import DeviceChoice, resolve_device
 from activessf_engine.filter.decode import Decoder, make_decoder
 from activessf_engine.filter.part import filter_part
+from activessf_engine.filter.regions import find_regions
 from activessf_engine.filter.sources import Source
 from activessf_engine.filter.summary import FilterSummary
 from activessf_engine.store import StoreWriter
@@ -38,6 +39,7 @@ from activessf_engine.store import StoreWriter
 # 2 cores one process already runs its numba kernels on both, and a second one lost (benchmarks/README.md).
 MIN_AUTO_CORES = 4
 TILES_PER_WORKER = 128
+WARM_UP_SIDE = 16  # pixels a side of the blank tile a worker filters first
 
 _per_thread = threading.local()  # what the tasks of one worker thread share: device choice, decoder
 
@@ -117,9 +119,9 @@ def _die_with_parent(parent: int) -> None:
 
 
 def warm_up() -> None:
-    """A worker process's first task: the filter's modules imported and numba's compiled kernels loaded, so
-    that it is handed a part only once it can start on it."""
-    from activessf_engine.kernels import cpu_kernels  # noqa: F401 (loading it is the point)
+    """A worker process's first task: the filter run on a blank tile, so that its modules are imported and
+    numba's compiled kernels loaded before it is handed a part."""
+    find_regions([torch.zeros((WARM_UP_SIDE, WARM_UP_SIDE, 3), dtype=torch.uint8)], FilterConfig())
 
 
 def filter_in_processes(
