@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -24,6 +25,14 @@ if TYPE_CHECKING:  # torch is imported where a device is resolved, not by `impor
 logger = logging.getLogger(__name__)
 
 KINDS = ("auto", "cpu", "cuda")
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity: a batch scheduler's or a container's share), not
+    the machine's count; what every "0 = one per core" setting means."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 class DeviceUnavailableError(RuntimeError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import torch
 from conftest import store_contents, tile_folder
 
 from activessf_engine.config import EngineConfig, replace_section
-from activessf_engine.device import resolve_device
+from activessf_engine.device import available_cores, resolve_device
 from activessf_engine.filter import workers
 from activessf_engine.filter.run import run_filter
 from activessf_engine.store.layout import committed_parts, part_name
@@ -61,13 +62,13 @@ def _pending(parts: int, tiles_each: int) -> list[tuple[int, list]]:
 
 def test_worker_count_follows_the_setting_the_cores_and_the_work(monkeypatch) -> None:
     cpu = resolve_device("cpu")
-    monkeypatch.setattr(workers.os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(workers, "available_cores", lambda: 8)
     auto = EngineConfig()
     assert workers.worker_count(auto, _pending(80, 16), cpu) == 8  # 1280 tiles: one per core
     assert workers.worker_count(auto, _pending(4, 16), cpu) == 1  # 64 tiles do not repay a second worker
     assert workers.worker_count(auto, _pending(10, 64), cpu) == 5  # one per 128 tiles
     assert workers.worker_count(auto, _pending(3, 500), cpu) == 3  # never more than the parts
-    monkeypatch.setattr(workers.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(workers, "available_cores", lambda: 2)
     assert workers.worker_count(auto, _pending(80, 64), cpu) == 1  # on 2 cores one process uses both
     assert workers.worker_count(_with_processes(auto, 2), _pending(80, 64), cpu) == 2
     assert workers.worker_count(_with_processes(auto, 6), _pending(10, 1), cpu) == 6
@@ -78,7 +79,7 @@ def test_worker_count_follows_the_setting_the_cores_and_the_work(monkeypatch) ->
 
 
 def test_each_worker_gets_its_share_of_the_cores_and_gives_the_threads_back(monkeypatch) -> None:
-    monkeypatch.setattr(workers.os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(workers, "available_cores", lambda: 16)
     assert [workers.thread_budget(n) for n in (1, 2, 4, 16, 32)] == [16, 8, 4, 1, 1]
     numba_before, torch_before = numba.get_num_threads(), torch.get_num_threads()
     config = replace_section(EngineConfig(), "input", torch_threads=1, threads=0)
@@ -89,3 +90,14 @@ def test_each_worker_gets_its_share_of_the_cores_and_gives_the_threads_back(monk
     fixed = replace_section(config, "input", threads=3)
     with workers.compute_threads(fixed, 1) as inside:
         assert inside.input.threads == 3  # a number the user set is kept
+
+
+def test_the_cores_are_those_this_process_may_run_on() -> None:
+    if not hasattr(os, "sched_getaffinity"):
+        pytest.skip("no CPU affinity on this platform")
+    before = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, {min(before)})  # as a batch scheduler that grants one core of the machine
+        assert available_cores() == 1 and workers.thread_budget(1) == 1
+    finally:
+        os.sched_setaffinity(0, before)

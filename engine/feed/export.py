@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from activessf_engine.device import available_cores
 from activessf_engine.feed.formats import EXPORT_FORMATS, IMAGE_FORMATS, ExportFormat, ImageFormat
 from activessf_engine.feed.query import RoiQuery, query_rows, roi_clusters
 from activessf_engine.feed.shard_order import store_shards
@@ -220,7 +221,7 @@ def export_store(
         with open(tmp / "metadata.csv", "w", newline="") as fh:
             table = csv.writer(fh)
             table.writerow([*header, "file"])
-            encoded = _encoded(store, indices, image_format, quality, threads or os.cpu_count() or 1)
+            encoded = _encoded(store, indices, image_format, quality, threads or available_cores())
             for (index, data), row in zip(encoded, manifest_rows(store, indices), strict=True):
                 table.writerow(spreadsheet_safe([*row, writer.add(index, data, dict(zip(header, row, strict=True)))]))
                 bar.update(1)

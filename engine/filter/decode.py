@@ -28,7 +28,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from activessf_engine.config import InputConfig
-from activessf_engine.device import DeviceChoice, as_choice
+from activessf_engine.device import DeviceChoice, as_choice, available_cores
 
 T = TypeVar("T")
 
@@ -223,7 +223,7 @@ class DaliDecoder:
 
         @pipeline_def(
             batch_size=batch_size,
-            num_threads=threads or os.cpu_count() or 1,
+            num_threads=threads or available_cores(),
             device_id=device_id,
             prefetch_queue_depth=1,
             exec_async=False,
@@ -274,7 +274,7 @@ class TorchvisionDecoder:
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.name = "torchvision-gpu" if self.device.type == "cuda" else "torchvision-cpu"
-        self._threads = threads or os.cpu_count() or 1  # CPU decoding: torchvision's ops release the GIL
+        self._threads = threads or available_cores()  # CPU decoding: torchvision's ops release the GIL
 
     def accepts(self, image_format: str, mode: str) -> bool:
         if self.device.type == "cuda":

@@ -35,7 +35,7 @@ from activessf_engine.filter.plan import find_inputs, plan_parts, prepare_filter
 from activessf_engine.filter.regions import StageTimes
 from activessf_engine.filter.sources import Source
 from activessf_engine.filter.summary import FilterSummary
-from activessf_engine.filter.workers import filter_in_processes, worker_count
+from activessf_engine.filter.workers import compute_threads, filter_in_processes, thread_budget, worker_count
 from activessf_engine.progress import Progress, make_progress
 from activessf_engine.store import PartData, StoreWriter
 
@@ -224,7 +224,8 @@ def _run_filter(
         if workers > 1:
             _filter_in_workers(writer, pending, config, device, workers, progress, summary)
         else:
-            _filter_into(writer, pending, config, device, progress, summary)
+            with compute_threads(config, thread_budget(1)) as sized:  # the cores this process may run on
+                _filter_into(writer, pending, sized, device, progress, summary)
         prepared.finish_summary(summary, writer, started)
     return summary
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 
 from activessf_engine.config import EngineConfig, FilterConfig, InputConfig
+from activessf_engine.device import available_cores
 from activessf_engine.filter.decode import DecodedImage, pixel_bounded_batches
 from activessf_engine.filter.slide_readers import SlideReader, open_slide, slide_reader_for
 from activessf_engine.filter.sources import SlideTile, Source
@@ -256,7 +256,7 @@ def read_tile_batches(sources: list[Source], config: InputConfig, device: torch.
     `max_batch_pixels` pixels; the tiles of a batch are read in parallel (`threads`, 0 = one per core)."""
     readers = _Readers()
     try:
-        with ThreadPoolExecutor(max_workers=config.threads or os.cpu_count() or 1) as pool:
+        with ThreadPoolExecutor(max_workers=config.threads or available_cores()) as pool:
             for batch in _batches(sources, config):
                 images = list(pool.map(lambda s: _read_tile(readers, s), batch))
                 if device.type == "cuda":

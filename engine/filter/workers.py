@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from activessf_engine.config import EngineConfig, FilterConfig, from_dict, to_dict
-from activessf_engine.device import DeviceChoice, resolve_device
+from activessf_engine.device import DeviceChoice, available_cores, resolve_device
 from activessf_engine.filter.decode import Decoder, make_decoder
 from activessf_engine.filter.part import filter_part
 from activessf_engine.filter.regions import find_regions
@@ -59,7 +59,7 @@ def worker_count(config: EngineConfig, pending: list[tuple[int, list[Source]]], 
     the GPU is shared, not split."""
     if device.kind == "cuda":
         return 1
-    cores = os.cpu_count() or 1
+    cores = available_cores()
     tiles = sum(len(sources) for _, sources in pending)
     wanted = config.input.processes or (min(cores, tiles // TILES_PER_WORKER) if cores >= MIN_AUTO_CORES else 1)
     return max(1, min(wanted, len(pending)))
@@ -67,7 +67,7 @@ def worker_count(config: EngineConfig, pending: list[tuple[int, list[Source]]], 
 
 def thread_budget(workers: int) -> int:
     """The threads each of `workers` processes on this machine may run at once: its share of the cores."""
-    return max(1, (os.cpu_count() or 1) // max(1, workers))
+    return max(1, available_cores() // max(1, workers))
 
 
 @contextlib.contextmanager

@@ -19,6 +19,7 @@ import zarr
 
 from activessf_engine import __version__
 from activessf_engine.config import StoreConfig
+from activessf_engine.device import available_cores
 from activessf_engine.store.layout import (
     CHECKSUM_COLUMN,
     FORMAT_VERSION,
@@ -59,7 +60,7 @@ def _write_group(path: Path, data: PartData, attrs: dict[str, Any], layout: Stor
     """A part's files: its ROIs (sharded), its columns and the group's zarr.json (`shard_writer`)."""
     n, size = data.rois.shape[0], data.rois.shape[1] if data.rois.ndim == 4 else 0
     shard_rows = max(1, min(n, layout.rois_per_shard))
-    threads = layout.write_threads or os.cpu_count() or 1
+    threads = layout.write_threads or available_cores()
     write_rois(path / "rois", data.rois, shard_rows, roi_codec(layout), threads)
     columns = {**data.columns, CHECKSUM_COLUMN: roi_checksums(data.rois)}
     for name, col in columns.items():
