@@ -242,3 +242,24 @@ def test_a_failure_inside_the_run_exits_1(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("activessf_engine.filter.run.make_decoder", broken_decoder)
     assert main(["filter", "--input", str(BCCD), "--out", str(tmp_path / "s"), *FAST]) == 1
     assert "failed: RuntimeError: the decoder's library is broken" in capsys.readouterr().err
+
+
+def test_a_stop_whose_interrupt_python_dropped_still_exits_130(tmp_path, monkeypatch, capsys):
+    """A SIGINT whose KeyboardInterrupt is raised where Python cannot propagate it (a __del__) is not lost."""
+    import importlib
+    import os
+    import signal
+
+    cli_main = importlib.import_module("activessf_engine.cli.main")  # the module (the package's `main` is its function)
+
+    class StopsInDel:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGINT)  # the handler's KeyboardInterrupt is dropped here, as in a finalizer
+
+    def command(args):
+        StopsInDel()
+        return 0
+
+    monkeypatch.setitem(cli_main.COMMANDS, "filter", command)
+    assert cli_main.main(["filter", "--input", str(tmp_path), "--out", str(tmp_path / "s")]) == 130
+    assert "interrupted" in capsys.readouterr().err
