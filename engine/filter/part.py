@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -18,6 +18,8 @@ from activessf_engine.filter.slides import read_tile_batches, scaled_filter
 from activessf_engine.filter.sources import Source
 from activessf_engine.filter.summary import REJECTION_COUNTS, FilterSummary
 from activessf_engine.store import ROI_COLUMNS, PartData, RoiStore, StoreWriter, committed_parts
+
+T = TypeVar("T")
 
 
 def filter_part(
@@ -34,13 +36,7 @@ def filter_part(
         return summary
     times = StageTimes()
     part = PartBuilder(config.crop.size)
-    batches = decode_part(sources, config, device, decoder)
-    while True:
-        start = time.perf_counter()
-        batch, images = next(batches, (None, None))
-        times.lap("decode", start)
-        if images is None:
-            break
+    for batch, images in timed(decode_part(sources, config, device, decoder), times, "decode"):
         summary.record(filter_batch(batch, images, config, times, part), config.filter.min_box)
     data = part.finish()
     start = time.perf_counter()
@@ -64,6 +60,18 @@ def decode_part(
     for images in batches:
         yield sources[done : done + len(images)], images
         done += len(images)
+
+
+def timed(items: Iterator[T], times: StageTimes, stage: str) -> Iterator[T]:
+    """`items` as they come, the wall time spent producing each added to `stage` of `times` (without its
+    device sync: the producer may be another thread than the one that computes)."""
+    while True:
+        start = time.perf_counter()
+        item = next(items, None)
+        times.seconds[stage] += time.perf_counter() - start
+        if item is None:
+            return
+        yield item
 
 
 def source_record(source: Source, image: DecodedImage, regions: TileRegions | None) -> dict[str, Any]:

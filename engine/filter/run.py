@@ -30,6 +30,7 @@ from activessf_engine.filter.part import (
     filter_batch,
     owned_regions,
     source_record,
+    timed,
 )
 from activessf_engine.filter.plan import find_inputs, plan_parts, prepare_filter
 from activessf_engine.filter.regions import StageTimes
@@ -97,13 +98,11 @@ def _decode_parts(
     try:
         decoder = make_decoder(config.input.batch_size, config.input.threads, device)
         for index, sources in parts:
-            batches = decode_part(sources, config, device, decoder)
+            batches = timed(decode_part(sources, config, device, decoder), times, "decode")
             done = 0
             while True:
                 in_flight.wait_below_limit(stop)
-                t0 = time.perf_counter()
                 batch, images = next(batches, (None, None))
-                times.seconds["decode"] += time.perf_counter() - t0
                 if images is None:
                     break
                 done += len(images)
