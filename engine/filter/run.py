@@ -150,22 +150,11 @@ def run_filter(
     """Cell Region Filtering of every image under `input_path` into the ROI store at `out`.
 
     Resumes a store that an earlier run left incomplete: parts already committed are not redone.
-    torch's intra-op thread count is set to `config.input.torch_threads` for the run and restored.
+    Each worker sizes torch's, numba's and the decoder's threads to its share of the cores while it filters
+    (`workers.compute_threads`), and restores them after.
     `device` is a choice made by `device.resolve_device` (or a name, resolved here), and fixes the decoder.
     """
-    with torch_threads(config.input.torch_threads):
-        return _run_filter(input_path, out, config, as_choice(device), progress, overwrite)
-
-
-@contextlib.contextmanager
-def torch_threads(count: int) -> Iterator[None]:
-    """torch's intra-op thread count set to `count` (at least 1) inside the block, restored after it."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(max(1, count))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+    return _run_filter(input_path, out, config, as_choice(device), progress, overwrite)
 
 
 def dry_run_filter(
@@ -187,7 +176,7 @@ def dry_run_filter(
     summary.device_choice = {**device.describe(), "host_work": host_work(config, device)}
     times = StageTimes(sync=torch.cuda.synchronize if device.kind == "cuda" else (lambda: None))
     bar = make_progress(progress, len(sources), "img", "filter (dry run)")
-    with torch_threads(config.input.torch_threads), contextlib.closing(bar):
+    with compute_threads(config, thread_budget(1)) as config, contextlib.closing(bar):
         decoder = make_decoder(config.input.batch_size, config.input.threads, device)
         by_path = {s.relpath: s for s in sources}
         for paths in plan_parts(sources, config.store.sources_per_part):  # a part: tile files, or one slide's tiles
