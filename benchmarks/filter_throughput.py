@@ -4,6 +4,7 @@
     python benchmarks/filter_throughput.py --size 2048x2048      # tiles made by resizing them
     python benchmarks/filter_throughput.py --device cuda --json out.json
     python benchmarks/filter_throughput.py --count 512 --processes 1,2   # filter worker processes
+    python benchmarks/filter_throughput.py --config calibrated.toml      # the filter a config file sets
 
 Each round times (a) decode-only: the engine's decoder over every file (probe + batched decode), and
 (b) the full filter: `run_filter` into a fresh store (decode, filter, crops, Zarr writes), once per
@@ -29,7 +30,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from activessf_engine.config import EngineConfig, InputConfig, replace_section
+from activessf_engine.config import InputConfig, load_config, replace_section
 from activessf_engine.filter.decode import decode_files, make_decoder
 from activessf_engine.filter.run import run_filter
 from activessf_engine.filter.sources import find_sources
@@ -76,11 +77,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=InputConfig.batch_size)
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--processes", default="1", help="filter worker processes, one filter row per count: 1,2")
+    parser.add_argument("--config", type=Path, help="a TOML config to filter with (e.g. one `calibrate` wrote)")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args()
 
     device = torch.device(args.device)
-    config = replace_section(EngineConfig(), "input", batch_size=args.batch_size)
+    config = replace_section(load_config(args.config), "input", batch_size=args.batch_size)
     with tempfile.TemporaryDirectory(prefix="activessf-bench-") as tmp:
         tiles = Path(tmp) / "tiles"
         paths = prepare_images(args.images, args.count, args.size, tiles)
@@ -131,6 +133,7 @@ def main() -> None:
         "tile": f"{width}x{height}",
         "images": n,
         "batch_size": config.input.batch_size,
+        "config": str(args.config or "defaults"),
         "rounds": args.rounds,
         "decode_only": {"seconds": dec, "images_per_s": n / dec, "megapixels_per_s": megapixels / dec},
         **rows,

@@ -25,6 +25,8 @@ BalanceBy = Literal["kmeans", "prototypes", "both"]
 ThresholdMode = Literal["density", "fixed"]
 BoundsMode = Literal["cluster", "global"]
 DegenerateRule = Literal["borrow", "eq8"]
+StainMethod = Literal["none", "macenko", "reinhard"]
+STAIN_VALUES = {"none": 0, "macenko": 8, "reinhard": 6}  # numbers a StainReference of each method holds
 
 # Upper bounds of sizes and counts: far above any use, far below what would exhaust a machine's memory or overflow
 # the 64-bit integers of numpy, torch and DALI (a batch of 10^9 images asked for 8.5 GB before failing).
@@ -75,13 +77,39 @@ class HsvRange:
 
 
 @dataclass(frozen=True)
+class StainReference:
+    """A stain normalization and the stains it brings every image to (engine/stain.py): measured on a user's
+    tiles by `calibrate` or on the labeled crops by `prototypes`, not typed by hand."""
+
+    method: StainMethod = "none"
+    # What the reference's pixels measured: `macenko`, the 3 x 2 optical-density stain matrix (H and E columns)
+    # row by row, then the 99th percentiles of the two stains' concentrations; `reinhard`, the means of L, a and
+    # b (kornia's LAB), then their standard deviations; `none`, nothing.
+    values: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        if len(self.values) != STAIN_VALUES[self.method]:
+            raise ValueError(
+                f"a {self.method} stain reference holds {STAIN_VALUES[self.method]} values, got {len(self.values)}"
+                " (a reference is written by `calibrate`)"
+            )
+        for value in self.values:
+            _require("stain", "values", value)
+
+
+@dataclass(frozen=True)
 class FilterConfig:
     """Cell Region Filtering, section II-B of the paper."""
 
     # Illumination normalization ("standard normalization techniques", II-B1). `minmax` stretches the
     # tile's intensity range to 0-255 with one gain for all channels, so hue is kept; `channel_minmax`
-    # stretches each channel (also a white balance); `none` skips the step.
+    # stretches each channel (also a white balance); `none` skips the step. A stain normalization before it is
+    # set in a config file alone ([filter] stain, written by `calibrate`).
     normalize: NormalizeMode = "minmax"
+    # Not in the paper: stain normalization of each tile before the illumination normalization, so that the HSV
+    # ranges fit tiles of other stains and scanners (engine/stain.py). The masks are read from the normalized
+    # tile; ROIs are cut from the tile as read. `calibrate` may choose one, with a reference from the user's tiles.
+    stain: StainReference = StainReference()
     blur_kernel: int = 3  # Eq. 1: a 3x3 Gaussian kernel ...
     blur_sigma: float = 1.5  # ... with sigma 1.5
     kmeans_clusters: int = 20  # first stage of the two-stage K-means (Eq. 2-3)
@@ -102,6 +130,10 @@ class FilterConfig:
     hsv_source: HsvSource = "quantized"
     purple: HsvRange = HsvRange(h=(30, 140), s=(100, 255), v=(0, 255))  # nuclei mask, OR-ed with deep_blue (II-B2)
     deep_blue: HsvRange = HsvRange(h=(95, 105), s=(150, 255), v=(50, 255))  # second mask, OpenCV units
+    # Not in the paper: a morphological closing of the HSV mask by a (2r+1) x (2r+1) square before its connected
+    # regions, which joins the parts of one nucleus that the mask splits (the 2-5 lobes of a neutrophil's, gaps
+    # under 2r+1 pixels) into one region with one box. Pixels, scaled as min_box is; 0 = no closing (the paper).
+    close_radius: int = 0
     connectivity: Literal[4, 8] = 8  # pixel neighbourhood of a connected region
     min_box: int = 70  # bounding box at least this many pixels wide and high
     max_box: int = 0  # not in the paper: bounding box at most this many pixels on its longer side (0 = no bound)
@@ -131,6 +163,7 @@ class FilterConfig:
             raise ValueError(f"min_box must be >= 1, got {self.min_box}")
         _require("filter", "box_scale", self.box_scale, low=1, high=4)
         _require("filter", "min_sharpness", self.min_sharpness, low=0)
+        _require("filter", "close_radius", self.close_radius, low=0, high=MAX_SIDE)
         if self.max_box and self.max_box < self.min_box:
             raise ValueError(f"max_box must be 0 (no bound) or >= min_box {self.min_box}, got {self.max_box}")
         if not 1 <= self.kmeans_clusters <= KMEANS_MAX_CLUSTERS:
@@ -183,7 +216,7 @@ class InputConfig:
     slide_reader: Literal["auto", "tifffile", "openslide", "cucim"] = "auto"
     # Target microns per pixel of slides: the coarsest pyramid level at least this fine (within 10%) is read.
     # 0 = read `slide_level` whatever its magnification. For tile files: their microns per pixel, so that with
-    # reference_mpp their pixel sizes (min_box, max_box) scale as a slide level's do.
+    # reference_mpp their pixel sizes (min_box, max_box, close_radius) scale as a slide level's do.
     mpp: float = 0.0
     slide_level: int = 0  # the pyramid level read when mpp is 0 (0 = full resolution)
     # Microns per pixel at which the filter's pixel sizes (filter.min_box, input.slide_overlap) are stated: on a
@@ -287,10 +320,10 @@ class PrototypeConfig:
     # Measured on the PBC subset: with `whole`, nearly every candidate crop fell outside every
     # cluster's UB, so selection kept almost nothing (see benchmarks/README.md).
     labeled_crop: Literal["filter", "whole"] = "filter"
-    # Stain normalization of every ROI before its features (select/stain.py, torchstain): `macenko` or `reinhard`
+    # Stain normalization of every ROI before its features (engine/stain.py): `macenko` or `reinhard`
     # fit a reference on the labeled crops and bring labeled and candidate ROIs to it; the reference is saved
     # with the prototypes and `select` uses it. For candidates from another stain or scanner. `none`: as read.
-    stain_normalization: Literal["none", "macenko", "reinhard"] = "none"
+    stain_normalization: StainMethod = "none"
 
     def __post_init__(self) -> None:
         for name in ("clusters", "n_init", "max_iter"):
@@ -361,13 +394,21 @@ RESUME_FREE = {
 }
 
 
+def with_defaults(section: str, stored: dict[str, Any]) -> dict[str, Any]:
+    """A section as stored (plain JSON values) with the fields it lacks at their defaults. A store or prototypes
+    made before a field existed lack it; a field is added with a default that does what the engine did before
+    it, so such a store resumes, and such prototypes match candidates, under the same settings."""
+    return {**json.loads(json.dumps(to_dict(getattr(EngineConfig(), section)))), **stored}
+
+
 def output_differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """The output-affecting fields of two configs (as stored: plain JSON values) that differ, as
-    "section.field old -> new"; fields in RESUME_FREE are ignored."""
+    "section.field old -> new"; fields in RESUME_FREE are ignored, fields the stored config lacks are their
+    defaults (`with_defaults`)."""
     current = json.loads(json.dumps(current))  # tuples become lists, as in a stored config
     differences = []
     for section in FILTER_SECTIONS:
-        old, new = stored.get(section, {}), current.get(section, {})
+        old, new = with_defaults(section, stored.get(section, {})), current.get(section, {})
         for name in sorted(set(old) | set(new)):
             if name not in RESUME_FREE.get(section, ()) and old.get(name) != new.get(name):
                 differences.append(f"{section}.{name} {old.get(name)!r} -> {new.get(name)!r}")

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from activessf_engine.config import EngineConfig, FeatureConfig, from_dict, to_dict
+from activessf_engine.config import EngineConfig, FeatureConfig, StainReference, from_dict, to_dict
 from activessf_engine.device import resolve_device
 from activessf_engine.filter import FilterSummary, filter_part_task, kept_per_thread, prepare_filter
 from activessf_engine.progress import Progress, make_progress
@@ -162,7 +162,8 @@ def features_on_dask(
     feature_config = selection_features_config(config, prototypes)
     with dask_client(scheduler, workers, quiet) as client:
         tasks = [
-            (part, (str(store.root), part, to_dict(feature_config), device, prototypes.stain)) for part in store.parts
+            (part, (str(store.root), part, to_dict(feature_config), device, to_dict(prototypes.stain)))
+            for part in store.parts
         ]
         results = list(_per_part(client, "features", _features_task, tasks))
     dtypes = {dtype for _, dtype in results}
@@ -173,11 +174,14 @@ def features_on_dask(
 
 
 def _features_task(
-    root: str, part: int, feature_values: dict[str, Any], device: str, stain: dict[str, Any]
+    root: str, part: int, feature_values: dict[str, Any], device: str, stain_values: dict[str, Any]
 ) -> tuple[int, str]:
     """Features of one part (brought to the prototypes' stain reference first, if any), in a worker, into the
     store's feature cache: how many were computed (0 if they were cached already) and in which dtype."""
-    from activessf_engine.select import StainNormalizer, extract, feature_cache, load_backbone
+    from activessf_engine.select import extract, feature_cache, load_backbone
+    from activessf_engine.stain import StainNormalizer
+
+    stain = from_dict(StainReference, stain_values)
 
     feature_config = from_dict(FeatureConfig, feature_values)
     choice = kept_per_thread("choice", device, lambda: resolve_device(device))

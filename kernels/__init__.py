@@ -10,6 +10,7 @@ from activessf_engine.kernels.components import batch_region_stats, label, regio
 from activessf_engine.kernels.cupy_source import LAUNCH_ELEMENT_LIMIT
 from activessf_engine.kernels.hsv import hsv_opencv, in_hsv_ranges
 from activessf_engine.kernels.laplacian import laplacian_sums
+from activessf_engine.kernels.morphology import close_masks
 from activessf_engine.kernels.pixel_kmeans import (
     FIXED_POINT,
     assign,
@@ -25,6 +26,7 @@ __all__ = [
     "assign",
     "assign_lookup",
     "batch_region_stats",
+    "close_masks",
     "hsv_opencv",
     "in_hsv_ranges",
     "initial_centres",

@@ -310,3 +310,33 @@ def laplacian_sums(tiles, weights, shift, sums):  # pragma: no cover - compiled
     for b in range(batch):
         sums[b, 0] = partial[b * bands : (b + 1) * bands, 0].sum()
         sums[b, 1] = partial[b * bands : (b + 1) * bands, 1].sum()
+
+
+@njit(parallel=True, cache=True)
+def dilate_square(masks, radius, rows, out):  # pragma: no cover - compiled
+    """masks (B, H, W) uint8 0/1 -> out (B, H, W) uint8: 1 where any pixel of the (2r+1) x (2r+1) window about
+    it (inside the tile) is 1. A running count along each row into `rows` (B, H, W) int32, then along each
+    column: O(1) a pixel whatever the radius."""
+    batch, height, width = masks.shape
+    for task in prange(batch * height):
+        b, y = task // height, task % height
+        count = 0
+        for x in range(min(radius, width)):
+            count += masks[b, y, x]
+        for x in range(width):
+            if x + radius < width:
+                count += masks[b, y, x + radius]
+            if x - radius - 1 >= 0:
+                count -= masks[b, y, x - radius - 1]
+            rows[b, y, x] = 1 if count > 0 else 0
+    for b in prange(batch):
+        counts = np.zeros(width, dtype=np.int32)
+        for y in range(min(radius, height)):
+            counts += rows[b, y]
+        for y in range(height):
+            if y + radius < height:
+                counts += rows[b, y + radius]
+            if y - radius - 1 >= 0:
+                counts -= rows[b, y - radius - 1]
+            for x in range(width):
+                out[b, y, x] = 1 if counts[x] > 0 else 0

@@ -117,7 +117,7 @@ def test_the_search_judges_size_and_fill_as_the_filter_does():
 
 def test_calibrate_improves_held_out_f1_and_filter_takes_its_toml(tmp_path, capsys, monkeypatch):
     # a smaller grid keeps the test short; the full grid is what the README's BCCD figures used
-    monkeypatch.setattr(calibration, "NORMALIZE", ("minmax",))
+    monkeypatch.setattr(calibration, "NORMALIZATIONS", (("none", "minmax"),))
     monkeypatch.setattr(calibration, "KMEANS", ((20, 10),))
     toml = tmp_path / "calibrated.toml"
     args = ["calibrate", "--input", str(TILES), "--annotations", str(VOC), "--label", "WBC", "--out", str(toml)]
@@ -176,8 +176,23 @@ def test_leave_one_out_scores_each_tile_by_the_pick_of_the_others():
     assert (score.found, score.truth, score.kept) == (0, 2, 0)  # each pick misses the tile left out
 
 
+def test_a_tie_on_the_fit_tiles_goes_to_the_configuration_amid_others_that_do_as_well():
+    """Rows 1 and 2 both find every box; row 1's neighbour (one min_fill step up) finds none, row 2's (one
+    step down) all: the plateau ranks row 2 first though row 1 is earlier. Places in another mask group, or two
+    steps away, are not neighbours."""
+    one = [1, 1, 1, 1.0]
+    counts = np.array([[[0, 1, 0, 0.0]], [one], [one], [[0, 1, 0, 0.0]], [one], [[0, 1, 3, 0.0]]])
+    places = [None, (1, 2, 0, 0, 0), (1, 5, 0, 0, 0), (1, 3, 0, 0, 0), (1, 4, 0, 0, 0), (2, 1, 0, 0, 0)]
+    grid = calibration.Grid([FilterConfig()] * 6, counts, places)
+    neighbours = grid.neighbours()
+    assert sorted(neighbours[1][neighbours[1] >= 0]) == [3] and sorted(neighbours[2][neighbours[2] >= 0]) == [4]
+    assert (neighbours[5] == -1).all() and (neighbours[0] == -1).all()
+    assert grid.best(calibration.Objective()) == 2
+    assert calibration.Objective().best(counts.sum(axis=1)) == 1  # without the plateau: the earlier
+
+
 def test_calibrate_on_exactly_fit_tiles_scores_by_leaving_one_tile_out(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(calibration, "NORMALIZE", ("minmax",))
+    monkeypatch.setattr(calibration, "NORMALIZATIONS", (("none", "minmax"),))
     monkeypatch.setattr(calibration, "KMEANS", ((20, 10),))
     listing = tmp_path / "five.txt"
     listing.write_text("".join(f"{p}\n" for p in sorted(TILES.glob("*.jpg"))[:5]))

@@ -128,8 +128,9 @@ def test_select_features_on_dask_give_the_local_selection(tiles, reference, clus
     candidates = tmp_path / "candidates"
     shutil.copytree(reference, candidates)
     model = ["--model", "test_resnet", "--weights", "random", "--roi-size", "64", "--quiet"]
-    # Whole labeled images: framed by the crop settings alone, as the candidates are (select checks the framing).
-    whole = ["--clusters", "2", "--labeled-crop", "whole", *model]
+    # Whole labeled images: framed by the crop settings alone, as the candidates are (select checks the framing);
+    # a stain reference, which the workers rebuild from its record.
+    whole = ["--clusters", "2", "--labeled-crop", "whole", "--stain-normalization", "reinhard", *model]
     assert main(["prototypes", "--labeled", str(labeled), "--out", str(tmp_path / "p"), *whole]) == 0
     # A fixed threshold: the random network's features of these tiles are nearly alike, so Eq. 8 gives LB = UB = 0,
     # and float32 sums in other processes (1e-8 apart) would fall on either side of a zero threshold.

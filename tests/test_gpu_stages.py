@@ -155,3 +155,23 @@ def test_filter_on_cuda_makes_the_cpu_store(tmp_path) -> None:
     for name in ("box", "crop_box", "area", "fill_rate", "source"):
         np.testing.assert_array_equal(gpu.columns()[name], cpu.columns()[name], err_msg=name)
     assert_resized_alike(*(np.concatenate([store.part_rois(part) for part in store.parts]) for store in (gpu, cpu)))
+
+
+@pytest.mark.parametrize("method", ["macenko", "reinhard"])
+def test_stain_normalization_on_cuda_is_the_cpus_within_a_level(method: str) -> None:
+    from activessf_engine.stain import StainNormalizer, fit_stain_reference
+
+    tiles = _tiles()
+    normalizer = StainNormalizer(fit_stain_reference(method, tiles[:2]))
+    for tile in tiles[2:5]:
+        cpu, gpu = normalizer.image(tile), normalizer.image(tile.cuda())
+        assert gpu.is_cuda
+        difference = (gpu.cpu().int() - cpu.int()).abs()
+        assert int(difference.max()) <= 1 and float((difference > 0).float().mean()) < 0.01
+
+
+def test_closing_on_cuda_is_the_cpus() -> None:
+    from activessf_engine.kernels import close_masks
+
+    masks = torch.from_numpy(np.random.default_rng(0).random((2, 480, 640)) > 0.7)
+    assert torch.equal(close_masks(masks.cuda(), 7).cpu(), close_masks(masks, 7))

@@ -241,6 +241,28 @@ def test_max_box_drops_regions_longer_than_it_and_refuses_a_resume():
         FilterConfig(min_box=70, max_box=50)
 
 
+def test_a_store_begun_before_a_field_existed_resumes_under_its_default_only():
+    """A store made before filter.close_radius and filter.stain existed lacks them: the defaults (what the engine
+    did then) resume it, another value does not."""
+    import json
+
+    from activessf_engine.config import EngineConfig, output_differences, replace_section, to_dict
+
+    stored = json.loads(json.dumps(to_dict(EngineConfig())))
+    for name in ("close_radius", "stain"):
+        del stored["filter"][name]
+    assert output_differences(stored, to_dict(EngineConfig())) == []
+    closed = to_dict(replace_section(EngineConfig(), "filter", close_radius=4))
+    assert output_differences(stored, closed) == ["filter.close_radius 0 -> 4"]
+    from activessf_engine.select.framing import framing_differences  # prototypes of then, candidates of now
+
+    as_stored = json.loads(json.dumps(to_dict(EngineConfig())))
+    assert framing_differences({"filter": stored["filter"]}, as_stored) == []
+    assert framing_differences({"filter": stored["filter"]}, json.loads(json.dumps(closed))) == [
+        "filter.close_radius 0 (prototypes) vs 4 (candidates)"
+    ]
+
+
 def test_box_scale_grows_kept_boxes_about_their_centre_within_the_tile():
     tile = draw_tile([("rect", 100, 80, 180, 160), ("rect", 230, 150, 310, 230)])  # 80 x 80 each, one near a corner
     assert regions(tile).boxes.tolist() == [[100, 80, 180, 160], [230, 150, 310, 230]]
@@ -274,3 +296,34 @@ def test_sharpness_is_opencv_variance_of_laplacian_and_min_sharpness_drops_blurr
     assert json.loads(capsys.readouterr().out)["out_of_focus"] == []
     assert main(["filter", "--input", str(tmp_path), "--limit", "2", "--min-sharpness", str(threshold), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["out_of_focus"] == ["blurred.png"]
+
+
+# --- closing the mask (close_radius) -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("radius", [1, 2, 5, 9, 40])  # 40: a window wider than the mask
+def test_close_masks_is_scipys_closing_with_the_outside_set_for_the_erosion(radius):
+    import scipy.ndimage as ndi
+
+    from activessf_engine.kernels import close_masks
+    from activessf_engine.kernels.morphology import reference_close_masks
+
+    masks = np.random.default_rng(radius).random((3, 41, 57)) > 0.8
+    square = np.ones((2 * radius + 1, 2 * radius + 1), bool)
+    expected = [ndi.binary_erosion(ndi.binary_dilation(m, square), square, border_value=1) for m in masks]
+    closed = close_masks(torch.from_numpy(masks), radius)  # the numba kernel
+    assert closed.dtype == torch.bool and np.array_equal(closed.numpy(), np.stack(expected))
+    assert np.array_equal(reference_close_masks(torch.from_numpy(masks), radius).numpy(), np.stack(expected))  # CUDA's
+    assert close_masks(torch.from_numpy(masks), 0).numpy().tolist() == masks.tolist()
+
+
+def test_closing_joins_the_lobes_of_one_nucleus_into_one_box():
+    """Three lobes 6 px apart, each under min_box: no region passes unclosed; closed by radius 4 they are one
+    region whose box holds all three (the box of the cell an annotator draws)."""
+    lobes = [("disk", 120, 120, 16), ("disk", 158, 120, 16), ("disk", 139, 152, 16)]
+    config = FilterConfig(min_box=60, min_fill=0.5)
+    assert len(regions(draw_tile(lobes), config).boxes) == 0
+    closed = regions(draw_tile(lobes), FilterConfig(min_box=60, min_fill=0.5, close_radius=4))
+    assert len(closed.boxes) == 1
+    x0, y0, x1, y1 = closed.boxes[0].tolist()
+    assert abs(x0 - 104) <= 2 and abs(x1 - 175) <= 2 and abs(y0 - 104) <= 2 and abs(y1 - 169) <= 2

@@ -413,3 +413,8 @@ def test_mpp_of_tile_files_scales_min_box_as_a_slide_level_does(tmp_path, capsys
         assert main([*dry_run, *sizes]) == 0
         kept.append(json.loads(capsys.readouterr().out)["rois"])
     assert kept == [0, 1]
+    from activessf_engine.config import EngineConfig, InputConfig, replace_section
+    from activessf_engine.filter.slides import scaled_filter
+
+    config = replace_section(EngineConfig(input=InputConfig(mpp=0.5, reference_mpp=0.25)), "filter", close_radius=8)
+    assert scaled_filter(config, None).close_radius == 4

@@ -250,7 +250,11 @@ REVIEWED_RESUME_FREE = {
 
 
 # Fields whose generic other value is not valid (max_box: 0 is "no bound", a bound is at least min_box; box_scale >= 1)
-OTHER_VALUES = {("filter", "max_box"): 200, ("filter", "box_scale"): 1.5}
+OTHER_VALUES = {
+    ("filter", "max_box"): 200,
+    ("filter", "box_scale"): 1.5,
+    ("filter", "stain"): {"method": "reinhard", "values": [70.0, 5.0, 0.0, 8.0, 7.0, 9.0]},
+}
 
 
 def another_value(value: Any, hint: Any) -> Any:

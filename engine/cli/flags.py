@@ -31,6 +31,8 @@ RENAMED = {
     ("crop", "pad"): "crop-pad",
     ("crop", "pad_value"): "crop-pad-value",
 }
+# Fields with no flag, set from a config file alone: a stain reference is measured (by `calibrate`), not typed.
+FILE_ONLY = frozenset({("filter", "stain")})
 
 
 def _parse_hsv(text: str) -> dict[str, list[int]]:
@@ -117,7 +119,7 @@ def add_section_flags(parser: argparse.ArgumentParser, section: str, only: froze
     cls = _hints(EngineConfig)[section]
     group = parser.add_argument_group(f"[{section}] {(cls.__doc__ or '').strip().splitlines()[0].rstrip('.')}")
     for field in dataclasses.fields(cls):
-        if only is not None and field.name not in only:
+        if (only is not None and field.name not in only) or (section, field.name) in FILE_ONLY:
             continue
         hint = _hints(cls)[field.name]
         flag = flag_name(section, field.name)

@@ -49,7 +49,7 @@ def cmd_overlay(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from activessf_engine.inspect import Objective, calibrate
+    from activessf_engine.inspect import STAINS, Objective, calibrate
 
     labels = set(args.label) if args.label else None
     summary = calibrate(
@@ -62,6 +62,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         seed=args.seed,
         iou=args.iou,
         objective=Objective.parse(args.objective),
+        stains=tuple(dict.fromkeys(args.stain or STAINS)),
         device=run_device(args),
     )
     lines = [
@@ -81,7 +82,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                 f"{label:<20}{m['recall']:>8.3f} {m['precision']:>9.3f} {m['f1']:>6.3f}  "
                 f"{m['found']:>5}/{m['annotated']:<9} {m['kept']:>5}"
             )
-    lines.append(f"changed          {', '.join(f'{k}={v}' for k, v in summary['changed'].items()) or 'nothing'}")
+    changed = {k: v["method"] if k == "stain" else v for k, v in summary["changed"].items()}  # its numbers: in the TOML
+    lines.append(f"changed          {', '.join(f'{k}={v}' for k, v in changed.items()) or 'nothing'}")
     lines.append(f"config           {summary['out']}")
     print_summary(args, summary, lines)
     return 0
@@ -162,6 +164,13 @@ def add_parsers(sub: Any) -> None:
         metavar="WORD",
         help="what the search maximizes: `f1` (default), or `recall-at-precision P`: the best recall among the "
         "settings with precision >= P (the best F1 where none reaches P)",
+    )
+    p.add_argument(
+        "--stain",
+        action="append",
+        choices=("none", "macenko", "reinhard"),
+        help="a stain normalization the search may choose, with a reference measured on the fit tiles (repeatable; "
+        "default all three: none, macenko, reinhard)",
     )
     add_common_flags(p, TILE_SECTIONS)
 

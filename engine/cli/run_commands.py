@@ -21,8 +21,8 @@ from activessf_engine.cli.options import (
 from activessf_engine.cli.summary import (
     device_lines,
     end_with_selection,
+    named_sources_lines,
     print_summary,
-    sources_without_roi_lines,
 )
 from activessf_engine.config import EngineConfig, replace_section
 from activessf_engine.device import DeviceChoice, resolve_device
@@ -105,7 +105,9 @@ def _filter_lines(s: dict[str, Any]) -> list[str]:
         f"regions          {s['regions_found']} found, {s['rejected_size']} rejected for box size (--min-box), "
         f"{s['rejected_fill']} rejected for fill rate (--min-fill), {s['rois']} kept",
         f"ROIs found       {s['rois']}",
-        *sources_without_roi_lines(s["sources_without_roi"]),
+        *named_sources_lines("no ROI in", s["sources_without_roi"]),
+        *named_sources_lines("out of focus", s["out_of_focus"]),
+        *named_sources_lines("stain as read", s["stain_left_as_read"]),
         *([] if s["dry_run"] else [f"store holds      {s['store_rois']} ROIs now"]),
         f"wall time        {s['wall_seconds']:.2f} s",
         f"throughput       {s['images_per_second']:.1f} images/s, {s['megapixels_per_second']:.2f} megapixels/s",

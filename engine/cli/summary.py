@@ -14,13 +14,13 @@ from activessf_engine.device import summary_line
 SHOWN_WITHOUT_ROI = 10  # sources without ROI named in the terminal summary (--json lists all)
 
 
-def sources_without_roi_lines(paths: list[str]) -> list[str]:
-    """The summary lines naming the sources read in which no region was kept."""
+def named_sources_lines(label: str, paths: list[str]) -> list[str]:
+    """A summary line naming the first few of `paths` after `label` (none where there are none)."""
     if not paths:
         return []
     named = ", ".join(paths[:SHOWN_WITHOUT_ROI])
     more = f" and {len(paths) - SHOWN_WITHOUT_ROI} more (--json lists all)" if len(paths) > SHOWN_WITHOUT_ROI else ""
-    return [f"no ROI in        {len(paths)} source(s): {named}{more}"]
+    return [f"{label:<17}{len(paths)} source(s): {named}{more}"]
 
 
 def quoted(path: Any) -> str:

@@ -89,7 +89,7 @@ def source_record(source: Source, image: DecodedImage, regions: TileRegions | No
         "decoder": image.decoder,
         "exif_orientation": image.orientation,
         **dict(zip(("rois", *REJECTION_COUNTS), counts, strict=True)),
-        **(regions.focus_record() if regions is not None else {}),
+        **(regions.quality_record() if regions is not None else {}),
         **(source.tile.record() if source.tile is not None else {}),
     }
 

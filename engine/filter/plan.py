@@ -77,7 +77,8 @@ class FilterPlan:
         summary.wall_seconds = time.perf_counter() - started
         summary.store_rois = len(RoiStore(writer.root))
         record = summary.to_json()
-        for name in ("skipped", "sources_without_roi", "out_of_focus"):  # in the parts' sources tables already
+        # lists of paths, each in the parts' sources tables already: counted here
+        for name in ("skipped", "sources_without_roi", "out_of_focus", "stain_left_as_read"):
             record[name] = len(record[name])
         writer.record_run(record)
 

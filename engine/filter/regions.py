@@ -20,6 +20,7 @@ import torch
 from activessf_engine import kernels
 from activessf_engine.config import FilterConfig
 from activessf_engine.filter.focus import sharpness
+from activessf_engine.stain import StainNormalizer
 
 SAMPLE_SEED = 0  # the pixel sample that K-means is fitted on is drawn from this seed on every device
 
@@ -38,10 +39,15 @@ class TileRegions:
     low_fill: int = 0  # rejected because the fill rate is under min_fill (after passing the size test)
     sharpness: float = 0.0  # variance of the Laplacian of the tile's grey image (filter/focus.py)
     out_of_focus: bool = False  # sharpness under min_sharpness: every region dropped
+    stain_left_as_read: bool = False  # filter.stain set, but the tile's stains could not be measured
 
-    def focus_record(self) -> dict[str, float | bool]:
-        """The tile's columns of a sources table row about focus."""
-        return {"sharpness": round(self.sharpness, 2), "out_of_focus": self.out_of_focus}
+    def quality_record(self) -> dict[str, float | bool]:
+        """The tile's columns of a sources table row about its focus and stain."""
+        return {
+            "sharpness": round(self.sharpness, 2),
+            "out_of_focus": self.out_of_focus,
+            "stain_left_as_read": self.stain_left_as_read,
+        }
 
     def drop_all(self) -> None:
         """Keep no region (an out-of-focus tile); the counts of what the masks held stay."""
@@ -78,12 +84,30 @@ class Quantized:
     centres: torch.Tensor  # (B, k, 3) the K-means centres, in kernels.FIXED_POINT units
     mappings: list[np.ndarray]  # per tile: K-means cluster -> merged colour
     palettes: list[np.ndarray]  # per tile: (m, 3) uint8 merged colours of G' (m <= merged_clusters)
+    stain_left_as_read: list[bool]  # per tile: filter.stain set, but its stains could not be measured
+
+
+def normalize_stains(tiles: torch.Tensor, config: FilterConfig) -> tuple[torch.Tensor, list[bool]]:
+    """A (B, H, W, 3) batch brought to config.stain's reference (as it is without one), and which tiles were
+    left as read because their stains could not be measured."""
+    if config.stain.method == "none":
+        return tiles, [False] * len(tiles)
+    normalizer, normalized, left = StainNormalizer(config.stain), [], []
+    for tile in tiles:
+        before = normalizer.left_as_read
+        normalized.append(normalizer.image(tile))
+        left.append(normalizer.left_as_read > before)
+    return torch.stack(normalized), left
 
 
 def quantize(tiles: torch.Tensor, config: FilterConfig, times: StageTimes) -> Quantized:
-    """Normalize, Eq. 1 blur, Eq. 2-3 K-means on a pixel sample and merging 20 -> 10 of a (B, H, W, 3) batch."""
+    """Stain and illumination normalization, Eq. 1 blur, Eq. 2-3 K-means on a pixel sample and merging 20 -> 10
+    of a (B, H, W, 3) batch."""
     start = time.perf_counter()
     batch, height, width, _ = tiles.shape
+    tiles, stain_left_as_read = normalize_stains(tiles, config)
+    if config.stain.method != "none":
+        start = times.lap("stain", start)
     smooth = kernels.normalize_blur(tiles, config.normalize, config.blur_kernel, config.blur_sigma)
     pixels = smooth.reshape(batch, height * width, 3)
     start = times.lap("blur", start)
@@ -104,7 +128,7 @@ def quantize(tiles: torch.Tensor, config: FilterConfig, times: StageTimes) -> Qu
         mappings.append(mapping)
         palettes.append(np.clip(np.rint(merged), 0, 255).astype(np.uint8))
     times.lap("merge", start)
-    return Quantized(smooth, centres, mappings, palettes)
+    return Quantized(smooth, centres, mappings, palettes, stain_left_as_read)
 
 
 def hsv_masks(quantized: Quantized, config: FilterConfig, times: StageTimes) -> torch.Tensor:
@@ -131,15 +155,16 @@ def hsv_masks(quantized: Quantized, config: FilterConfig, times: StageTimes) -> 
     return masks.reshape(batch, height, width)
 
 
-def cell_masks(tiles: torch.Tensor, config: FilterConfig, times: StageTimes) -> tuple[torch.Tensor, list[np.ndarray]]:
-    """The composite HSV mask of each tile of a (B, H, W, 3) uint8 batch, and the palettes of G'.
+def cell_masks(tiles: torch.Tensor, config: FilterConfig, times: StageTimes) -> tuple[torch.Tensor, Quantized]:
+    """The composite HSV mask of each tile of a (B, H, W, 3) uint8 batch, and the quantized batch it came from.
 
-    Steps of II-B: normalize, Eq. 1 blur, Eq. 2-3 K-means on a pixel sample, merge 20 -> 10 (`quantize`),
-    HSV of the merged colours, then every pixel assigned to its cluster and so to its colour's mask
-    (the HSV mask of G'). With hsv_source="blurred" the mask is read from the HSV of G instead (`hsv_masks`).
+    Steps of II-B: normalize (stains, when filter.stain is set, then illumination), Eq. 1 blur, Eq. 2-3
+    K-means on a pixel sample, merge 20 -> 10 (`quantize`), HSV of the merged colours, then every pixel
+    assigned to its cluster and so to its colour's mask (the HSV mask of G'). With hsv_source="blurred" the
+    mask is read from the HSV of G instead (`hsv_masks`).
     """
     quantized = quantize(tiles, config, times)
-    return hsv_masks(quantized, config, times), quantized.palettes
+    return hsv_masks(quantized, config, times), quantized
 
 
 def grow_boxes(boxes: np.ndarray, scale: float, height: int, width: int) -> np.ndarray:
@@ -214,12 +239,16 @@ def find_regions(
     for indices in by_shape.values():
         # a lone tile is viewed as a batch of one, not copied (for a huge tile, a copy is a gigabyte)
         group = tiles[indices[0]][None] if len(indices) == 1 else torch.stack([tiles[i] for i in indices])
-        masks, palettes = cell_masks(group, config, times)
+        masks, quantized = cell_masks(group, config, times)
         start = time.perf_counter()
+        if config.close_radius:
+            masks = kernels.close_masks(masks, config.close_radius)
+            start = times.lap("close", start)
         focus = sharpness(group)
         start = times.lap("focus", start)
         for j, (i, found) in enumerate(zip(indices, regions_of_masks(masks, config), strict=True)):
-            found.palette, found.sharpness = palettes[j], focus[j]
+            found.palette, found.sharpness = quantized.palettes[j], focus[j]
+            found.stain_left_as_read = quantized.stain_left_as_read[j]
             if focus[j] < config.min_sharpness:
                 found.drop_all()
             if keep_masks:

@@ -206,13 +206,16 @@ def tile_file_scale(config: InputConfig) -> float:
 
 def scaled_filter(config: EngineConfig, tile: SlideTile | None) -> FilterConfig:
     """The filter's settings at a slide tile's level, or for tile files at their `input.mpp`: its pixel sizes
-    (min_box, max_box) times the scale."""
+    (min_box, max_box, close_radius) times the scale."""
     scale = tile.scale if tile is not None else tile_file_scale(config.input)
     if scale == 1.0:
         return config.filter
     settings = config.filter
     return dataclasses.replace(
-        settings, min_box=max(1, round(settings.min_box * scale)), max_box=round(settings.max_box * scale)
+        settings,
+        min_box=max(1, round(settings.min_box * scale)),
+        max_box=round(settings.max_box * scale),
+        close_radius=round(settings.close_radius * scale),
     )
 
 

@@ -38,6 +38,7 @@ class FilterSummary:
     rejected_fill: int = 0
     sources_without_roi: list[str] = field(default_factory=list)  # read, but no region kept
     out_of_focus: list[str] = field(default_factory=list)  # read, sharpness under filter.min_sharpness: no region kept
+    stain_left_as_read: list[str] = field(default_factory=list)  # filter.stain set, the tile's stains not measurable
     store_rois: int = 0  # ROIs the store holds after the run (a resumed run's earlier parts included)
     dry_run: bool = False  # `filter --limit N`: a few tiles filtered, no store written
     slides: int = 0  # whole slides among the inputs (each read as tiles, which count as sources)
@@ -73,8 +74,9 @@ class FilterSummary:
                 setattr(self, name, getattr(self, name) + row.get(name, 0))
             if not row["rois"]:
                 self.sources_without_roi.append(row["path"])
-            if row.get("out_of_focus"):
-                self.out_of_focus.append(row["path"])
+            for name in ("out_of_focus", "stain_left_as_read"):
+                if row.get(name):
+                    getattr(self, name).append(row["path"])
             self.sources_read += 1
             self.megapixels += row["width"] * row["height"] / 1e6
             self.decoders[row["decoder"]] = self.decoders.get(row["decoder"], 0) + 1
@@ -91,6 +93,7 @@ class FilterSummary:
         self.skipped += part.skipped
         self.sources_without_roi += part.sources_without_roi
         self.out_of_focus += part.out_of_focus
+        self.stain_left_as_read += part.stain_left_as_read
         for mine, theirs in ((self.skip_reasons, part.skip_reasons), (self.decoders, part.decoders)):
             for key, count in theirs.items():
                 mine[key] = mine.get(key, 0) + count

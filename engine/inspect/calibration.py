@@ -6,11 +6,19 @@ recall, precision and F1 are over all tiles of a set. The annotated tiles are sp
 `fit` tiles to search on, the rest held out for the before/after figures. With no more tiles than `fit`,
 the search runs on all of them and the figures are leave-one-tile-out: each tile scored under the best
 config of the others. On the fit tiles every combination of these is tried, and the one that ranks first
-under the `Objective` kept (`f1`: the best F1, then recall; `recall-at-precision P`: the best recall among
-those with precision >= P, else the best F1; then the summed IoU of the matched boxes; full ties go to the
-earlier, nearer the paper's settings):
+under the `Objective` kept (`f1`: the best F1; `recall-at-precision P`: the best recall among those with
+precision >= P, else the best F1; then the plateau; then recall, precision and the summed IoU of the matched
+boxes; full ties go to the earlier, nearer the paper's settings). The plateau of a configuration is the mean
+F1 of it and its neighbours, the configurations one step away on one of the thresholds (min_fill, min_box,
+max_box, box_scale) with the same closed mask. 5 tiles hold a handful of cells, so hundreds of configurations
+find all of them; the one amid others that do too is the one least likely to sit on the edge of what the
+other tiles need. (Chosen on BCCD's val split, not the test split the figures are on: benchmarks/README.md,
+"Calibration".)
 
-* illumination normalization: `minmax`, `channel_minmax` (each tile's own white balance), `none`;
+* stain and illumination normalization (NORMALIZATIONS): none, or Macenko or Reinhard to a reference measured
+  on all the fit tiles' pixels (engine/stain.py), each followed by `minmax`; or no stain normalization and
+  `channel_minmax` (each tile's own white balance) or `none`. A stain normalization already brings each tile to
+  one colour balance, so it is not paired with the other two;
 * K-means settings (kmeans_clusters, merged_clusters): KMEANS;
 * HSV source (`quantized` G' or `blurred` G) and HSV ranges: the paper's, or ranges learned from the fit
   tiles under that normalization: the saturation floor at a quantile of the background's saturation
@@ -19,12 +27,15 @@ earlier, nearer the paper's settings):
   and value) of those pixels, each with its own hue and value range. Learning the ranges from the user's
   own tiles (after per-tile normalization) is what makes the search carry over to other stains and
   scanners, where the paper's purple range does not fit;
-* fill holes or not, min_fill in MIN_FILLS, min_box as fractions of the annotated boxes' shorter side,
-  max_box (no bound, or multiples of their longer side): the upper bound drops clumps and smears; and
+* the mask's closing radius (none, or CLOSE_FRACTIONS of the annotated boxes' shorter side: it joins a lobed
+  nucleus's parts into one region, whose box then matches the cell's; fill_holes stays as given), min_fill in
+  MIN_FILLS, min_box as fractions of the annotated boxes' shorter side, max_box (no bound, or multiples of
+  their longer side): the upper bound drops clumps and smears; and
   box_scale in BOX_SCALES: the mask holds mostly the nucleus, the annotated box the whole cell.
 
-Masks are made once per (tile, normalization, K-means, source, ranges); the size and fill decisions are
-thresholds on per-region numbers, so all of them are judged on one loose `regions_of_masks` per mask.
+Masks are made once per (tile, normalization, K-means, source, ranges) and closed once per radius; the size
+and fill decisions are thresholds on per-region numbers, so all of them are judged on one loose
+`regions_of_masks` per closed mask.
 Every configuration's counts are kept per tile, so the leave-one-tile-out choice costs no second search.
 """
 
@@ -58,11 +69,20 @@ from activessf_engine.filter import (
     regions_of_masks,
 )
 from activessf_engine.inspect.annotations import match_boxes, read_annotations
-from activessf_engine.kernels import hsv_opencv
+from activessf_engine.kernels import close_masks, hsv_opencv
+from activessf_engine.stain import fit_stain_reference
 
 log = logging.getLogger(__name__)
 
-NORMALIZE = ("minmax", "channel_minmax", "none")
+STAINS = ("none", "macenko", "reinhard")
+# (stain normalization, illumination normalization) pairs tried
+NORMALIZATIONS = (
+    ("none", "minmax"),
+    ("none", "channel_minmax"),
+    ("none", "none"),
+    ("macenko", "minmax"),
+    ("reinhard", "minmax"),
+)
 KMEANS = ((20, 10), (16, 6), (12, 4))  # (kmeans_clusters, merged_clusters)
 HSV_SOURCES = ("quantized", "blurred")
 BACKGROUND_QUANTILES = (0.9, 0.97, 0.995)  # saturation floors of the learned HSV ranges
@@ -72,6 +92,7 @@ MIN_FILLS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 MIN_BOX_FRACTIONS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)  # of the 10th percentile of the boxes' shorter side
 MAX_BOX_FACTORS = (1.5, 2.0, 3.0)  # of the 90th percentile of the boxes' longer side; no bound is tried too
 BOX_SCALES = (1.0, 1.25, 1.5, 1.75)  # kept boxes grown by these: a nucleus's box to its cell's
+CLOSE_FRACTIONS = (0.05, 0.1)  # closing radii, of the 10th percentile of the boxes' shorter side; 0 is tried too
 VALUE_QUANTILES = (0.01, 0.99)  # value range of each of the two separately learned masks
 CLUSTER_PIXELS = 20_000  # wanted pixels the two mask groups are told apart on (a seeded sample)
 
@@ -179,20 +200,35 @@ class Objective:
     def describe(self) -> str:
         return "F1" if self.name == "f1" else f"recall at precision >= {self.min_precision}"
 
-    def best(self, counts: np.ndarray) -> int:
-        """The index of the first-ranked row of (configs, 4) counts summed over tiles (ties: the earliest)."""
-        found, truth, kept, matched_iou = counts.T
-        recall = np.divide(found, truth, out=np.zeros_like(found), where=truth > 0)
-        precision = np.divide(found, kept, out=np.zeros_like(found), where=kept > 0)
-        f1 = np.divide(
-            2 * recall * precision, recall + precision, out=np.zeros_like(found), where=recall + precision > 0
+    def best(self, counts: np.ndarray, neighbours: np.ndarray | None = None) -> int:
+        """The index of the first-ranked row of (configs, 4) counts summed over tiles (ties: the earliest);
+        `neighbours` (configs, m) lists each row's neighbours for the plateau (-1: none; see the module docstring)."""
+        matched_iou = counts[:, 3]
+        recall, precision, f1 = _rates(counts)
+        primary = (
+            [f1]
+            if self.name == "f1"
+            else [precision >= self.min_precision, np.where(precision >= self.min_precision, recall, f1)]
         )
-        if self.name == "f1":
-            keys = [f1, recall, matched_iou]
-        else:
-            meets = (precision >= self.min_precision).astype(np.float64)
-            keys = [meets, np.where(meets > 0, recall, f1), precision, matched_iou]
-        return int(np.lexsort([-k for k in reversed(keys)])[0])  # lexsort is stable and sorts by its last key first
+        keys = [*primary, plateau(f1, neighbours), recall, precision, matched_iou]
+        return int(np.lexsort([-np.asarray(k, np.float64) for k in reversed(keys)])[0])  # by its last key first
+
+
+def _rates(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Recall, precision and F1 of each row of (configs, 4) counts."""
+    found, truth, kept, _ = counts.T
+    recall = np.divide(found, truth, out=np.zeros_like(found), where=truth > 0)
+    precision = np.divide(found, kept, out=np.zeros_like(found), where=kept > 0)
+    f1 = np.divide(2 * recall * precision, recall + precision, out=np.zeros_like(found), where=recall + precision > 0)
+    return recall, precision, f1
+
+
+def plateau(f1: np.ndarray, neighbours: np.ndarray | None) -> np.ndarray:
+    """The mean F1 of each configuration and its neighbours (its own F1 where none are given)."""
+    if neighbours is None:
+        return f1
+    padded = np.append(f1, np.nan)  # index -1: no neighbour
+    return np.nanmean(np.concatenate([f1[:, None], padded[neighbours]], axis=1), axis=1)
 
 
 def split(samples: list[Annotated], fit: int, seed: int) -> tuple[list[Annotated], list[Annotated]]:
@@ -265,6 +301,14 @@ def _nearest_first(values: Iterable[float], start: float) -> list[float]:
     return sorted(values, key=lambda v: (abs(v - start), v))
 
 
+def _close_radii(samples: list[Annotated], base: FilterConfig) -> list[int]:
+    boxes = np.concatenate([s.boxes for s in samples])
+    if not len(boxes):
+        return [base.close_radius]
+    shorter = np.percentile(np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]), 10)
+    return _nearest_first({round(f * shorter) for f in CLOSE_FRACTIONS} | {base.close_radius}, base.close_radius)
+
+
 def _max_boxes(samples: list[Annotated]) -> list[int]:
     boxes = np.concatenate([s.boxes for s in samples])
     if not len(boxes):
@@ -294,38 +338,70 @@ class Grid:
 
     configs: list[FilterConfig]
     counts: np.ndarray  # (configs, tiles, 4): annotated boxes found, annotated boxes, boxes kept, summed IoU
+    # Where each configuration lies: its closed mask, then the ranks of its min_fill, min_box, max_box and
+    # box_scale among the values tried; None for one outside the grid (the starting one).
+    places: list[tuple[int, ...] | None] | None = None
+
+    def neighbours(self) -> np.ndarray | None:
+        """(configs, 2 x axes) indices of each configuration's neighbours on the threshold axes (-1: none)."""
+        if self.places is None:
+            return None
+        index = {place: i for i, place in enumerate(self.places) if place is not None}
+        axes = max((len(place) - 1 for place in self.places if place is not None), default=0)
+        found = np.full((len(self.configs), 2 * axes), -1, dtype=np.int64)
+        for i, place in enumerate(self.places):
+            for j, (axis, step) in enumerate(itertools.product(range(1, axes + 1), (-1, 1))):
+                if place is not None:
+                    found[i, j] = index.get((*place[:axis], place[axis] + step, *place[axis + 1 :]), -1)
+        return found
 
     def best(self, objective: Objective) -> int:
-        return objective.best(self.counts.sum(axis=1))
+        return objective.best(self.counts.sum(axis=1), self.neighbours())
 
     def leave_one_out(self, objective: Objective) -> Score:
         """Each tile scored under the configuration that ranks first on the other tiles, summed."""
-        total, score = self.counts.sum(axis=1), np.zeros(4)
+        total, score, neighbours = self.counts.sum(axis=1), np.zeros(4), self.neighbours()
         for tile in range(self.counts.shape[1]):
-            score += self.counts[objective.best(total - self.counts[:, tile]), tile]
+            score += self.counts[objective.best(total - self.counts[:, tile], neighbours), tile]
         return Score.of(score)
 
 
-def search(samples: list[Annotated], base: FilterConfig, iou: float) -> Grid:
-    """Every configuration of the grid (see the module docstring) and its counts on each of `samples`."""
+def search(samples: list[Annotated], base: FilterConfig, iou: float, stains: Sequence[str] = STAINS) -> Grid:
+    """Every configuration of the grid (see the module docstring; stain normalizations among `stains`) and its
+    counts on each of `samples`."""
     times = StageTimes()
-    min_boxes, max_boxes = _min_boxes(samples, base), _max_boxes(samples)
+    min_boxes, max_boxes, close_radii = _min_boxes(samples, base), _max_boxes(samples), _close_radii(samples, base)
     min_fills = _nearest_first(MIN_FILLS, base.min_fill)
-    configs = [base]
+    references = {method: fit_stain_reference(method, [s.image for s in samples]) for method in stains}
+    configs, places = [base], [None]
     rows = [[_counts(find_regions([s.image], base)[0].boxes, s.boxes, iou) for s in samples]]
-    for normalize, (clusters, merged) in itertools.product(NORMALIZE, KMEANS):
-        settings = dataclasses.replace(base, normalize=normalize, kmeans_clusters=clusters, merged_clusters=merged)
+    ranks = [
+        {value: rank for rank, value in enumerate(sorted(values, key=lambda v: (v == 0, v)))}  # max_box 0: no bound
+        for values in (min_fills, min_boxes, max_boxes, BOX_SCALES)
+    ]
+    closed_masks = 0  # a configuration's neighbours share its closed mask (Grid.places)
+    normalizations = [(stain, normalize) for stain, normalize in NORMALIZATIONS if stain in references]
+    for (stain, normalize), (clusters, merged) in itertools.product(normalizations, KMEANS):
+        settings = dataclasses.replace(
+            base, stain=references[stain], normalize=normalize, kmeans_clusters=clusters, merged_clusters=merged
+        )
         quantized = [quantize(s.image[None], settings, times) for s in samples]
         ranges = [(base.purple, base.deep_blue), *learned_ranges(quantized, samples)]
         sources = HSV_SOURCES if (clusters, merged) == KMEANS[0] else ("quantized",)  # G does not depend on K-means
         for source, (purple, deep_blue) in itertools.product(sources, ranges):
             masked = dataclasses.replace(settings, hsv_source=source, purple=purple, deep_blue=deep_blue)
             masks = [hsv_masks(q, masked, times) for q in quantized]
-            for holes in (False, True):
+            for radius in close_radii:
+                closed_masks += 1
                 loose = dataclasses.replace(
-                    masked, fill_holes=holes, min_box=min(min_boxes), max_box=0, min_fill=min(min_fills), box_scale=1.0
+                    masked,
+                    close_radius=radius,
+                    min_box=min(min_boxes),
+                    max_box=0,
+                    min_fill=min(min_fills),
+                    box_scale=1.0,
                 )
-                regions = [regions_of_masks(m, loose)[0] for m in masks]
+                regions = [regions_of_masks(close_masks(m, radius), loose)[0] for m in masks]
                 for min_fill, min_box, max_box in itertools.product(min_fills, min_boxes, max_boxes):
                     if max_box and max_box < min_box:
                         continue
@@ -335,12 +411,14 @@ def search(samples: list[Annotated], base: FilterConfig, iou: float) -> Grid:
                             grow_boxes(b, scale, *s.image.shape[:2]) for b, s in zip(passing, samples, strict=True)
                         )
                         rows.append([_counts(kept, s.boxes, iou) for kept, s in zip(grown, samples, strict=True)])
+                        thresholds = zip(ranks, (min_fill, min_box, max_box, scale), strict=True)
+                        places.append((closed_masks, *(rank[value] for rank, value in thresholds)))
                         configs.append(
                             dataclasses.replace(
                                 loose, min_box=min_box, max_box=max_box, min_fill=min_fill, box_scale=scale
                             )
                         )
-    return Grid(configs, np.asarray(rows, dtype=np.float64))
+    return Grid(configs, np.asarray(rows, dtype=np.float64), places)
 
 
 def write_filter_toml(path: Path, config: FilterConfig, comments: list[str]) -> None:
@@ -363,6 +441,7 @@ def calibrate(
     seed: int = 0,
     iou: float = 0.5,
     objective: Objective = Objective(),
+    stains: Sequence[str] = STAINS,
     device: DeviceChoice | str = "cpu",
 ) -> dict[str, Any]:
     """Search the filter's parameters on `fit` annotated tiles for the best under `objective`, write it as a
@@ -378,7 +457,7 @@ def calibrate(
         raise ValueError(f"need at least 2 annotated tiles (found {len(samples)}): one to fit on, one to score on")
     one_out = len(samples) <= fit
     fitted_on, held_out = (samples, []) if one_out else split(samples, fit, seed)
-    grid = search(fitted_on, config.filter, iou)
+    grid = search(fitted_on, config.filter, iou, stains)
     pick = grid.best(objective)
     best = grid.configs[pick]
     fit_before, fit_after = Score.of(grid.counts[0].sum(axis=0)), Score.of(grid.counts[pick].sum(axis=0))

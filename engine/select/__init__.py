@@ -19,7 +19,6 @@ _WHERE = {
     "run_prototypes": "run",
     "run_select": "run",
     "selection_features_config": "run",
-    "StainNormalizer": "stain",
     "list_strategies": "strategies",
     "reselect": "strategies",
     "select": "strategies",

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from activessf_engine.config import CropConfig, EngineConfig, FilterConfig, from_dict, to_dict
+from activessf_engine.config import CropConfig, EngineConfig, FilterConfig, from_dict, to_dict, with_defaults
 
 FRAMING_SECTIONS: dict[str, type] = {"filter": FilterConfig, "crop": CropConfig}
 
@@ -36,8 +36,8 @@ def framing_differences(framing: dict[str, dict[str, Any]], candidates_config: d
     """Each framing field on which prototypes and candidates differ, as
     "filter.min_fill 0.7 (prototypes) vs 0.5 (candidates)"."""
     differences = []
-    for section, recorded in framing.items():
-        theirs = candidates_config.get(section, {})
+    for section, stored in framing.items():
+        recorded, theirs = with_defaults(section, stored), with_defaults(section, candidates_config.get(section, {}))
         for name in sorted(set(recorded) | set(theirs)):
             ours, other = recorded.get(name), theirs.get(name)
             if ours != other:

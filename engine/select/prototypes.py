@@ -19,9 +19,10 @@ from typing import Any
 import numpy as np
 import safetensors.numpy
 
-from activessf_engine.config import PrototypeConfig, to_dict
+from activessf_engine.config import PrototypeConfig, StainReference, to_dict
 from activessf_engine.device import DeviceChoice, as_choice, cuml_usable
 from activessf_engine.select.nearest import nearest_prototype
+from activessf_engine.stain import reference_of_record
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ class Prototypes:
     # they were recorded, which `select` cannot check.
     framing: dict[str, Any] = field(default_factory=dict)
     labeled: str = ""  # the labeled set's folder, for the messages that name the fix
-    stain: dict[str, Any] = field(default_factory=dict)  # stain normalization reference (stain.py); {}: none
+    stain: StainReference = field(default_factory=StainReference)  # the features' stain normalization (engine/stain.py)
     # Labeled images in which no region passed the filter, taken whole (labeled_crop "filter"); 0 when not recorded.
     whole_images: int = 0
 
@@ -143,7 +144,7 @@ class Prototypes:
             "backend": self.backend,
             "framing": self.framing,
             "labeled": self.labeled,
-            "stain": self.stain,
+            "stain": to_dict(self.stain),
             "whole_images": self.whole_images,
             "clusters": [
                 {
@@ -213,7 +214,7 @@ def load_prototypes(directory: Path) -> Prototypes:
             backend=meta.get("backend", ""),
             framing=meta.get("framing", {}),
             labeled=meta.get("labeled", ""),
-            stain=meta.get("stain", {}),
+            stain=reference_of_record(meta.get("stain", {})),
             whole_images=meta.get("whole_images", 0),
         )
     except ValueError as error:
@@ -238,7 +239,7 @@ def fit_prototypes(
     device: DeviceChoice | str = "cpu",
     framing: dict[str, Any] | None = None,
     labeled: str = "",
-    stain: dict[str, Any] | None = None,
+    stain: StainReference | None = None,
     whole_images: int = 0,
 ) -> Prototypes:
     """K-means (Eq. 4-6) on labeled features (n, d), then each cluster's n_i, LB and UB.
@@ -300,6 +301,6 @@ def fit_prototypes(
         backend=backend,
         framing=framing or {},
         labeled=labeled,
-        stain=stain or {},
+        stain=stain or StainReference(),
         whole_images=whole_images,
     )

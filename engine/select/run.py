@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import zarr
 
-from activessf_engine.config import EngineConfig, FeatureConfig, to_dict
+from activessf_engine.config import EngineConfig, FeatureConfig, StainReference, to_dict
 from activessf_engine.device import DeviceChoice, as_choice
 from activessf_engine.filter import TileRegions, cut_rois, decode_files, find_regions, fit_to_square
 from activessf_engine.progress import Progress, make_progress
@@ -28,9 +28,9 @@ from activessf_engine.select.features import Backbone, iter_extract, load_backbo
 from activessf_engine.select.framing import check_framing, labeled_framing
 from activessf_engine.select.labeled_set import scan_labeled
 from activessf_engine.select.prototypes import ARRAYS_FILE, META_FILE, Prototypes, fit_prototypes, load_prototypes
-from activessf_engine.select.stain import StainNormalizer, fit_stain_reference, reference_tag
 from activessf_engine.select.strategies import Decisions, select
 from activessf_engine.select.thresholds import cluster_thresholds, degenerate_clusters
+from activessf_engine.stain import StainNormalizer, fit_stain_reference, reference_tag
 from activessf_engine.store import (
     Artefact,
     FeatureCache,
@@ -71,11 +71,13 @@ def _read_ahead(store: RoiStore, parts: list[int], depth: int) -> Iterator[tuple
             yield (part, *future.result())
 
 
-def feature_cache(store: RoiStore, backbone: Backbone, stain: dict[str, Any] | None = None) -> FeatureCache:
+def feature_cache(store: RoiStore, backbone: Backbone, stain: StainReference | None = None) -> FeatureCache:
     """The cache of `backbone`'s features of the ROIs of `store` (keyed by model, weights, ROI size, dtype
     and the stain normalization's reference)."""
     roi_size = int(store.meta["config"]["crop"]["size"])
-    key = features_key(backbone.name, backbone.fingerprint, roi_size, backbone.dtype_name, reference_tag(stain or {}))
+    key = features_key(
+        backbone.name, backbone.fingerprint, roi_size, backbone.dtype_name, reference_tag(stain or StainReference())
+    )
     return FeatureCache(store.root, key)
 
 
@@ -98,7 +100,7 @@ def store_features(
     Returns (N, D) float32 and counts of ROIs computed and read from cache, with the wall seconds spent
     computing them (reading included) and the seconds the reader threads spent reading.
     """
-    stain = stain or StainNormalizer({})
+    stain = stain or StainNormalizer(StainReference())
     cache = feature_cache(store, backbone, stain.reference)
     bar = make_progress(progress, len(store), "roi", "features")
     stats = {"computed": 0, "cached": 0, "seconds": 0.0, "read_seconds": 0.0}
@@ -224,7 +226,7 @@ def run_prototypes(
         "model": backbone.name,
         "kmeans_backend": prototypes.backend,
         "stain_normalization": config.prototypes.stain_normalization,
-        "stain_left_as_read": stain.failed,
+        "stain_left_as_read": stain.left_as_read,
         "feature_dtype": backbone.dtype_name,
         "weights": feature_config.weights,
         "weights_loaded": backbone.weights,
@@ -398,8 +400,8 @@ def run_select(
         "selected": int(decisions.selected.sum()),
         "clusters": clusters,
         "degenerate_clusters": degenerate_report(prototypes, config.selection),
-        "stain_normalization": prototypes.stain.get("method", "none"),
-        "stain_left_as_read": stain.failed,  # ROIs whose stains could not be estimated (features computed now)
+        "stain_normalization": prototypes.stain.method,
+        "stain_left_as_read": stain.left_as_read,  # ROIs whose stains could not be estimated (features computed now)
         "features_computed": feature_stats["computed"],
         "features_cached": feature_stats["cached"],
         "features_per_second": round(feature_stats["computed"] / feature_stats["seconds"], 2)
