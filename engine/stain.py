@@ -24,7 +24,7 @@ import hashlib
 import json
 import logging
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -33,6 +33,8 @@ import torch
 from activessf_engine.config import StainReference, to_dict
 
 log = logging.getLogger(__name__)
+
+Transform = Callable[[torch.Tensor], torch.Tensor]  # (n, 3) uint8 pixels -> (n, 3) uint8, on their device
 
 SAMPLE_PIXELS = 1 << 16  # pixels an image's stains are measured on (all of them when it has fewer)
 REFERENCE_PIXELS = 1 << 20  # pixels of the reference images a reference is measured on
@@ -114,12 +116,37 @@ def reference_tag(reference: StainReference) -> str:
     return f"{reference.method}-{digest}"
 
 
-def _macenko_map(own: Sequence[float], reference: Sequence[float], device: torch.device) -> torch.Tensor:
-    """M (3 x 3) taking an image's OD to the reference's (module docstring)."""
+def _macenko_map(own: Sequence[float], reference: Sequence[float], device: torch.device) -> Transform:
+    """The map of (n, 3) uint8 pixels taking an image's OD to the reference's by M (3 x 3, module docstring)."""
     he, max_c = torch.tensor(own[:6], dtype=torch.float64).reshape(3, 2), torch.tensor(own[6:], dtype=torch.float64)
     he_ref = torch.tensor(reference[:6], dtype=torch.float64).reshape(3, 2)
     max_c_ref = torch.tensor(reference[6:], dtype=torch.float64)
-    return (he_ref @ torch.diag(max_c_ref / max_c) @ torch.linalg.pinv(he)).float().to(device)
+    matrix = (he_ref @ torch.diag(max_c_ref / max_c) @ torch.linalg.pinv(he)).float().to(device)
+
+    def transform(pixels: torch.Tensor) -> torch.Tensor:
+        density = -torch.log((pixels.float() + 1) / IO)
+        return (IO * torch.exp(-density @ matrix.T)).clamp(0, 255).to(torch.uint8)  # truncated, as torchstain's
+
+    return transform
+
+
+def _reinhard_map(own: Sequence[float], reference: Sequence[float], device: torch.device) -> Transform:
+    """The map of (n, 3) uint8 pixels shifting and scaling each LAB channel from the image's mean and standard
+    deviation to the reference's."""
+    from kornia.color import lab_to_rgb
+
+    mean, std = torch.tensor(own[:3]), torch.tensor(own[3:])
+    ref_mean, ref_std = torch.tensor(reference[:3]), torch.tensor(reference[3:])
+    scale, shift = (ref_std / std).to(device), (ref_mean - mean * ref_std / std).to(device)
+
+    def transform(pixels: torch.Tensor) -> torch.Tensor:
+        rgb = lab_to_rgb((_lab(pixels) * scale + shift).T[:, :, None], clip=True)[:, :, 0].T
+        return rgb.mul(255).round().to(torch.uint8)
+
+    return transform
+
+
+MAPS = {"macenko": _macenko_map, "reinhard": _reinhard_map}
 
 
 class StainNormalizer:
@@ -130,36 +157,29 @@ class StainNormalizer:
         self.reference = reference
         self.left_as_read = 0
 
-    def image(self, image: torch.Tensor) -> torch.Tensor:
-        """One (H, W, 3) uint8 image normalized, on its device."""
+    def normalized(self, image: torch.Tensor) -> torch.Tensor | None:
+        """One (H, W, 3) uint8 image brought to the reference, on its device; None where its own stains cannot
+        be measured (without a reference: the image as it is)."""
         method = self.reference.method
         if method == "none":
             return image
         pixels = image.reshape(-1, 3)
         own = measure(method, _sample(pixels, SAMPLE_PIXELS))
         if own is None:
-            self.left_as_read += 1
-            return image
+            return None
+        transform = MAPS[method](own, self.reference.values, image.device)
         out = torch.empty_like(pixels)
         for first in range(0, len(pixels), SLICE_PIXELS):
-            part = pixels[first : first + SLICE_PIXELS]
-            out[first : first + SLICE_PIXELS] = self._map(part, own)
+            out[first : first + SLICE_PIXELS] = transform(pixels[first : first + SLICE_PIXELS])
         return out.reshape(image.shape)
 
-    def _map(self, pixels: torch.Tensor, own: Sequence[float]) -> torch.Tensor:
-        reference = self.reference.values
-        if self.reference.method == "macenko":
-            density = -torch.log((pixels.float() + 1) / IO)
-            mapped = IO * torch.exp(-density @ _macenko_map(own, reference, pixels.device).T)
-            return mapped.clamp(0, 255).to(torch.uint8)  # truncated, as torchstain's .int() does
-        from kornia.color import lab_to_rgb
-
-        mean, std = torch.tensor(own[:3]), torch.tensor(own[3:])
-        ref_mean, ref_std = torch.tensor(reference[:3]), torch.tensor(reference[3:])
-        scale, shift = (ref_std / std).to(pixels.device), (ref_mean - mean * ref_std / std).to(pixels.device)
-        lab = _lab(pixels) * scale + shift
-        rgb = lab_to_rgb(lab.T[:, :, None], clip=True)[:, :, 0].T
-        return rgb.mul(255).round().to(torch.uint8)
+    def image(self, image: torch.Tensor) -> torch.Tensor:
+        """One (H, W, 3) uint8 image normalized, or as it is (counted in `left_as_read`) where it cannot be."""
+        out = self.normalized(image)
+        if out is None:
+            self.left_as_read += 1
+            return image
+        return out
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """A (n, S, S, 3) uint8 batch of ROIs normalized one by one (each measured on its own pixels)."""

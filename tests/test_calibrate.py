@@ -184,7 +184,7 @@ def test_a_tie_on_the_fit_tiles_goes_to_the_configuration_amid_others_that_do_as
     counts = np.array([[[0, 1, 0, 0.0]], [one], [one], [[0, 1, 0, 0.0]], [one], [[0, 1, 3, 0.0]]])
     places = [None, (1, 2, 0, 0, 0), (1, 5, 0, 0, 0), (1, 3, 0, 0, 0), (1, 4, 0, 0, 0), (2, 1, 0, 0, 0)]
     grid = calibration.Grid([FilterConfig()] * 6, counts, places)
-    neighbours = grid.neighbours()
+    neighbours = grid.neighbours
     assert sorted(neighbours[1][neighbours[1] >= 0]) == [3] and sorted(neighbours[2][neighbours[2] >= 0]) == [4]
     assert (neighbours[5] == -1).all() and (neighbours[0] == -1).all()
     assert grid.best(calibration.Objective()) == 2

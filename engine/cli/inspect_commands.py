@@ -14,6 +14,7 @@ from typing import Any
 
 from activessf_engine.cli.options import TILE_SECTIONS, add_common_flags, add_input_flag, run_config, run_device
 from activessf_engine.cli.summary import end_with_selection, print_summary
+from activessf_engine.config import STAIN_VALUES
 
 
 def cmd_preview(args: argparse.Namespace) -> int:
@@ -168,7 +169,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument(
         "--stain",
         action="append",
-        choices=("none", "macenko", "reinhard"),
+        choices=tuple(STAIN_VALUES),
         help="a stain normalization the search may choose, with a reference measured on the fit tiles (repeatable; "
         "default all three: none, macenko, reinhard)",
     )

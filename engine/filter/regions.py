@@ -92,12 +92,10 @@ def normalize_stains(tiles: torch.Tensor, config: FilterConfig) -> tuple[torch.T
     left as read because their stains could not be measured."""
     if config.stain.method == "none":
         return tiles, [False] * len(tiles)
-    normalizer, normalized, left = StainNormalizer(config.stain), [], []
-    for tile in tiles:
-        before = normalizer.left_as_read
-        normalized.append(normalizer.image(tile))
-        left.append(normalizer.left_as_read > before)
-    return torch.stack(normalized), left
+    normalizer = StainNormalizer(config.stain)
+    normalized = [normalizer.normalized(tile) for tile in tiles]
+    left = [out is None for out in normalized]
+    return torch.stack([tile if out is None else out for tile, out in zip(tiles, normalized, strict=True)]), left
 
 
 def quantize(tiles: torch.Tensor, config: FilterConfig, times: StageTimes) -> Quantized:
