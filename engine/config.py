@@ -425,7 +425,13 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         if isinstance(value, hint):  # already built (replace_section with an HsvRange, say)
             return value
         if not isinstance(value, dict):
-            raise ValueError(f"{where} must be a table, got {value!r}")
+            measured = (
+                ": a stain reference is a table of the method and the values measured on your tiles, as `calibrate` "
+                "writes it"
+                if hint is StainReference
+                else ""
+            )
+            raise ValueError(f"{where} must be a table, got {value!r}{measured}")
         return from_dict(hint, value, where)
     origin = getattr(hint, "__origin__", None)
     if origin is Literal:

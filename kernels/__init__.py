@@ -8,7 +8,7 @@ The CPU reference defines the answer; the GPU path is tested against it.
 from activessf_engine.kernels.blur import normalize_blur
 from activessf_engine.kernels.components import batch_region_stats, label, region_stats
 from activessf_engine.kernels.cupy_source import LAUNCH_ELEMENT_LIMIT
-from activessf_engine.kernels.hsv import hsv_opencv, in_hsv_ranges
+from activessf_engine.kernels.hsv import hsv_mask, hsv_opencv, in_hsv_ranges
 from activessf_engine.kernels.laplacian import laplacian_sums
 from activessf_engine.kernels.morphology import close_masks
 from activessf_engine.kernels.pixel_kmeans import (
@@ -27,6 +27,7 @@ __all__ = [
     "assign_lookup",
     "batch_region_stats",
     "close_masks",
+    "hsv_mask",
     "hsv_opencv",
     "in_hsv_ranges",
     "initial_centres",

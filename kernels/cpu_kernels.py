@@ -340,3 +340,38 @@ def dilate_square(masks, radius, rows, out):  # pragma: no cover - compiled
                 counts -= rows[b, y - radius - 1]
             for x in range(width):
                 out[b, y, x] = 1 if counts[x] > 0 else 0
+
+
+@njit(parallel=True, cache=True)
+def hsv_mask(pixels, saturation_table, hue_table, bounds, out):  # pragma: no cover - compiled
+    """pixels (B, N, 3) uint8 RGB -> out (B, N) uint8: 1 where the pixel's OpenCV HSV (hsv.hsv_opencv's integer
+    arithmetic and tables) lies inside any row of bounds (r, 6) int32 (h0, h1, s0, s1, v0, v1; inclusive)."""
+    batch, count, _ = pixels.shape
+    chunk = 1 << 14
+    chunks = (count + chunk - 1) // chunk
+    for task in prange(batch * chunks):
+        b, first = task // chunks, (task % chunks) * chunk
+        for i in range(first, min(first + chunk, count)):
+            r, g, bl = np.int64(pixels[b, i, 0]), np.int64(pixels[b, i, 1]), np.int64(pixels[b, i, 2])
+            value = max(r, g, bl)
+            diff = value - min(r, g, bl)
+            saturation = (diff * saturation_table[value] + 2048) >> 12
+            if value == r:
+                sector = g - bl
+            elif value == g:
+                sector = bl - r + 2 * diff
+            else:
+                sector = r - g + 4 * diff
+            hue = (sector * hue_table[diff] + 2048) >> 12
+            if hue < 0:
+                hue += 180
+            hit = 0
+            for k in range(bounds.shape[0]):
+                if (
+                    bounds[k, 0] <= hue <= bounds[k, 1]
+                    and bounds[k, 2] <= saturation <= bounds[k, 3]
+                    and bounds[k, 4] <= value <= bounds[k, 5]
+                ):
+                    hit = 1
+                    break
+            out[b, i] = hit

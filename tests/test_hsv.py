@@ -9,7 +9,7 @@ import torch
 from conftest import DEEP_BLUE, PURPLE, RED_CELL
 
 from activessf_engine.config import FilterConfig, HsvRange
-from activessf_engine.kernels.hsv import hsv_opencv, in_hsv_ranges
+from activessf_engine.kernels.hsv import hsv_mask, hsv_opencv, in_hsv_ranges
 
 DEFAULT = FilterConfig()
 
@@ -31,6 +31,23 @@ def test_every_colour_equals_opencv() -> None:
     got = hsv_opencv(torch.from_numpy(rgb).permute(2, 0, 1)).permute(1, 2, 0).numpy()
     differ = np.argwhere((got != expected).any(-1))
     assert len(differ) == 0, [(rgb[y, x].tolist(), expected[y, x].tolist(), got[y, x].tolist()) for y, x in differ[:5]]
+
+
+@pytest.mark.parametrize(
+    "ranges",
+    [
+        [DEFAULT.purple, DEFAULT.deep_blue],
+        [HsvRange(h=(170, 179), s=(5, 10), v=(3, 250))],
+        [HsvRange(h=(0, 179), s=(0, 255), v=(0, 255))],
+        [],
+    ],
+)
+def test_the_cpu_mask_kernel_equals_the_ranges_of_hsv_opencv_on_every_colour(ranges: list[HsvRange]) -> None:
+    pixels = torch.from_numpy(every_colour()).reshape(1, -1, 3)
+    want = in_hsv_ranges(hsv_opencv(pixels.permute(0, 2, 1)[..., None]), ranges)[..., 0]
+    got = hsv_mask(pixels, ranges)
+    assert got.dtype == torch.bool and got.shape == (1, 1 << 24)
+    assert torch.equal(got, want), int((got != want).sum())
 
 
 def test_on_the_purple_edge_that_float_hsv_got_wrong_on_cuda() -> None:

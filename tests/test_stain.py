@@ -100,6 +100,9 @@ def test_a_reference_is_checked_and_travels_in_a_config_file(tmp_path, tiles):
     toml.write_text('[filter]\nstain = { method = "macenko", values = [1.0] }\n')
     with pytest.raises(ValueError, match="holds 8 values"):
         load_config(toml)
+    toml.write_text('[filter]\nstain = "macenko"\n')  # a method alone: the reference is measured, not named
+    with pytest.raises(ValueError, match=r"filter\.stain must be a table, got 'macenko'.*as `calibrate` writes it"):
+        load_config(toml)
 
 
 def test_references_saved_by_the_first_prototypes_still_load(tiles):

@@ -147,8 +147,7 @@ def hsv_masks(quantized: Quantized, config: FilterConfig, times: StageTimes) -> 
         masks = kernels.assign_lookup(pixels, quantized.centres, table)
         times.lap("kmeans_assign", start)
     else:
-        hsv = kernels.hsv_opencv(quantized.smooth.permute(0, 3, 1, 2))
-        masks = kernels.in_hsv_ranges(hsv, ranges).reshape(batch, -1)
+        masks = kernels.hsv_mask(pixels, ranges)
         times.lap("hsv_mask", start)
     return masks.reshape(batch, height, width)
 
