@@ -355,7 +355,7 @@ def hsv_mask(pixels, saturation_table, hue_table, bounds, out):  # pragma: no co
             r, g, bl = np.int64(pixels[b, i, 0]), np.int64(pixels[b, i, 1]), np.int64(pixels[b, i, 2])
             value = max(r, g, bl)
             diff = value - min(r, g, bl)
-            saturation = (diff * saturation_table[value] + 2048) >> 12
+            saturation = (diff * saturation_table[value] + 2048) >> 12  # hsv.HSV_SHIFT 12, rounding half up
             if value == r:
                 sector = g - bl
             elif value == g:

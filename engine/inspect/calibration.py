@@ -352,7 +352,7 @@ class _TileCounts:
     """One tile's counts (found, annotated, kept, summed IoU) under each box_scale in `scales`, for any subset
     of its loose regions. The IoU of every grown region with every annotated box is found once, and the
     matching once per distinct subset: the thresholds of a grid give the same few subsets again and again
-    (a 7x faster search than matching each configuration's boxes afresh)."""
+    (one BCCD seed's search: 20 s, against 90 s matching each configuration's boxes afresh)."""
 
     def __init__(self, regions: TileRegions, sample: Annotated, scales: Sequence[float], iou: float) -> None:
         height, width = sample.image.shape[:2]
