@@ -198,8 +198,10 @@ def test_calibrate_on_exactly_fit_tiles_scores_by_leaving_one_tile_out(tmp_path,
     listing.write_text("".join(f"{p}\n" for p in sorted(TILES.glob("*.jpg"))[:5]))
     toml = tmp_path / "c.toml"
     args = ["calibrate", "--input", str(listing), "--annotations", str(VOC), "--label", "WBC", "--out", str(toml)]
-    assert main([*args, "--objective", "recall-at-precision", "0.8", "--json", "--quiet"]) == 0
-    summary = json.loads(capsys.readouterr().out)
+    assert main([*args, "--objective", "recall-at-precision", "0.8", "--json"]) == 0
+    out, err = capsys.readouterr()
+    summary = json.loads(out)  # the search's progress goes to stderr, the summary alone to stdout
+    assert "calibrate: search" in err and "1/1" in err
     assert summary["scored_by"] == "leave_one_tile_out" and len(summary["fit_tiles"]) == 5
     assert summary["objective"] == "recall at precision >= 0.8"
     assert summary["held_out"]["after"]["annotated"] == 5 and toml.exists()

@@ -65,6 +65,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         objective=Objective.parse(args.objective),
         stains=tuple(dict.fromkeys(args.stain or STAINS)),
         device=run_device(args),
+        progress=not args.quiet,
     )
     lines = [
         f"fitted on        {len(summary['fit_tiles'])} tiles ({summary['configurations_tried']} configurations tried, "

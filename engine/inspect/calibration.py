@@ -79,6 +79,7 @@ from activessf_engine.filter import (
 )
 from activessf_engine.inspect.annotations import greedy_match, iou_matrix, match_boxes, read_annotations
 from activessf_engine.kernels import close_masks, hsv_opencv
+from activessf_engine.progress import Progress, make_progress
 from activessf_engine.stain import fit_stain_reference
 
 log = logging.getLogger(__name__)
@@ -441,9 +442,15 @@ class Grid:
         return Score.of(score)
 
 
-def search(samples: list[Annotated], base: FilterConfig, iou: float, stains: Sequence[str] = STAINS) -> Grid:
+def search(
+    samples: list[Annotated],
+    base: FilterConfig,
+    iou: float,
+    stains: Sequence[str] = STAINS,
+    progress: bool | Progress = False,
+) -> Grid:
     """Every configuration of the grid (see the module docstring; stain normalizations among `stains`) and its
-    counts on each of `samples`."""
+    counts on each of `samples`; `progress` counts the (normalization, K-means) steps."""
     times = StageTimes()
     min_boxes, max_boxes, close_radii = _min_boxes(samples, base), _max_boxes(samples), _close_radii(samples, base)
     min_fills = _nearest_first(MIN_FILLS, base.min_fill)
@@ -455,7 +462,9 @@ def search(samples: list[Annotated], base: FilterConfig, iou: float, stains: Seq
         for values in (min_fills, min_boxes, max_boxes, BOX_SCALES)
     ]
     normalizations = [(stain, normalize) for stain, normalize in NORMALIZATIONS if stain in references]
+    bar = make_progress(progress, len(normalizations) * len(KMEANS), "step", "calibrate: search")
     for (stain, normalize), (clusters, merged) in itertools.product(normalizations, KMEANS):
+        bar.set_postfix_str(f"{stain}/{normalize}, K-means {clusters}->{merged}")
         settings = dataclasses.replace(
             base, stain=references[stain], normalize=normalize, kmeans_clusters=clusters, merged_clusters=merged
         )
@@ -486,6 +495,8 @@ def search(samples: list[Annotated], base: FilterConfig, iou: float, stains: Seq
                         thresholds = (min_fill, min_box, max_box, scale)
                         places.append((closed_mask, *(rank[v] for rank, v in zip(ranks, thresholds, strict=True))))
                         configs.add(closed_mask, thresholds)
+        bar.update()
+    bar.close()
     return Grid(configs, np.asarray(rows, dtype=np.float64), places)
 
 
@@ -511,6 +522,7 @@ def calibrate(
     objective: Objective = Objective(),
     stains: Sequence[str] = STAINS,
     device: DeviceChoice | str = "cpu",
+    progress: bool | Progress = False,
 ) -> dict[str, Any]:
     """Search the filter's parameters on `fit` annotated tiles for the best under `objective`, write it as a
     TOML [filter] section to `out`, and score `config.filter` (before) and the result (after) on the held-out
@@ -525,7 +537,7 @@ def calibrate(
         raise ValueError(f"need at least 2 annotated tiles (found {len(samples)}): one to fit on, one to score on")
     one_out = len(samples) <= fit
     fitted_on, held_out = (samples, []) if one_out else split(samples, fit, seed)
-    grid = search(fitted_on, config.filter, iou, stains)
+    grid = search(fitted_on, config.filter, iou, stains, progress)
     pick = grid.best(objective)
     best = grid.configs[pick]
     fit_before, fit_after = Score.of(grid.counts[0].sum(axis=0)), Score.of(grid.counts[pick].sum(axis=0))
