@@ -13,7 +13,7 @@ import math
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal, get_args, get_type_hints
+from typing import Any, ClassVar, Literal, get_args, get_type_hints
 
 NormalizeMode = Literal["minmax", "channel_minmax", "none"]
 MergeMethod = Literal["ward", "centroid"]
@@ -86,12 +86,16 @@ class StainReference:
     # row by row, then the 99th percentiles of the two stains' concentrations; `reinhard`, the means of L, a and
     # b (kornia's LAB), then their standard deviations; `none`, nothing.
     values: tuple[float, ...] = ()
+    # Said where one is given wrong (here, and by `_coerce` for a value that is not a table).
+    HOW_WRITTEN: ClassVar[str] = (
+        "a stain reference is a table of the method and the values measured on your tiles, as `calibrate` writes it"
+    )
 
     def __post_init__(self) -> None:
         if len(self.values) != STAIN_VALUES[self.method]:
             raise ValueError(
                 f"a {self.method} stain reference holds {STAIN_VALUES[self.method]} values, got {len(self.values)}"
-                " (a reference is written by `calibrate`)"
+                f" ({self.HOW_WRITTEN})"
             )
         for value in self.values:
             _require("stain", "values", value)
@@ -425,13 +429,8 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         if isinstance(value, hint):  # already built (replace_section with an HsvRange, say)
             return value
         if not isinstance(value, dict):
-            measured = (
-                ": a stain reference is a table of the method and the values measured on your tiles, as `calibrate` "
-                "writes it"
-                if hint is StainReference
-                else ""
-            )
-            raise ValueError(f"{where} must be a table, got {value!r}{measured}")
+            how = getattr(hint, "HOW_WRITTEN", "")
+            raise ValueError(f"{where} must be a table, got {value!r}{': ' + how if how else ''}")
         return from_dict(hint, value, where)
     origin = getattr(hint, "__origin__", None)
     if origin is Literal:

@@ -139,8 +139,7 @@ def hsv_masks(quantized: Quantized, config: FilterConfig, times: StageTimes) -> 
         # G' holds only the merged colours, so its mask is decided per colour: one HSV conversion of
         # every palette colour of the batch, then a lookup table per tile.
         palettes, mappings = quantized.palettes, quantized.mappings
-        colours = torch.from_numpy(np.concatenate(palettes)).T[:, None, :]  # (3, 1, total colours)
-        keep = kernels.in_hsv_ranges(kernels.hsv_opencv(colours), ranges)[0].numpy()
+        keep = kernels.hsv_mask(torch.from_numpy(np.concatenate(palettes))[None], ranges)[0].numpy()
         offsets = np.cumsum([0] + [len(p) for p in palettes])
         luts = [keep[offsets[b] : offsets[b + 1]][mappings[b]] for b in range(batch)]
         table = torch.from_numpy(np.stack(luts)).to(pixels.device)

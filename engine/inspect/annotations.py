@@ -150,11 +150,17 @@ def greedy_match(iou: np.ndarray, threshold: float) -> dict[int, int]:
     return matched
 
 
+def matched(iou: np.ndarray, threshold: float) -> tuple[int, float]:
+    """The pairs of a (found, truth) IoU matrix that `greedy_match` makes: how many, and the sum of their IoUs."""
+    if not iou.size:
+        return 0, 0.0
+    pairs = greedy_match(iou, threshold)
+    return len(pairs), float(sum(iou[r, c] for r, c in pairs.items()))
+
+
 def match_boxes(found: np.ndarray, truth: np.ndarray, threshold: float) -> tuple[int, float]:
     """How many of the `truth` boxes a one-to-one IoU >= threshold matching gives a `found` box, and the sum
     of the IoUs of those pairs."""
     if not len(found) or not len(truth):
         return 0, 0.0
-    iou = iou_matrix(found, truth)
-    pairs = greedy_match(iou, threshold)
-    return len(pairs), float(sum(iou[r, c] for r, c in pairs.items()))
+    return matched(iou_matrix(found, truth), threshold)

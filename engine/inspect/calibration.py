@@ -77,7 +77,7 @@ from activessf_engine.filter import (
     quantize,
     regions_of_masks,
 )
-from activessf_engine.inspect.annotations import greedy_match, iou_matrix, match_boxes, read_annotations
+from activessf_engine.inspect.annotations import iou_matrix, match_boxes, matched, read_annotations
 from activessf_engine.kernels import close_masks, hsv_opencv
 from activessf_engine.progress import Progress, make_progress
 from activessf_engine.stain import fit_stain_reference
@@ -367,9 +367,8 @@ class _TileCounts:
         if key not in self.cache:
             rows = []
             for ious in self.ious:
-                kept = ious[keep]
-                pairs = greedy_match(kept, self.threshold) if kept.size else {}
-                rows.append((len(pairs), len(self.truth), len(kept), sum(kept[r, c] for r, c in pairs.items())))
+                found, matched_iou = matched(ious[keep], self.threshold)
+                rows.append((found, len(self.truth), int(keep.sum()), matched_iou))
             self.cache[key] = np.asarray(rows, dtype=np.float64)
         return self.cache[key]
 
