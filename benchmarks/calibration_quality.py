@@ -3,8 +3,9 @@
 For each seed, 5 of the 72 test tiles are drawn (`calibration.split`, as `calibrate --fit 5 --seed S` does),
 the grid is searched once on them (`calibration.search`), and the configuration each objective ranks first
 is scored on the other 67 tiles, next to the paper's defaults ("before"). Objectives: `f1` and
-`recall-at-precision P` (`--precision`, default 0.85), each ranked over the whole grid and over its part
-without stain normalization (what `calibrate --stain none` ranks). Wall seconds of the search are printed per seed.
+`recall-at-precision P` (`--precision`, default 0.85), each ranked over the whole grid (every stain
+normalization: `calibrate --stain none --stain macenko --stain reinhard`) and over its part without stain
+normalization (what `calibrate` ranks by default). Wall seconds of the search are printed per seed.
 `--split val` draws from BCCD's val split (87 tiles) instead: where the ranking's tie-breaks are chosen, so that
 the test split's figures are not the ones a rule was tuned on.
 

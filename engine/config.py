@@ -7,10 +7,13 @@ has the name of the dataclass field that holds it (``[filter]``, ``[crop]``, ...
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import json
 import math
 import tomllib
+import zlib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, Literal, get_args, get_type_hints
@@ -102,6 +105,38 @@ class StainReference:
 
 
 @dataclass(frozen=True)
+class ColourTable:
+    """Which colours are a cell's: one bit for each cell of a 32 x 32 x 32 grid over RGB (each channel >> 3),
+    learned from a user's boxes by `calibrate` (inspect/calibration.py), not typed by hand."""
+
+    BITS: ClassVar[int] = 5  # per channel: the table has 2^(3 BITS) cells, R major, then G, then B
+    # Said where one is given wrong (here, and by `_coerce` for a value that is not a table).
+    HOW_WRITTEN: ClassVar[str] = "a colour table is written by `calibrate`: the base64 of the zlib-compressed bits"
+
+    cells: str = ""  # the 2^15 bits packed (numpy.packbits order), zlib-compressed, base64; "" = no table
+
+    def __post_init__(self) -> None:
+        if self.cells:
+            self.packed()  # refuses what does not decode
+
+    @classmethod
+    def of_packed(cls, packed: bytes) -> ColourTable:
+        """The table of 2^(3 BITS) bits packed 8 to a byte, first cell in the high bit."""
+        return cls(base64.b64encode(zlib.compress(packed, 9)).decode("ascii"))
+
+    def packed(self) -> bytes:
+        """The table's bits, 8 to a byte (`numpy.unpackbits` order)."""
+        size = 1 << (3 * self.BITS)
+        try:  # at most one byte past the table's size is inflated: a crafted string cannot fill the memory
+            packed = zlib.decompressobj().decompress(base64.b64decode(self.cells, validate=True), size // 8 + 1)
+        except (binascii.Error, zlib.error, ValueError) as error:
+            raise ValueError(f"filter.cell_colours.cells does not decode ({error}): {self.HOW_WRITTEN}") from None
+        if len(packed) * 8 != size:
+            raise ValueError(f"filter.cell_colours.cells holds {len(packed) * 8} bits, not {size}: {self.HOW_WRITTEN}")
+        return packed
+
+
+@dataclass(frozen=True)
 class FilterConfig:
     """Cell Region Filtering, section II-B of the paper."""
 
@@ -132,8 +167,14 @@ class FilterConfig:
     # Which image the HSV masks are read from: the quantized image G' (II-B2's text) or the blurred
     # image G (Algorithm 1's line "H_i = RGB2HSV(G_i)").
     hsv_source: HsvSource = "quantized"
-    purple: HsvRange = HsvRange(h=(30, 140), s=(100, 255), v=(0, 255))  # nuclei mask, OR-ed with deep_blue (II-B2)
+    # The nuclei mask, OR-ed with deep_blue (II-B2); neither is read where a config file holds cell_colours, the
+    # colour table `calibrate` learns.
+    purple: HsvRange = HsvRange(h=(30, 140), s=(100, 255), v=(0, 255))
     deep_blue: HsvRange = HsvRange(h=(95, 105), s=(150, 255), v=(50, 255))  # second mask, OpenCV units
+    # Not in the paper: the colours of the blurred image G that are a cell's, learned from a user's boxes by
+    # `calibrate`. When set, a pixel is in the mask when its colour is in the table, in place of the HSV ranges
+    # (hsv_source, purple and deep_blue are then unused): the paper's ranges miss other stains and scanners.
+    cell_colours: ColourTable = ColourTable()
     # Not in the paper: a morphological closing of the HSV mask by a (2r+1) x (2r+1) square before its connected
     # regions, which joins the parts of one nucleus that the mask splits (the 2-5 lobes of a neutrophil's, gaps
     # under 2r+1 pixels) into one region with one box. Pixels, scaled as min_box is; 0 = no closing (the paper).

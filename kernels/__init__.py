@@ -6,6 +6,7 @@ The CPU reference defines the answer; the GPU path is tested against it.
 """
 
 from activessf_engine.kernels.blur import normalize_blur
+from activessf_engine.kernels.colour_table import colour_table_mask, table_index
 from activessf_engine.kernels.components import batch_region_stats, label, region_stats
 from activessf_engine.kernels.cupy_source import LAUNCH_ELEMENT_LIMIT
 from activessf_engine.kernels.hsv import hsv_mask, hsv_opencv, in_hsv_ranges
@@ -27,6 +28,7 @@ __all__ = [
     "assign_lookup",
     "batch_region_stats",
     "close_masks",
+    "colour_table_mask",
     "hsv_mask",
     "hsv_opencv",
     "in_hsv_ranges",
@@ -37,4 +39,5 @@ __all__ = [
     "merge_clusters",
     "normalize_blur",
     "region_stats",
+    "table_index",
 ]

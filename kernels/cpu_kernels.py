@@ -375,3 +375,18 @@ def hsv_mask(pixels, saturation_table, hue_table, bounds, out):  # pragma: no co
                     hit = 1
                     break
             out[b, i] = hit
+
+
+@njit(parallel=True, cache=True)
+def colour_table_mask(pixels, table, shift, out):  # pragma: no cover - compiled
+    """pixels (B, N, 3) uint8 RGB -> out (B, N) uint8: table[index] with colour_table.table_index's index (each
+    channel >> shift, R major), table (2^(3 (8 - shift)),) uint8."""
+    batch, count, _ = pixels.shape
+    bits = 8 - shift
+    chunk = 1 << 14
+    chunks = (count + chunk - 1) // chunk
+    for task in prange(batch * chunks):
+        b, first = task // chunks, (task % chunks) * chunk
+        for i in range(first, min(first + chunk, count)):
+            r, g, bl = pixels[b, i, 0] >> shift, pixels[b, i, 1] >> shift, pixels[b, i, 2] >> shift
+            out[b, i] = table[(np.int64(r) << (2 * bits)) | (np.int64(g) << bits) | np.int64(bl)]

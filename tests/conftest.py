@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from activessf_engine.config import EngineConfig, replace_section
+from activessf_engine.config import ColourTable, EngineConfig, FilterConfig, replace_section
 
 DATA = Path(__file__).parent / "data"
 BCCD = DATA / "bccd"
@@ -61,6 +61,19 @@ def draw_tile(
         else:
             raise ValueError(f"unknown shape {kind!r}")
     return tile
+
+
+def hsv_range_table() -> ColourTable:
+    """A colour table of the cells whose middle colour the paper's HSV ranges hold: a table a filter finds BCCD's
+    nuclei with."""
+    import torch
+
+    from activessf_engine.kernels import hsv_mask
+
+    levels = torch.arange(4, 256, 8, dtype=torch.uint8)  # each cell's middle level
+    middles = torch.cartesian_prod(levels, levels, levels)[None]  # R major, as the table's cells
+    config = FilterConfig()
+    return ColourTable.of_packed(np.packbits(hsv_mask(middles, (config.purple, config.deep_blue))[0].numpy()).tobytes())
 
 
 @pytest.fixture

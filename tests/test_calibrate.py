@@ -12,7 +12,8 @@ from conftest import draw_tile
 
 from activessf_engine.cli import main
 from activessf_engine.cli.demo import SAMPLE_DATA
-from activessf_engine.config import FilterConfig, HsvRange, load_config
+from activessf_engine.config import ColourTable, FilterConfig, HsvRange, load_config
+from activessf_engine.filter.regions import StageTimes, smoothed
 from activessf_engine.inspect import calibration
 from activessf_engine.inspect.annotations import read_annotations
 
@@ -56,44 +57,75 @@ def test_unknown_label_names_the_labels_found():
         read_annotations(VOC, {"wbc"})
 
 
-def test_learned_ranges_cover_the_stain_of_the_boxes():
-    """A tile where the boxed cell is a stain the paper's ranges miss (green): the learned range finds it."""
+def _learned_table(tiles: list[np.ndarray], boxes: list[list[list[int]]], level: float) -> ColourTable:
+    """The colour table `calibrate` learns from tiles and their boxes under the default normalization."""
     import torch
 
-    from activessf_engine.filter.regions import StageTimes, quantize
+    histograms = [
+        calibration.colour_histograms(smoothed(torch.from_numpy(t)[None], FilterConfig(), StageTimes())[0][0], b)
+        for t, b in zip(tiles, np.asarray(boxes), strict=True)
+    ]
+    return calibration.colour_table(calibration.enrichment(np.sum(histograms, axis=0)), level)
 
-    tile = np.full((120, 160, 3), (235, 200, 210), np.uint8)
-    yy, xx = np.mgrid[:120, :160]
-    tile[(xx - 50) ** 2 + (yy - 60) ** 2 <= 30**2] = (40, 150, 60)  # OpenCV hue about 64: outside deep blue
+
+def test_a_learned_colour_table_finds_a_stain_the_hsv_ranges_miss():
+    """A green cell on pink: a range that misses its hue finds nothing, the table learned from its box finds it."""
+    import torch
+
+    tile = draw_tile([("disk", 50, 60, 30)], height=120, width=160, colour=(40, 150, 60))  # OpenCV hue about 64
     sample = calibration.Annotated("green", torch.from_numpy(tile), np.array([[18, 28, 83, 93]]))
-    pairs = calibration.learned_ranges([quantize(sample.image[None], FilterConfig(), StageTimes())], [sample])
-    assert pairs and all(r.h[0] <= 64 <= r.h[1] for r in pairs[0])
-    config = FilterConfig(purple=pairs[0][0], deep_blue=pairs[0][1], min_box=40)
-    assert calibration.evaluate([sample], config, 0.5).found == 1
-    assert calibration.evaluate([sample], FilterConfig(purple=HsvRange((140, 179), (0, 255), (0, 255))), 0.5).found == 0
+    missing = FilterConfig(purple=HsvRange((140, 179), (0, 255), (0, 255)), min_box=40)
+    assert calibration.evaluate([sample], missing, 0.5).found == 0
+    for level in calibration.LEVELS:
+        table = _learned_table([tile], [[[18, 28, 83, 93]]], level)
+        assert calibration.evaluate([sample], FilterConfig(cell_colours=table, min_box=40), 0.5).found == 1, level
 
 
 @pytest.mark.parametrize(
     "stain",
-    [(40, 150, 60), (20, 10, 35)],  # a green the paper's ranges miss; a dark purple nucleus (V under the S floor)
+    [(40, 150, 60), (20, 10, 35), (150, 170, 230)],  # green; a dark purple nucleus; a pale blue close to the pink
 )
-def test_learned_hue_range_starts_at_the_stain_of_the_boxed_cell(stain):
-    """A cell of one known stain on pink, boxed with a margin as a person draws it: the learned hue range
-    starts at the stain's hue (within the few levels its blurred rim adds). Only pixels more saturated than
-    the background count: a floor applied to V instead of S lets the pale rim in (green: from hue 0) or
-    shuts the dark stain out (purple: from 136, above the stain)."""
-    import colorsys
-
+def test_the_table_holds_the_boxed_stain_and_not_the_background(stain):
+    """A cell of one stain on pink, boxed with a margin as a person draws it: at every level the table holds the
+    stain's colour (as G has it) and not the background's, though the box holds more pink than stain."""
     import torch
 
-    from activessf_engine.filter.regions import StageTimes, quantize
+    from activessf_engine.kernels import colour_table_mask
 
-    tile = draw_tile([("disk", 50, 60, 30)], height=120, width=160, colour=stain)
-    sample = calibration.Annotated("cell", torch.from_numpy(tile), np.array([[17, 27, 83, 93]]))
-    hue = colorsys.rgb_to_hsv(*(np.array(stain) / 255))[0] * 180  # OpenCV's 0-179 hue, from the stain alone
-    pairs = calibration.learned_ranges([quantize(sample.image[None], FilterConfig(), StageTimes())], [sample])
-    ranges = [purple for purple, deep_blue in pairs if purple == deep_blue]  # one range for both masks
-    assert ranges and all(hue - 10 <= r.h[0] <= round(hue) <= r.h[1] for r in ranges), (hue, ranges)
+    tile = draw_tile([("disk", 100, 100, 45)], height=200, width=320, colour=stain)
+    smooth = smoothed(torch.from_numpy(tile)[None], FilterConfig(), StageTimes())[0][0]
+    colours = torch.stack([smooth[100, 100], smooth[5, 300]])[None]  # the cell's centre, the background
+    for level in calibration.LEVELS:
+        table = _learned_table([tile], [[[50, 50, 151, 151]]], level)
+        assert colour_table_mask(colours, table)[0].tolist() == [True, False], level
+
+
+def test_each_fit_tile_is_scored_by_the_table_learned_on_the_others(monkeypatch):
+    """Two tiles with a green cell and one with a blue cell: the blue tile's counts come from a table learned on
+    the green tiles, which finds no blue cell; the table written, learned on all three, finds it. (Under
+    channel_minmax both cells would become black: only the one-gain minmax is searched.)"""
+    import torch
+
+    monkeypatch.setattr(calibration, "NORMALIZATIONS", (("none", "minmax"),))
+    green, blue = (40, 150, 60), (30, 60, 200)
+    box = np.array([[18, 28, 83, 93]])
+    samples = [
+        calibration.Annotated(name, torch.from_numpy(draw_tile([("disk", 50, 60, 30)], 120, 160, colour=c)), box)
+        for name, c in (("g1", green), ("g2", green), ("b", blue))
+    ]
+    base = FilterConfig(min_box=40)
+    grid = calibration.search(samples, base, 0.5, stains=("none",))
+    learned = range(1, len(grid.configs))
+    assert grid.counts[learned, :2, 0].max() == 1  # a green tile's cell is found under the others' table
+    assert grid.counts[learned, 2, 0].max() == 0  # never the blue tile's
+    best = grid.configs[grid.best(calibration.Objective())]
+    assert calibration.evaluate(samples[2:], best, 0.5).found == 1
+
+
+def test_no_table_is_learned_without_pixels_inside_a_box():
+    assert calibration.enrichment(np.zeros((2, 1 << 15))) is None
+    empty = calibration.colour_table(None, 1.0)
+    assert empty.cells and not any(empty.packed())
 
 
 def test_the_search_judges_size_and_fill_as_the_filter_does():
@@ -118,7 +150,6 @@ def test_the_search_judges_size_and_fill_as_the_filter_does():
 def test_calibrate_improves_held_out_f1_and_filter_takes_its_toml(tmp_path, capsys, monkeypatch):
     # a smaller grid keeps the test short; the full grid is what the README's BCCD figures used
     monkeypatch.setattr(calibration, "NORMALIZATIONS", (("none", "minmax"),))
-    monkeypatch.setattr(calibration, "KMEANS", ((20, 10),))
     toml = tmp_path / "calibrated.toml"
     args = ["calibrate", "--input", str(TILES), "--annotations", str(VOC), "--label", "WBC", "--out", str(toml)]
     assert main([*args, "--fit", "5", "--json", "--quiet"]) == 0
@@ -129,27 +160,14 @@ def test_calibrate_improves_held_out_f1_and_filter_takes_its_toml(tmp_path, caps
     assert held["after"]["f1"] > held["before"]["f1"]  # better on tiles it did not see
     calibrated = load_config(toml).filter
     assert calibrated != FilterConfig() and set(summary["changed"]) <= set(FilterConfig.__dataclass_fields__)
+    assert calibrated.cell_colours.cells and calibrated.stain.method == "none"  # no stain normalization unless asked
+    assert main([*args, "--fit", "5", "--quiet"]) == 0  # the text summary names the table, not its bits
+    printed = capsys.readouterr()
+    changed = next(line for line in (printed.out + printed.err).splitlines() if line.startswith("changed"))
+    assert "cell_colours=a table of" in changed and len(changed) < 300, changed
     store = tmp_path / "store"
     assert main(["filter", "--config", str(toml), "--input", str(TILES), "--out", str(store), "--quiet"]) == 0
     assert "next: look at it" in capsys.readouterr().err
-
-
-def test_learned_ranges_give_the_two_masks_their_own_ranges():
-    """A cell with a dark purple nucleus in a pale blue cytoplasm: one learned pair holds a range for each."""
-    import torch
-
-    from activessf_engine.filter.regions import StageTimes, quantize
-
-    tile = np.full((120, 160, 3), (235, 225, 225), np.uint8)
-    yy, xx = np.mgrid[:120, :160]
-    tile[(xx - 60) ** 2 + (yy - 60) ** 2 <= 40**2] = (150, 170, 230)  # pale blue cytoplasm
-    tile[(xx - 60) ** 2 + (yy - 60) ** 2 <= 20**2] = (90, 30, 120)  # dark purple nucleus
-    sample = calibration.Annotated("two", torch.from_numpy(tile), np.array([[20, 20, 101, 101]]))
-    pairs = calibration.learned_ranges([quantize(sample.image[None], FilterConfig(), StageTimes())], [sample])
-    apart = [(a, b) for a, b in pairs if a != b]
-    assert apart, pairs
-    a, b = apart[0]
-    assert a.v[1] < b.v[0] or b.v[1] < a.v[0]  # the nucleus is darker than the cytoplasm: value ranges apart
 
 
 def test_recall_at_precision_ranks_recall_above_the_floor_and_f1_below_it():
@@ -193,7 +211,6 @@ def test_a_tie_on_the_fit_tiles_goes_to_the_configuration_amid_others_that_do_as
 
 def test_calibrate_on_exactly_fit_tiles_scores_by_leaving_one_tile_out(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(calibration, "NORMALIZATIONS", (("none", "minmax"),))
-    monkeypatch.setattr(calibration, "KMEANS", ((20, 10),))
     listing = tmp_path / "five.txt"
     listing.write_text("".join(f"{p}\n" for p in sorted(TILES.glob("*.jpg"))[:5]))
     toml = tmp_path / "c.toml"

@@ -16,6 +16,7 @@ from conftest import (
     assert_resized_alike,
     assert_same_assignment,
     bccd_crops,
+    hsv_range_table,
     per_roi_error,
     profile_shift,
 )
@@ -55,9 +56,12 @@ def test_hsv_of_every_colour_identical() -> None:
     assert torch.equal(kernels.hsv_opencv(rgb.cuda()).cpu(), kernels.hsv_opencv(rgb))
 
 
-@pytest.mark.parametrize("hsv_source", ["quantized", "blurred"])
-def test_find_regions_identical(hsv_source: str) -> None:
-    config = FilterConfig(hsv_source=hsv_source, min_fill=0.4)
+@pytest.mark.parametrize("mask", ["quantized", "blurred", "colour table"])
+def test_find_regions_identical(mask: str) -> None:
+    if mask == "colour table":
+        config = FilterConfig(cell_colours=hsv_range_table(), min_fill=0.4)
+    else:
+        config = FilterConfig(hsv_source=mask, min_fill=0.4)
     tiles = _tiles()
     cpu = find_regions(tiles, config, keep_masks=True)
     gpu = find_regions([t.cuda() for t in tiles], config, keep_masks=True)

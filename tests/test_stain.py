@@ -170,7 +170,6 @@ def test_calibrate_may_choose_a_stain_normalization_and_filter_takes_it(tmp_path
     from activessf_engine.cli import main
 
     monkeypatch.setattr(calibration, "NORMALIZATIONS", (("macenko", "minmax"),))
-    monkeypatch.setattr(calibration, "KMEANS", ((20, 10),))
     toml = tmp_path / "calibrated.toml"
     annotations = SAMPLE_DATA / "annotations"
     args = ["calibrate", "--input", str(TILES), "--annotations", str(annotations), "--label", "WBC"]

@@ -24,6 +24,7 @@ from activessf_engine.cli import main
 from activessf_engine.config import (
     FILTER_SECTIONS,
     RESUME_FREE,
+    ColourTable,
     EngineConfig,
     HsvRange,
     output_differences,
@@ -254,6 +255,7 @@ OTHER_VALUES = {
     ("filter", "max_box"): 200,
     ("filter", "box_scale"): 1.5,
     ("filter", "stain"): {"method": "reinhard", "values": [70.0, 5.0, 0.0, 8.0, 7.0, 9.0]},
+    ("filter", "cell_colours"): {"cells": ColourTable.of_packed(bytes(1 << 12)).cells},  # an empty table
 }
 
 

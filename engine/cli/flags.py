@@ -31,8 +31,9 @@ RENAMED = {
     ("crop", "pad"): "crop-pad",
     ("crop", "pad_value"): "crop-pad-value",
 }
-# Fields with no flag, set from a config file alone: a stain reference is measured (by `calibrate`), not typed.
-FILE_ONLY = frozenset({("filter", "stain")})
+# Fields with no flag, set from a config file alone: a stain reference and a table of cell colours are measured
+# (by `calibrate`), not typed.
+FILE_ONLY = frozenset({("filter", "stain"), ("filter", "cell_colours")})
 
 
 def _parse_hsv(text: str) -> dict[str, list[int]]:

@@ -14,7 +14,7 @@ from typing import Any
 
 from activessf_engine.cli.options import TILE_SECTIONS, add_common_flags, add_input_flag, run_config, run_device
 from activessf_engine.cli.summary import end_with_selection, print_summary
-from activessf_engine.config import STAIN_VALUES
+from activessf_engine.config import STAIN_VALUES, ColourTable
 
 
 def cmd_preview(args: argparse.Namespace) -> int:
@@ -50,7 +50,7 @@ def cmd_overlay(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from activessf_engine.inspect import STAINS, Objective, calibrate
+    from activessf_engine.inspect import DEFAULT_STAINS, Objective, calibrate
 
     labels = set(args.label) if args.label else None
     summary = calibrate(
@@ -63,7 +63,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         seed=args.seed,
         iou=args.iou,
         objective=Objective.parse(args.objective),
-        stains=tuple(dict.fromkeys(args.stain or STAINS)),
+        stains=tuple(dict.fromkeys(args.stain or DEFAULT_STAINS)),
         device=run_device(args),
         progress=not args.quiet,
     )
@@ -84,11 +84,21 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                 f"{label:<20}{m['recall']:>8.3f} {m['precision']:>9.3f} {m['f1']:>6.3f}  "
                 f"{m['found']:>5}/{m['annotated']:<9} {m['kept']:>5}"
             )
-    changed = {k: v["method"] if k == "stain" else v for k, v in summary["changed"].items()}  # its numbers: in the TOML
+    changed = {k: _in_brief(k, v) for k, v in summary["changed"].items()}
     lines.append(f"changed          {', '.join(f'{k}={v}' for k, v in changed.items()) or 'nothing'}")
     lines.append(f"config           {summary['out']}")
     print_summary(args, summary, lines)
     return 0
+
+
+def _in_brief(name: str, value: Any) -> Any:
+    """A changed setting as the summary's line shows it: what a measured one is, its numbers being in the TOML."""
+    if name == "stain":
+        return value["method"]
+    if name == "cell_colours":
+        table = ColourTable(**value)
+        return f"a table of {sum(bin(byte).count('1') for byte in table.packed())} colours"
+    return value
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -171,8 +181,8 @@ def add_parsers(sub: Any) -> None:
         "--stain",
         action="append",
         choices=tuple(STAIN_VALUES),
-        help="a stain normalization the search may choose, with a reference measured on the fit tiles (repeatable; "
-        "default all three: none, macenko, reinhard)",
+        help="a stain normalization the search may choose, with a reference measured on the fit tiles (repeatable, "
+        "e.g. --stain none --stain macenko; default none: the learned colours fit the stain)",
     )
     add_common_flags(p, TILE_SECTIONS)
 

@@ -98,17 +98,25 @@ def normalize_stains(tiles: torch.Tensor, config: FilterConfig) -> tuple[torch.T
     return torch.stack([tile if out is None else out for tile, out in zip(tiles, normalized, strict=True)]), left
 
 
-def quantize(tiles: torch.Tensor, config: FilterConfig, times: StageTimes) -> Quantized:
-    """Stain and illumination normalization, Eq. 1 blur, Eq. 2-3 K-means on a pixel sample and merging 20 -> 10
-    of a (B, H, W, 3) batch."""
+def smoothed(tiles: torch.Tensor, config: FilterConfig, times: StageTimes) -> tuple[torch.Tensor, list[bool]]:
+    """G of a (B, H, W, 3) batch: stain and illumination normalization, then the Eq. 1 blur; and which tiles were
+    left as read because their stains could not be measured."""
     start = time.perf_counter()
-    batch, height, width, _ = tiles.shape
     tiles, stain_left_as_read = normalize_stains(tiles, config)
     if config.stain.method != "none":
         start = times.lap("stain", start)
     smooth = kernels.normalize_blur(tiles, config.normalize, config.blur_kernel, config.blur_sigma)
+    times.lap("blur", start)
+    return smooth, stain_left_as_read
+
+
+def quantize(tiles: torch.Tensor, config: FilterConfig, times: StageTimes) -> Quantized:
+    """Stain and illumination normalization, Eq. 1 blur, Eq. 2-3 K-means on a pixel sample and merging 20 -> 10
+    of a (B, H, W, 3) batch."""
+    batch, height, width, _ = tiles.shape
+    smooth, stain_left_as_read = smoothed(tiles, config, times)
     pixels = smooth.reshape(batch, height * width, 3)
-    start = times.lap("blur", start)
+    start = time.perf_counter()
 
     picked = _sample_indices(pixels.shape[1], config.kmeans_sample, tiles.device)
     sample = pixels if picked is None else torch.index_select(pixels, 1, picked)  # half the time of pixels[:, picked]
@@ -129,13 +137,17 @@ def quantize(tiles: torch.Tensor, config: FilterConfig, times: StageTimes) -> Qu
     return Quantized(smooth, centres, mappings, palettes, stain_left_as_read)
 
 
-def hsv_masks(quantized: Quantized, config: FilterConfig, times: StageTimes) -> torch.Tensor:
-    """The composite HSV mask (B, H, W) of a quantized batch under the config's HSV ranges and source."""
+def colour_masks(quantized: Quantized, config: FilterConfig, times: StageTimes) -> torch.Tensor:
+    """The mask (B, H, W) of a quantized batch: the composite HSV mask under the config's HSV ranges and source,
+    or, where the config holds a learned table of cell colours, the table's mask of G."""
     start = time.perf_counter()
     ranges = (config.purple, config.deep_blue)
     batch, height, width, _ = quantized.smooth.shape
     pixels = quantized.smooth.reshape(batch, height * width, 3)
-    if config.hsv_source == "quantized":
+    if config.cell_colours.cells:
+        masks = kernels.colour_table_mask(pixels, config.cell_colours)
+        times.lap("colour_table", start)
+    elif config.hsv_source == "quantized":
         # G' holds only the merged colours, so its mask is decided per colour: one HSV conversion of
         # every palette colour of the batch, then a lookup table per tile.
         palettes, mappings = quantized.palettes, quantized.mappings
@@ -157,10 +169,10 @@ def cell_masks(tiles: torch.Tensor, config: FilterConfig, times: StageTimes) -> 
     Steps of II-B: normalize (stains, when filter.stain is set, then illumination), Eq. 1 blur, Eq. 2-3
     K-means on a pixel sample, merge 20 -> 10 (`quantize`), HSV of the merged colours, then every pixel
     assigned to its cluster and so to its colour's mask (the HSV mask of G'). With hsv_source="blurred" the
-    mask is read from the HSV of G instead (`hsv_masks`).
+    mask is read from the HSV of G instead, and with a learned table of cell colours from that table (`colour_masks`).
     """
     quantized = quantize(tiles, config, times)
-    return hsv_masks(quantized, config, times), quantized
+    return colour_masks(quantized, config, times), quantized
 
 
 def grow_boxes(boxes: np.ndarray, scale: float, height: int, width: int) -> np.ndarray:

@@ -5,7 +5,7 @@ from activessf_engine import lazy_face
 # Each name this package offers, and the module that holds it: imported on first use.
 _WHERE = {
     "Objective": "calibration",
-    "STAINS": "calibration",
+    "DEFAULT_STAINS": "calibration",
     "calibrate": "calibration",
     "write_contact_sheets": "contact_sheets",
     "write_overlays": "overlay",

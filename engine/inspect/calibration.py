@@ -19,23 +19,21 @@ other tiles need. (Chosen on BCCD's val split, not the test split the figures ar
   on all the fit tiles' pixels (engine/stain.py), each followed by `minmax`; or no stain normalization and
   `channel_minmax` (each tile's own white balance) or `none`. A stain normalization already brings each tile to
   one colour balance, so it is not paired with the other two;
-* K-means settings (kmeans_clusters, merged_clusters): KMEANS;
-* HSV source (`quantized` G' or `blurred` G) and HSV ranges: the paper's, or ranges learned from the fit
-  tiles under that normalization: the saturation floor at a quantile of the background's saturation
-  (pixels outside every box), the hue range that of the pixels inside the boxes above that floor, used for
-  both masks; and the purple and deep-blue masks learned separately, from the two groups (2-means on hue
-  and value) of those pixels, each with its own hue and value range. Learning the ranges from the user's
-  own tiles (after per-tile normalization) is what makes the search carry over to other stains and
-  scanners, where the paper's purple range does not fit;
+* the mask: a table of the colours that are a cell's (config.ColourTable), learned from the fit tiles under that
+  normalization: the colours of G at least 2^level (LEVELS) times likelier inside the boxes than outside them
+  (`enrichment`). Each fit tile's counts come from the table learned on the other fit tiles (with one fit
+  tile, on itself): a table scored on the tiles it was learned from finds their cells at every level, and a
+  search ranked so picks what does not carry to other tiles. The config written holds the table learned on all
+  the fit tiles. (The HSV ranges this replaced, the paper's or learned as hue and value quantiles, carried less
+  well to held-out tiles: benchmarks/README.md, "Calibration");
 * the mask's closing radius (none, or CLOSE_FRACTIONS of the annotated boxes' shorter side: it joins a lobed
   nucleus's parts into one region, whose box then matches the cell's; fill_holes stays as given), min_fill in
   MIN_FILLS, min_box as fractions of the annotated boxes' shorter side, max_box (no bound, or multiples of
   their longer side): the upper bound drops clumps and smears; and
   box_scale in BOX_SCALES: the mask holds mostly the nucleus, the annotated box the whole cell.
 
-Masks are made once per (tile, normalization, K-means, source, ranges) and closed once per radius; the size
-and fill decisions are thresholds on per-region numbers, so all of them are judged on one loose
-`regions_of_masks` per closed mask.
+Masks are made once per (tile, normalization, level) and closed once per radius; the size and fill decisions
+are thresholds on per-region numbers, so all of them are judged on one loose `regions_of_masks` per closed mask.
 Every configuration's counts are kept per tile, so the leave-one-tile-out choice costs no second search.
 """
 
@@ -52,39 +50,40 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import scipy.ndimage as ndi
 import torch
-from scipy.cluster.vq import kmeans2
 
 from activessf_engine.config import (
     STAIN_VALUES,
+    ColourTable,
     EngineConfig,
     FilterConfig,
-    HsvRange,
     dumps_toml,
     load_config,
     to_dict,
 )
 from activessf_engine.device import DeviceChoice, as_choice
 from activessf_engine.filter import (
-    Quantized,
     StageTimes,
     TileRegions,
     decode_files,
     find_regions,
     find_sources,
     grow_boxes,
-    hsv_masks,
-    quantize,
     regions_of_masks,
+    smoothed,
 )
 from activessf_engine.inspect.annotations import iou_matrix, match_boxes, matched, read_annotations
-from activessf_engine.kernels import close_masks, hsv_opencv
+from activessf_engine.kernels import close_masks, colour_table_mask, table_index
 from activessf_engine.progress import Progress, make_progress
 from activessf_engine.stain import fit_stain_reference
 
 log = logging.getLogger(__name__)
 
 STAINS = tuple(STAIN_VALUES)  # none, macenko, reinhard
+# What `calibrate` searches unless told (`--stain`): with the learned colour table, stain normalization met the
+# target on no more BCCD seeds and on fewer test seeds, and a filter with it is 3x slower (benchmarks/README.md).
+DEFAULT_STAINS = ("none",)
 # (stain normalization, illumination normalization) pairs tried
 NORMALIZATIONS = (
     ("none", "minmax"),
@@ -93,18 +92,15 @@ NORMALIZATIONS = (
     ("macenko", "minmax"),
     ("reinhard", "minmax"),
 )
-KMEANS = ((20, 10), (16, 6), (12, 4))  # (kmeans_clusters, merged_clusters)
-HSV_SOURCES = ("quantized", "blurred")
-BACKGROUND_QUANTILES = (0.9, 0.97, 0.995)  # saturation floors of the learned HSV ranges
-HUE_QUANTILES = (0.01, 0.99)  # hue range of the wanted pixels above the floor
-MIN_WANTED_PIXELS = 50  # fewer pixels above a floor: no range learned from it
+LEVELS = (1.0, 2.0, 3.0, 4.0, 5.0)  # log2 of how much likelier a colour of the table is inside the boxes than out
+# The colour histograms are smoothed by a Gaussian of this many table cells (8 levels each): 5 tiles leave most
+# cells empty, and a colour next to a cell's is a cell's. Chosen on BCCD's val split (1.0 to 3.0 tried).
+HISTOGRAM_SIGMA = 2.0
 MIN_FILLS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 MIN_BOX_FRACTIONS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)  # of the 10th percentile of the boxes' shorter side
 MAX_BOX_FACTORS = (1.5, 2.0, 3.0)  # of the 90th percentile of the boxes' longer side; no bound is tried too
 BOX_SCALES = (1.0, 1.25, 1.5, 1.75)  # kept boxes grown by these: a nucleus's box to its cell's
 CLOSE_FRACTIONS = (0.05, 0.1)  # closing radii, of the 10th percentile of the boxes' shorter side; 0 is tried too
-VALUE_QUANTILES = (0.01, 0.99)  # value range of each of the two separately learned masks
-CLUSTER_PIXELS = 20_000  # wanted pixels the two mask groups are told apart on (a seeded sample)
 
 
 @dataclass
@@ -255,46 +251,33 @@ def evaluate(samples: list[Annotated], config: FilterConfig, iou: float) -> Scor
     return score
 
 
-def _range_of(hsv: np.ndarray, floor: int) -> HsvRange:
-    """The hue (and with `VALUE_QUANTILES` the value) range of (3, n) HSV pixels above a saturation floor."""
-    hue = tuple(int(v) for v in np.quantile(hsv[0], HUE_QUANTILES))
-    value = tuple(int(v) for v in np.quantile(hsv[2], VALUE_QUANTILES))
-    return HsvRange(h=hue, s=(min(floor, 255), 255), v=value)
+def colour_histograms(smooth: torch.Tensor, boxes: np.ndarray) -> np.ndarray:
+    """(2, cells) pixel counts of each colour-table cell in G's (H, W, 3) pixels: inside any of `boxes`, and
+    outside all of them."""
+    index = table_index(smooth).cpu().numpy()
+    inside = np.zeros(index.shape, dtype=bool)
+    for x0, y0, x1, y1 in boxes:
+        inside[y0:y1, x0:x1] = True
+    cells = 1 << (3 * ColourTable.BITS)
+    return np.stack([np.bincount(index[inside], minlength=cells), np.bincount(index[~inside], minlength=cells)])
 
 
-def _two_groups(hsv: np.ndarray) -> list[np.ndarray]:
-    """The (3, n) pixels split in two by a seeded 2-means on hue and value (nuclei from paler cytoplasm)."""
-    rng = np.random.default_rng(0)
-    picked = hsv[:, rng.permutation(hsv.shape[1])[:CLUSTER_PIXELS]]
-    _, labels = kmeans2(picked[[0, 2]].T.astype(np.float64), 2, minit="++", seed=0)
-    return [picked[:, labels == k] for k in range(2)]
+def enrichment(histograms: np.ndarray) -> np.ndarray | None:
+    """log2 of how much likelier each colour cell is inside the boxes than outside them, from (2, cells) counts
+    smoothed over colour space by HISTOGRAM_SIGMA cells; both shares are raised by one inside pixel's share, so
+    that a colour seen a few times inside and never outside is not certain. None without pixels on both sides."""
+    if not histograms[0].sum() or not histograms[1].sum():
+        return None
+    shape = (1 << ColourTable.BITS,) * 3
+    inside, outside = (ndi.gaussian_filter(h.reshape(shape).astype(np.float64), HISTOGRAM_SIGMA) for h in histograms)
+    prior = 1.0 / inside.sum()
+    return np.log2((inside / inside.sum() + prior) / (outside / outside.sum() + prior)).ravel()
 
 
-def learned_ranges(quantized: list[Quantized], samples: list[Annotated]) -> list[tuple[HsvRange, HsvRange]]:
-    """(purple, deep_blue) pairs learned from the pixels inside the boxes that are more saturated than most of the
-    background: per saturation floor, one hue range for both masks, and the two groups' ranges apart."""
-    inside_hsv, outside_s = [], []
-    for q, sample in zip(quantized, samples, strict=True):
-        hsv = hsv_opencv(q.smooth[0].permute(2, 0, 1)).cpu().numpy()  # (3, H, W)
-        inside = np.zeros(hsv.shape[1:], dtype=bool)
-        for x0, y0, x1, y1 in sample.boxes:
-            inside[y0:y1, x0:x1] = True
-        inside_hsv.append(hsv[:, inside])
-        outside_s.append(hsv[1, ~inside])
-    wanted, background = np.concatenate(inside_hsv, axis=1), np.concatenate(outside_s)
-    pairs: list[tuple[HsvRange, HsvRange]] = []
-    for quantile in BACKGROUND_QUANTILES:
-        floor = int(np.quantile(background, quantile)) if len(background) else 0
-        above = wanted[:, wanted[1] >= floor]
-        if above.shape[1] < MIN_WANTED_PIXELS:
-            continue
-        both = HsvRange(h=_range_of(above, floor).h, s=(min(floor, 255), 255), v=(0, 255))
-        found = [(both, both)]
-        groups = _two_groups(above)
-        if all(g.shape[1] >= MIN_WANTED_PIXELS for g in groups):
-            found.append((_range_of(groups[0], floor), _range_of(groups[1], floor)))
-        pairs += [pair for pair in found if pair not in pairs]
-    return pairs
+def colour_table(enriched: np.ndarray | None, level: float) -> ColourTable:
+    """The table of the cells at least 2^level times likelier inside the boxes than out (none set without any)."""
+    cells = np.zeros(1 << (3 * ColourTable.BITS), dtype=bool) if enriched is None else enriched >= level
+    return ColourTable.of_packed(np.packbits(cells).tobytes())
 
 
 def _shorter_side(samples: list[Annotated]) -> float | None:
@@ -449,7 +432,7 @@ def search(
     progress: bool | Progress = False,
 ) -> Grid:
     """Every configuration of the grid (see the module docstring; stain normalizations among `stains`) and its
-    counts on each of `samples`; `progress` counts the (normalization, K-means) steps."""
+    counts on each of `samples`; `progress` counts the normalizations."""
     times = StageTimes()
     min_boxes, max_boxes, close_radii = _min_boxes(samples, base), _max_boxes(samples), _close_radii(samples, base)
     min_fills = _nearest_first(MIN_FILLS, base.min_fill)
@@ -461,18 +444,22 @@ def search(
         for values in (min_fills, min_boxes, max_boxes, BOX_SCALES)
     ]
     normalizations = [(stain, normalize) for stain, normalize in NORMALIZATIONS if stain in references]
-    bar = make_progress(progress, len(normalizations) * len(KMEANS), "step", "calibrate: search")
-    for (stain, normalize), (clusters, merged) in itertools.product(normalizations, KMEANS):
-        bar.set_postfix_str(f"{stain}/{normalize}, K-means {clusters}->{merged}")
-        settings = dataclasses.replace(
-            base, stain=references[stain], normalize=normalize, kmeans_clusters=clusters, merged_clusters=merged
-        )
-        quantized = [quantize(s.image[None], settings, times) for s in samples]
-        ranges = [(base.purple, base.deep_blue), *learned_ranges(quantized, samples)]
-        sources = HSV_SOURCES if (clusters, merged) == KMEANS[0] else ("quantized",)  # G does not depend on K-means
-        for source, (purple, deep_blue) in itertools.product(sources, ranges):
-            masked = dataclasses.replace(settings, hsv_source=source, purple=purple, deep_blue=deep_blue)
-            masks = [hsv_masks(q, masked, times) for q in quantized]
+    bar = make_progress(progress, len(normalizations), "step", "calibrate: search")
+    for stain, normalize in normalizations:
+        bar.set_postfix_str(f"{stain}/{normalize}")
+        settings = dataclasses.replace(base, stain=references[stain], normalize=normalize)
+        smooth = [smoothed(s.image[None], settings, times)[0] for s in samples]
+        histograms = [colour_histograms(g[0], s.boxes) for g, s in zip(smooth, samples, strict=True)]
+        everything = np.sum(histograms, axis=0)
+        learned = enrichment(everything)
+        # each tile is masked by the table learned on the other fit tiles (see the module docstring)
+        others = [enrichment(everything - h) for h in histograms] if len(samples) > 1 else [learned]
+        for level in LEVELS:
+            masked = dataclasses.replace(settings, cell_colours=colour_table(learned, level))
+            masks = [
+                colour_table_mask(g.reshape(1, -1, 3), colour_table(enriched, level)).reshape(g.shape[:3])
+                for g, enriched in zip(smooth, others, strict=True)
+            ]
             for radius in close_radii:
                 loose = dataclasses.replace(
                     masked,
@@ -519,7 +506,7 @@ def calibrate(
     seed: int = 0,
     iou: float = 0.5,
     objective: Objective = Objective(),
-    stains: Sequence[str] = STAINS,
+    stains: Sequence[str] = DEFAULT_STAINS,
     device: DeviceChoice | str = "cpu",
     progress: bool | Progress = False,
 ) -> dict[str, Any]:
