@@ -342,7 +342,7 @@ def run_search(
         totals = {(f, h, b, t): Counts() for (f, h, b) in region_grid for t in thresholds}
         times = StageTimes()
         for chunk in batches(len(samples), batch_size):
-            masks, _ = cell_masks(torch.stack([images[i] for i in chunk]), mask_config, times)
+            masks = cell_masks(torch.stack([images[i] for i in chunk]), mask_config, times)[0]
             for j, i in enumerate(chunk):
                 for holes in FILL_HOLES:
                     loosest = dataclasses.replace(

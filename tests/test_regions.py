@@ -50,6 +50,24 @@ def test_blurred_hsv_source_gives_the_same_box():
     assert blurred == quantized
 
 
+def test_a_mask_read_from_g_runs_no_kmeans():
+    """The blurred source and a colour table read G: no K-means is run for them, and no palette of G' is kept."""
+    from conftest import hsv_range_table
+
+    from activessf_engine.filter.regions import StageTimes
+
+    tile = torch.from_numpy(draw_tile([("disk", 160, 120, 50)]))
+    for config, runs_kmeans in (
+        (DEFAULT, True),
+        (FilterConfig(hsv_source="blurred"), False),
+        (FilterConfig(cell_colours=hsv_range_table()), False),
+    ):
+        times = StageTimes()
+        found = find_regions([tile], config, times)[0]
+        assert len(found.boxes) == 1
+        assert ("kmeans_fit" in times.seconds) is runs_kmeans and (found.palette is not None) is runs_kmeans
+
+
 @pytest.mark.parametrize(("side", "kept"), [(69, False), (70, True), (72, True)])
 def test_min_box_threshold_on_squares(side, kept):
     tile = draw_tile([("rect", 100, 80, 100 + side, 80 + side)])

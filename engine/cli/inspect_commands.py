@@ -96,8 +96,7 @@ def _in_brief(name: str, value: Any) -> Any:
     if name == "stain":
         return value["method"]
     if name == "cell_colours":
-        table = ColourTable(**value)
-        return f"a table of {sum(bin(byte).count('1') for byte in table.packed())} colours"
+        return f"a table of {int.from_bytes(ColourTable(**value).packed()).bit_count()} colours"
     return value
 
 

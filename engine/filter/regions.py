@@ -33,7 +33,7 @@ class TileRegions:
     areas: np.ndarray  # (n,) int64, pixels of the region
     fill_rates: np.ndarray  # (n,) float32, area / box area
     mask: torch.Tensor | None = None  # (H, W) bool composite HSV mask, when asked for (QC overlays)
-    palette: np.ndarray | None = None  # (m, 3) uint8 colours of G' (m <= merged_clusters)
+    palette: np.ndarray | None = None  # (m, 3) uint8 colours of G' (m <= merged_clusters); None: mask read from G
     found: int = 0  # connected components of the mask, before the size and fill tests
     too_small: int = 0  # of those, rejected for the box's size: under min_box on a side (or over max_box)
     low_fill: int = 0  # rejected because the fill rate is under min_fill (after passing the size test)
@@ -137,42 +137,60 @@ def quantize(tiles: torch.Tensor, config: FilterConfig, times: StageTimes) -> Qu
     return Quantized(smooth, centres, mappings, palettes, stain_left_as_read)
 
 
-def colour_masks(quantized: Quantized, config: FilterConfig, times: StageTimes) -> torch.Tensor:
-    """The mask (B, H, W) of a quantized batch: the composite HSV mask under the config's HSV ranges and source,
-    or, where the config holds a learned table of cell colours, the table's mask of G."""
+def quantized_masks(quantized: Quantized, config: FilterConfig, times: StageTimes) -> torch.Tensor:
+    """The composite HSV mask (B, H, W) of G' under the config's HSV ranges. G' holds only the merged colours, so
+    its mask is decided per colour: one HSV conversion of every palette colour of the batch, then a lookup table
+    per tile, read through each pixel's cluster."""
     start = time.perf_counter()
-    ranges = (config.purple, config.deep_blue)
     batch, height, width, _ = quantized.smooth.shape
     pixels = quantized.smooth.reshape(batch, height * width, 3)
+    palettes, mappings = quantized.palettes, quantized.mappings
+    keep = kernels.hsv_mask(torch.from_numpy(np.concatenate(palettes))[None], (config.purple, config.deep_blue))
+    offsets = np.cumsum([0] + [len(p) for p in palettes])
+    luts = [keep[0].numpy()[offsets[b] : offsets[b + 1]][mappings[b]] for b in range(batch)]
+    table = torch.from_numpy(np.stack(luts)).to(pixels.device)
+    masks = kernels.assign_lookup(pixels, quantized.centres, table)
+    times.lap("kmeans_assign", start)
+    return masks.reshape(batch, height, width)
+
+
+def blurred_masks(smooth: torch.Tensor, config: FilterConfig, times: StageTimes) -> torch.Tensor:
+    """The mask (B, H, W) of G: its pixels in the config's table of cell colours, where it holds one; else in
+    the composite HSV mask under its HSV ranges."""
+    start = time.perf_counter()
+    batch, height, width, _ = smooth.shape
+    pixels = smooth.reshape(batch, height * width, 3)
     if config.cell_colours.cells:
         masks = kernels.colour_table_mask(pixels, config.cell_colours)
         times.lap("colour_table", start)
-    elif config.hsv_source == "quantized":
-        # G' holds only the merged colours, so its mask is decided per colour: one HSV conversion of
-        # every palette colour of the batch, then a lookup table per tile.
-        palettes, mappings = quantized.palettes, quantized.mappings
-        keep = kernels.hsv_mask(torch.from_numpy(np.concatenate(palettes))[None], ranges)[0].numpy()
-        offsets = np.cumsum([0] + [len(p) for p in palettes])
-        luts = [keep[offsets[b] : offsets[b + 1]][mappings[b]] for b in range(batch)]
-        table = torch.from_numpy(np.stack(luts)).to(pixels.device)
-        masks = kernels.assign_lookup(pixels, quantized.centres, table)
-        times.lap("kmeans_assign", start)
     else:
-        masks = kernels.hsv_mask(pixels, ranges)
+        masks = kernels.hsv_mask(pixels, (config.purple, config.deep_blue))
         times.lap("hsv_mask", start)
     return masks.reshape(batch, height, width)
 
 
-def cell_masks(tiles: torch.Tensor, config: FilterConfig, times: StageTimes) -> tuple[torch.Tensor, Quantized]:
-    """The composite HSV mask of each tile of a (B, H, W, 3) uint8 batch, and the quantized batch it came from.
+def reads_quantized(config: FilterConfig) -> bool:
+    """Whether the mask is read from G' (and so needs the K-means): the HSV ranges of hsv_source "quantized"."""
+    return config.hsv_source == "quantized" and not config.cell_colours.cells
+
+
+def cell_masks(
+    tiles: torch.Tensor, config: FilterConfig, times: StageTimes
+) -> tuple[torch.Tensor, list[np.ndarray | None], list[bool]]:
+    """The mask of each tile of a (B, H, W, 3) uint8 batch, the palette of G' it was read from (None where it was
+    read from G), and which tiles were left as read because their stains could not be measured.
 
     Steps of II-B: normalize (stains, when filter.stain is set, then illumination), Eq. 1 blur, Eq. 2-3
     K-means on a pixel sample, merge 20 -> 10 (`quantize`), HSV of the merged colours, then every pixel
     assigned to its cluster and so to its colour's mask (the HSV mask of G'). With hsv_source="blurred" the
-    mask is read from the HSV of G instead, and with a learned table of cell colours from that table (`colour_masks`).
+    mask is read from the HSV of G instead, and with a learned table of cell colours from that table; neither
+    needs the K-means, which is then not run (`blurred_masks`).
     """
-    quantized = quantize(tiles, config, times)
-    return colour_masks(quantized, config, times), quantized
+    if reads_quantized(config):
+        quantized = quantize(tiles, config, times)
+        return quantized_masks(quantized, config, times), list(quantized.palettes), quantized.stain_left_as_read
+    smooth, stain_left_as_read = smoothed(tiles, config, times)
+    return blurred_masks(smooth, config, times), [None] * len(tiles), stain_left_as_read
 
 
 def grow_boxes(boxes: np.ndarray, scale: float, height: int, width: int) -> np.ndarray:
@@ -247,7 +265,7 @@ def find_regions(
     for indices in by_shape.values():
         # a lone tile is viewed as a batch of one, not copied (for a huge tile, a copy is a gigabyte)
         group = tiles[indices[0]][None] if len(indices) == 1 else torch.stack([tiles[i] for i in indices])
-        masks, quantized = cell_masks(group, config, times)
+        masks, palettes, stain_left_as_read = cell_masks(group, config, times)
         start = time.perf_counter()
         if config.close_radius:
             masks = kernels.close_masks(masks, config.close_radius)
@@ -255,8 +273,8 @@ def find_regions(
         focus = sharpness(group)
         start = times.lap("focus", start)
         for j, (i, found) in enumerate(zip(indices, regions_of_masks(masks, config), strict=True)):
-            found.palette, found.sharpness = quantized.palettes[j], focus[j]
-            found.stain_left_as_read = quantized.stain_left_as_read[j]
+            found.palette, found.sharpness = palettes[j], focus[j]
+            found.stain_left_as_read = stain_left_as_read[j]
             if focus[j] < config.min_sharpness:
                 found.drop_all()
             if keep_masks:
