@@ -164,7 +164,7 @@ def test_calibrate_improves_held_out_f1_and_filter_takes_its_toml(tmp_path, caps
     assert main([*args, "--fit", "5", "--quiet"]) == 0  # the text summary names the table, not its bits
     printed = capsys.readouterr()
     changed = next(line for line in (printed.out + printed.err).splitlines() if line.startswith("changed"))
-    assert "cell_colours=a table of" in changed and len(changed) < 300, changed
+    assert "cell_colours=a table of " in changed and " of 32768 colour cells" in changed and len(changed) < 300, changed
     store = tmp_path / "store"
     assert main(["filter", "--config", str(toml), "--input", str(TILES), "--out", str(store), "--quiet"]) == 0
     assert "next: look at it" in capsys.readouterr().err

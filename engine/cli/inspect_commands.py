@@ -96,7 +96,8 @@ def _in_brief(name: str, value: Any) -> Any:
     if name == "stain":
         return value["method"]
     if name == "cell_colours":
-        return f"a table of {int.from_bytes(ColourTable(**value).packed()).bit_count()} colours"
+        packed = ColourTable(**value).packed()
+        return f"a table of {int.from_bytes(packed).bit_count()} of {len(packed) * 8} colour cells"
     return value
 
 

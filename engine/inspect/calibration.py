@@ -538,7 +538,8 @@ def calibrate(
         f"activessf-engine calibrate: {len(grid.configs)} configurations tried on {len(fitted_on)} tiles "
         f"({', '.join(s.name for s in fitted_on)}), labels {sorted(labels) if labels else 'all'}, IoU >= {iou}, "
         f"objective {objective.describe()}",
-        f"fit tiles: F1 {fit_before.f1:.3f} -> {fit_after.f1:.3f}; {scored}: recall "
+        f"fit tiles (each under the colour table of the others): F1 {fit_before.f1:.3f} -> {fit_after.f1:.3f}; "
+        f"{scored}: recall "
         f"{before.recall:.3f} -> {after.recall:.3f}, precision {before.precision:.3f} -> {after.precision:.3f}, "
         f"F1 {before.f1:.3f} -> {after.f1:.3f}",
         f"changed from the starting config: {', '.join(changed) or 'nothing'}",
