@@ -6,8 +6,9 @@ is scored on the other 67 tiles, next to the paper's defaults ("before"). Object
 `recall-at-precision P` (`--precision`, default 0.85), each ranked over the whole grid (every stain
 normalization: `calibrate --stain none --stain macenko --stain reinhard`) and over its part without stain
 normalization (what `calibrate` ranks by default). Wall seconds of the search are printed per seed.
-`--split val` draws from BCCD's val split (87 tiles) instead: where the ranking's tie-breaks are chosen, so that
-the test split's figures are not the ones a rule was tuned on.
+`--split val` draws from BCCD's val split (87 tiles) instead: where the ranking's rules are chosen, so that
+the test split's figures are not the ones a rule was tuned on; `--split train` (205 tiles) checks a rule on tiles
+none was chosen on.
 
 Run (from the repository root; CPU is enough):
 
@@ -89,7 +90,10 @@ def main() -> None:
         help="BCCD (default: shared/data/bccd)",
     )
     parser.add_argument(
-        "--split", default="test", choices=["test", "val"], help="BCCD split to draw from (val: rules are chosen there)"
+        "--split",
+        default="test",
+        choices=["test", "val", "train"],
+        help="BCCD split to draw from (val: rules are chosen there; train: a check on tiles no rule was chosen on)",
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--fit", type=int, default=5)
