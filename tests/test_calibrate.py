@@ -14,7 +14,7 @@ from activessf_engine.cli import main
 from activessf_engine.cli.demo import SAMPLE_DATA
 from activessf_engine.config import ColourTable, FilterConfig, HsvRange, load_config
 from activessf_engine.filter.regions import StageTimes, smoothed
-from activessf_engine.inspect import calibration
+from activessf_engine.inspect import calibration, cell_colours
 from activessf_engine.inspect.annotations import read_annotations
 
 TILES, VOC = SAMPLE_DATA / "tiles" / "bccd", SAMPLE_DATA / "annotations"
@@ -62,10 +62,10 @@ def _learned_table(tiles: list[np.ndarray], boxes: list[list[list[int]]], level:
     import torch
 
     histograms = [
-        calibration.colour_histograms(smoothed(torch.from_numpy(t)[None], FilterConfig(), StageTimes())[0][0], b)
+        cell_colours.colour_histograms(smoothed(torch.from_numpy(t)[None], FilterConfig(), StageTimes())[0][0], b)
         for t, b in zip(tiles, np.asarray(boxes), strict=True)
     ]
-    return calibration.colour_table(calibration.enrichment(np.sum(histograms, axis=0)), level)
+    return cell_colours.colour_table(cell_colours.enrichment(np.sum(histograms, axis=0)), level)
 
 
 def test_a_learned_colour_table_finds_a_stain_the_hsv_ranges_miss():
@@ -76,7 +76,7 @@ def test_a_learned_colour_table_finds_a_stain_the_hsv_ranges_miss():
     sample = calibration.Annotated("green", torch.from_numpy(tile), np.array([[18, 28, 83, 93]]))
     missing = FilterConfig(purple=HsvRange((140, 179), (0, 255), (0, 255)), min_box=40)
     assert calibration.evaluate([sample], missing, 0.5).found == 0
-    for level in calibration.LEVELS:
+    for level in cell_colours.LEVELS:
         table = _learned_table([tile], [[[18, 28, 83, 93]]], level)
         assert calibration.evaluate([sample], FilterConfig(cell_colours=table, min_box=40), 0.5).found == 1, level
 
@@ -95,7 +95,7 @@ def test_the_table_holds_the_boxed_stain_and_not_the_background(stain):
     tile = draw_tile([("disk", 100, 100, 45)], height=200, width=320, colour=stain)
     smooth = smoothed(torch.from_numpy(tile)[None], FilterConfig(), StageTimes())[0][0]
     colours = torch.stack([smooth[100, 100], smooth[5, 300]])[None]  # the cell's centre, the background
-    for level in calibration.LEVELS:
+    for level in cell_colours.LEVELS:
         table = _learned_table([tile], [[[50, 50, 151, 151]]], level)
         assert colour_table_mask(colours, table)[0].tolist() == [True, False], level
 
@@ -123,8 +123,8 @@ def test_each_fit_tile_is_scored_by_the_table_learned_on_the_others(monkeypatch)
 
 
 def test_no_table_is_learned_without_pixels_inside_a_box():
-    assert calibration.enrichment(np.zeros((2, 1 << 15))) is None
-    empty = calibration.colour_table(None, 1.0)
+    assert cell_colours.enrichment(np.zeros((2, 1 << 15))) is None
+    empty = cell_colours.colour_table(None, 1.0)
     assert empty.cells and not any(empty.packed())
 
 

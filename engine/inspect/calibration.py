@@ -21,7 +21,7 @@ other tiles need. (Chosen on BCCD's val split, not the test split the figures ar
   one colour balance, so it is not paired with the other two;
 * the mask: a table of the colours that are a cell's (config.ColourTable), learned from the fit tiles under that
   normalization: the colours of G at least 2^level (LEVELS) times likelier inside the boxes than outside them
-  (`enrichment`). Each fit tile's counts come from the table learned on the other fit tiles (with one fit
+  (inspect/cell_colours.py). Each fit tile's counts come from the table learned on the other fit tiles (with one fit
   tile, on itself): a table scored on the tiles it was learned from finds their cells at every level, and a
   search ranked so picks what does not carry to other tiles. The config written holds the table learned on all
   the fit tiles. (The HSV ranges this replaced, the paper's or learned as hue and value quantiles, carried less
@@ -50,12 +50,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import scipy.ndimage as ndi
 import torch
 
 from activessf_engine.config import (
     STAIN_VALUES,
-    ColourTable,
     EngineConfig,
     FilterConfig,
     dumps_toml,
@@ -74,7 +72,8 @@ from activessf_engine.filter import (
     smoothed,
 )
 from activessf_engine.inspect.annotations import iou_matrix, match_boxes, matched, read_annotations
-from activessf_engine.kernels import close_masks, colour_table_mask, table_index
+from activessf_engine.inspect.cell_colours import LEVELS, colour_histograms, colour_table, enrichment
+from activessf_engine.kernels import close_masks, colour_table_mask
 from activessf_engine.progress import Progress, make_progress
 from activessf_engine.stain import fit_stain_reference
 
@@ -92,10 +91,6 @@ NORMALIZATIONS = (
     ("macenko", "minmax"),
     ("reinhard", "minmax"),
 )
-LEVELS = (1.0, 2.0, 3.0, 4.0, 5.0)  # log2 of how much likelier a colour of the table is inside the boxes than out
-# The colour histograms are smoothed by a Gaussian of this many table cells (8 levels each): 5 tiles leave most
-# cells empty, and a colour next to a cell's is a cell's. Chosen on BCCD's val split (1.0 to 3.0 tried).
-HISTOGRAM_SIGMA = 2.0
 MIN_FILLS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 MIN_BOX_FRACTIONS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)  # of the 10th percentile of the boxes' shorter side
 MAX_BOX_FACTORS = (1.5, 2.0, 3.0)  # of the 90th percentile of the boxes' longer side; no bound is tried too
@@ -249,35 +244,6 @@ def evaluate(samples: list[Annotated], config: FilterConfig, iou: float) -> Scor
     for sample in samples:
         score.add(find_regions([sample.image], config)[0].boxes, sample.boxes, iou)
     return score
-
-
-def colour_histograms(smooth: torch.Tensor, boxes: np.ndarray) -> np.ndarray:
-    """(2, cells) pixel counts of each colour-table cell in G's (H, W, 3) pixels: inside any of `boxes`, and
-    outside all of them."""
-    index = table_index(smooth).cpu().numpy()
-    inside = np.zeros(index.shape, dtype=bool)
-    for x0, y0, x1, y1 in boxes:
-        inside[y0:y1, x0:x1] = True
-    cells = 1 << (3 * ColourTable.BITS)
-    return np.stack([np.bincount(index[inside], minlength=cells), np.bincount(index[~inside], minlength=cells)])
-
-
-def enrichment(histograms: np.ndarray) -> np.ndarray | None:
-    """log2 of how much likelier each colour cell is inside the boxes than outside them, from (2, cells) counts
-    smoothed over colour space by HISTOGRAM_SIGMA cells; both shares are raised by one inside pixel's share, so
-    that a colour seen a few times inside and never outside is not certain. None without pixels on both sides."""
-    if not histograms[0].sum() or not histograms[1].sum():
-        return None
-    shape = (1 << ColourTable.BITS,) * 3
-    inside, outside = (ndi.gaussian_filter(h.reshape(shape).astype(np.float64), HISTOGRAM_SIGMA) for h in histograms)
-    prior = 1.0 / inside.sum()
-    return np.log2((inside / inside.sum() + prior) / (outside / outside.sum() + prior)).ravel()
-
-
-def colour_table(enriched: np.ndarray | None, level: float) -> ColourTable:
-    """The table of the cells at least 2^level times likelier inside the boxes than out (none set without any)."""
-    cells = np.zeros(1 << (3 * ColourTable.BITS), dtype=bool) if enriched is None else enriched >= level
-    return ColourTable.of_packed(np.packbits(cells).tobytes())
 
 
 def _shorter_side(samples: list[Annotated]) -> float | None:
