@@ -122,6 +122,17 @@ def test_each_fit_tile_is_scored_by_the_table_learned_on_the_others(monkeypatch)
     assert calibration.evaluate(samples[2:], best, 0.5).found == 1
 
 
+def test_a_box_past_the_tile_edge_counts_its_part_inside():
+    """Annotations may run past the tile (COCO boxes at x -1, say): the part inside the tile is what counts, as
+    if the box had been clipped, not a slice that wraps round from the far edge."""
+    import torch
+
+    smooth = torch.from_numpy(draw_tile([("disk", 40, 40, 30)], height=120, width=160))
+    clipped = cell_colours.colour_histograms(smooth, np.array([[0, 0, 75, 75]]))
+    np.testing.assert_array_equal(cell_colours.colour_histograms(smooth, np.array([[-6, -3, 75, 75]])), clipped)
+    np.testing.assert_array_equal(cell_colours.colour_histograms(smooth, np.array([[-9, -9, -1, 50]]))[0], 0)
+
+
 def test_no_table_is_learned_without_pixels_inside_a_box():
     assert cell_colours.enrichment(np.zeros((2, 1 << 15))) is None
     empty = cell_colours.colour_table(None, 1.0)

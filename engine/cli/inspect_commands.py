@@ -70,7 +70,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     lines = [
         f"fitted on        {len(summary['fit_tiles'])} tiles ({summary['configurations_tried']} configurations tried, "
         f"best {summary['objective']})",
-        f"{'':20}{'recall':>8} {'precision':>9} {'F1':>6}  found/annotated  kept",
+        f"{'':23}{'recall':>8} {'precision':>9} {'F1':>6}  found/annotated  kept",
     ]
     held = (
         "left out 1 by 1" if summary["scored_by"] == "leave_one_tile_out" else f"{summary['held_out_tiles']} held out"
@@ -81,7 +81,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             m = summary[where][when]
             label = f"{names[where]} {when}"
             lines.append(
-                f"{label:<20}{m['recall']:>8.3f} {m['precision']:>9.3f} {m['f1']:>6.3f}  "
+                f"{label:<23}{m['recall']:>8.3f} {m['precision']:>9.3f} {m['f1']:>6.3f}  "
                 f"{m['found']:>5}/{m['annotated']:<9} {m['kept']:>5}"
             )
     changed = {k: _in_brief(k, v) for k, v in summary["changed"].items()}

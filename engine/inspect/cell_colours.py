@@ -21,12 +21,12 @@ HISTOGRAM_SIGMA = 2.0
 
 
 def colour_histograms(smooth: torch.Tensor, boxes: np.ndarray) -> np.ndarray:
-    """(2, cells) pixel counts of each colour-table cell in G's (H, W, 3) pixels: inside any of `boxes`, and
-    outside all of them."""
+    """(2, cells) pixel counts of each colour-table cell in G's (H, W, 3) pixels: inside any of `boxes` (x0, y0, x1,
+    y1; exclusive ends), and outside all of them."""
     index = table_index(smooth).cpu().numpy()
     inside = np.zeros(index.shape, dtype=bool)
     for x0, y0, x1, y1 in boxes:
-        inside[y0:y1, x0:x1] = True
+        inside[max(y0, 0) : max(y1, 0), max(x0, 0) : max(x1, 0)] = True  # a box past the edge: its part inside
     cells = 1 << (3 * ColourTable.BITS)
     return np.stack([np.bincount(index[inside], minlength=cells), np.bincount(index[~inside], minlength=cells)])
 
