@@ -90,3 +90,17 @@ def test_the_filter_keeps_the_cells_of_the_table_colours():
     empty = ColourTable.of_packed(bytes(1 << 12))
     assert len(find_regions([tile], dataclasses.replace(config, cell_colours=empty))[0].boxes) == 0
     assert len(find_regions([tile], dataclasses.replace(config, cell_colours=ColourTable()))[0].boxes) == 0
+
+
+def test_an_hsv_flag_given_with_a_colour_table_is_said_to_be_unread(tmp_path, caplog):
+    from activessf_engine.cli import main
+    from activessf_engine.cli.demo import SAMPLE_DATA
+
+    toml = tmp_path / "table.toml"
+    toml.write_text(dumps_toml({"filter": to_dict(FilterConfig(cell_colours=hsv_range_table()))}))
+    args = ["filter", "--config", str(toml), "--input", str(SAMPLE_DATA / "tiles" / "bccd"), "--limit", "1", "--json"]
+    assert main([*args, "--purple", "100-150,40-255,0-255"]) == 0
+    assert any(r.getMessage().startswith("--purple not read") for r in caplog.records)
+    caplog.clear()
+    assert main(args) == 0
+    assert not any("not read" in r.getMessage() for r in caplog.records)

@@ -22,6 +22,7 @@ DEFAULT_DEVICE = "cpu"
 TILE_SECTIONS = ("input", "filter")  # the config sections of the commands that look at tiles: overlay, calibrate
 
 log = logging.getLogger("activessf_engine")
+HSV_MASK_FIELDS = ("hsv_source", "purple", "deep_blue")  # what a colour table makes the mask in place of
 # The loggers of the libraries a run starts (a Dask cluster and its workers): they follow -v, and --quiet
 # leaves them only their errors.
 LIBRARY_LOGGERS = ("dask", "distributed")
@@ -92,8 +93,17 @@ def run_flags(args: argparse.Namespace, sections: tuple[str, ...] | None = None)
 
 
 def run_config(args: argparse.Namespace) -> EngineConfig:
-    """The config of a run: --config's TOML, then the flags given."""
-    return apply_flags(load_config(args.config), args)
+    """The config of a run: --config's TOML, then the flags given. A flag of the HSV ranges given with a learned
+    colour table is logged as not read."""
+    config = apply_flags(load_config(args.config), args)
+    unread = [f"--{name.replace('_', '-')}" for name in HSV_MASK_FIELDS if hasattr(args, f"cfg:filter:{name}")]
+    if config.filter.cell_colours.cells and unread:
+        log.warning(
+            "%s not read: %s holds a colour table learned by `calibrate` (filter.cell_colours), which makes the mask",
+            ", ".join(unread),
+            args.config,
+        )
+    return config
 
 
 def run_device(args: argparse.Namespace) -> DeviceChoice:
