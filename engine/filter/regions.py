@@ -1,4 +1,5 @@
-"""Cell Region Filtering (section II-B): normalize, blur, pixel K-means 20 -> 10, HSV masks, regions.
+"""Cell Region Filtering (section II-B): normalize, blur, pixel K-means 20 -> 10, HSV masks, regions; or, with a
+colour table `calibrate` learned, the table's mask of the blurred tile in place of the K-means and HSV masks.
 
 A pure function of (tiles, config): `find_regions` takes decoded tiles on one device and returns,
 for each, the boxes of the regions that pass the size and fill-rate tests. Tiles of one shape are
@@ -145,9 +146,10 @@ def quantized_masks(quantized: Quantized, config: FilterConfig, times: StageTime
     batch, height, width, _ = quantized.smooth.shape
     pixels = quantized.smooth.reshape(batch, height * width, 3)
     palettes, mappings = quantized.palettes, quantized.mappings
-    keep = kernels.hsv_mask(torch.from_numpy(np.concatenate(palettes))[None], (config.purple, config.deep_blue))
+    colours = torch.from_numpy(np.concatenate(palettes))[None]
+    keep = kernels.hsv_mask(colours, (config.purple, config.deep_blue))[0].numpy()
     offsets = np.cumsum([0] + [len(p) for p in palettes])
-    luts = [keep[0].numpy()[offsets[b] : offsets[b + 1]][mappings[b]] for b in range(batch)]
+    luts = [keep[offsets[b] : offsets[b + 1]][mappings[b]] for b in range(batch)]
     table = torch.from_numpy(np.stack(luts)).to(pixels.device)
     masks = kernels.assign_lookup(pixels, quantized.centres, table)
     times.lap("kmeans_assign", start)
