@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from activessf_engine.config import HsvRange
+from activessf_engine.kernels.pixels import check_pixels
 
 HSV_SHIFT = 12  # OpenCV's hsv_shift: the division tables hold (value << 12) / divisor
 HUE_RANGE = 180  # 8-bit hue: degrees / 2
@@ -75,8 +76,7 @@ def hsv_mask(pixels: torch.Tensor, ranges: Sequence[HsvRange]) -> torch.Tensor:
     """(B, N, 3) uint8 RGB pixels -> (B, N) bool: `in_hsv_ranges` of their `hsv_opencv`, on their device. On the
     CPU one numba pass (``cpu_kernels.hsv_mask``, the same integer arithmetic): measured 1.9 ms per 640x480 BCCD
     tile against 11.3 ms for the torch ops on the same 2 threads, which hold six int32 planes of every pixel."""
-    if pixels.dtype != torch.uint8 or pixels.ndim != 3 or pixels.shape[-1] != 3:
-        raise ValueError(f"expected (B, N, 3) uint8 RGB, got {pixels.dtype} {tuple(pixels.shape)}")
+    check_pixels(pixels)
     if pixels.is_cuda:
         return in_hsv_ranges(hsv_opencv(pixels.permute(0, 2, 1)[..., None]), ranges)[..., 0]
     from activessf_engine.kernels import cpu_kernels

@@ -18,13 +18,9 @@ import numpy as np
 import torch
 
 from activessf_engine.config import FIXED_POINT
+from activessf_engine.kernels.pixels import check_pixels
 
 _ASSIGN_CHUNK = 1 << 16  # pixels per chunk of the CPU assignment (bounds its memory)
-
-
-def _check_pixels(pixels: torch.Tensor) -> None:
-    if pixels.dtype != torch.uint8 or pixels.ndim != 3 or pixels.shape[-1] != 3:
-        raise ValueError(f"pixels must be a uint8 tensor of shape (B, N, 3), got {pixels.dtype} {tuple(pixels.shape)}")
 
 
 def initial_centres(sample: torch.Tensor, clusters: int) -> torch.Tensor:
@@ -32,7 +28,7 @@ def initial_centres(sample: torch.Tensor, clusters: int) -> torch.Tensor:
 
     `sample` is (B, N, 3) uint8; returns (B, clusters, 3) float32 fixed-point centres.
     """
-    _check_pixels(sample)
+    check_pixels(sample)
     n = sample.shape[1]
     if n == 0:
         raise ValueError("cannot start K-means on an empty sample")
@@ -59,7 +55,7 @@ def reference_assign(pixels: torch.Tensor, centres: torch.Tensor) -> torch.Tenso
 
 def assign(pixels: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
     """Index of the nearest centre (Eq. 3) for every pixel: (B, N, 3) uint8 -> (B, N) int64."""
-    _check_pixels(pixels)
+    check_pixels(pixels)
     if pixels.is_cuda:
         from activessf_engine.kernels import cupy_pixel_kmeans
 
@@ -74,7 +70,7 @@ def assign_lookup(pixels: torch.Tensor, centres: torch.Tensor, table: torch.Tens
     Equals `torch.gather(table, 1, assign(pixels, centres))`; on the CPU the lookup is fused into
     the assignment, so no label image is written.
     """
-    _check_pixels(pixels)
+    check_pixels(pixels)
     if pixels.is_cuda:
         return torch.gather(table, 1, assign(pixels, centres))
     from activessf_engine.kernels import cpu_kernels
@@ -138,7 +134,7 @@ def lloyd(
     waiting). Steps after the one that converged leave centres and counts as that step left them, so the
     answer is the same for every `steps_per_check`.
     """
-    _check_pixels(sample)
+    check_pixels(sample)
     if sample.is_cuda:
         from activessf_engine.kernels import cupy_pixel_kmeans
 

@@ -104,3 +104,12 @@ def test_an_hsv_flag_given_with_a_colour_table_is_said_to_be_unread(tmp_path, ca
     caplog.clear()
     assert main(args) == 0
     assert not any("not read" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("pixels", [torch.zeros((2, 4, 4, 3), dtype=torch.uint8), torch.zeros((2, 4, 3))])
+def test_the_per_pixel_masks_refuse_what_is_not_a_batch_of_pixels(pixels):
+    from activessf_engine.kernels import hsv_mask
+
+    for mask in (lambda p: colour_table_mask(p, hsv_range_table()), lambda p: hsv_mask(p, [FilterConfig().purple])):
+        with pytest.raises(ValueError, match=r"uint8 tensor of shape \(B, N, 3\)"):
+            mask(pixels)

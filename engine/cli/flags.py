@@ -144,13 +144,22 @@ def add_section_flags(parser: argparse.ArgumentParser, section: str, only: froze
         group.add_argument(flag, help=help_text, **kwargs)
 
 
+def given_fields(args: argparse.Namespace) -> dict[tuple[str, str], Any]:
+    """The config fields that flags given on the command line set: (section, field) -> value."""
+    given = {}
+    for dest, value in vars(args).items():
+        if dest.startswith("cfg:"):
+            _, section, name = dest.split(":")
+            given[section, name] = value
+    return given
+
+
 def given_flags(args: argparse.Namespace, sections: tuple[str, ...] | None = None) -> list[str]:
     """The config flags given on the command line (of `sections`, or all), as arguments that give them
     again (to another command: the dry run's "next:" line)."""
     given = []
-    for dest, value in vars(args).items():
-        if dest.startswith("cfg:") and (sections is None or dest.split(":")[1] in sections):
-            _, section, name = dest.split(":")
+    for (section, name), value in given_fields(args).items():
+        if sections is None or section in sections:
             flag = flag_name(section, name)
             if isinstance(value, bool):
                 given.append(flag if value else f"--no-{flag[2:]}")
@@ -162,10 +171,8 @@ def given_flags(args: argparse.Namespace, sections: tuple[str, ...] | None = Non
 def apply_flags(config: EngineConfig, args: argparse.Namespace) -> EngineConfig:
     """`config` with every flag given on the command line applied (validated by the dataclasses)."""
     changes: dict[str, dict[str, Any]] = {}
-    for dest, value in vars(args).items():
-        if dest.startswith("cfg:"):
-            _, section, name = dest.split(":")
-            changes.setdefault(section, {})[name] = value
+    for (section, name), value in given_fields(args).items():
+        changes.setdefault(section, {})[name] = value
     if not changes:
         return config
     merged = to_dict(config)

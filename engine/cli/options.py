@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from activessf_engine.cli.flags import add_section_flags, apply_flags, given_flags
+from activessf_engine.cli.flags import add_section_flags, apply_flags, flag_name, given_fields, given_flags
 from activessf_engine.config import EngineConfig, load_config
 from activessf_engine.device import DeviceChoice, resolve_device
 
@@ -96,7 +96,8 @@ def run_config(args: argparse.Namespace) -> EngineConfig:
     """The config of a run: --config's TOML, then the flags given. A flag of the HSV ranges given with a learned
     colour table is logged as not read."""
     config = apply_flags(load_config(args.config), args)
-    unread = [f"--{name.replace('_', '-')}" for name in HSV_MASK_FIELDS if hasattr(args, f"cfg:filter:{name}")]
+    given = given_fields(args)
+    unread = [flag_name("filter", name) for name in HSV_MASK_FIELDS if ("filter", name) in given]
     if config.filter.cell_colours.cells and unread:
         log.warning(
             "%s not read: %s holds a colour table learned by `calibrate` (filter.cell_colours), which makes the mask",

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from activessf_engine.cli.flags import given_fields
 from activessf_engine.cli.options import (
     EXIT_OK,
     EXIT_SKIPPED,
@@ -177,7 +178,7 @@ def _framed_like(args: argparse.Namespace, config: EngineConfig) -> EngineConfig
     from activessf_engine.select import framed_like
     from activessf_engine.store import RoiStore
 
-    given = sorted(".".join(k.split(":")[1:]) for k in vars(args) if k.startswith(("cfg:filter:", "cfg:crop:")))
+    given = sorted(f"{section}.{name}" for section, name in given_fields(args) if section in ("filter", "crop"))
     if given:
         raise ValueError(f"--like takes the filter and crop settings from {args.like}; leave out {', '.join(given)}")
     return framed_like(config, RoiStore(args.like).meta["config"])
