@@ -246,3 +246,18 @@ def test_dumps_toml_loads_back_as_the_same_config(tmp_path):
     path = tmp_path / "all.toml"
     path.write_text(dumps_toml(to_dict(config)))
     assert load_config(path) == config
+
+
+def test_a_calibration_that_finds_no_box_is_warned_about(tmp_path, caplog, monkeypatch):
+    """Boxes drawn beside the cells, not on them: the calibrated config finds none, and calibrate says so and why."""
+    from PIL import Image
+
+    monkeypatch.setattr(calibration, "NORMALIZATIONS", (("none", "minmax"),))
+    rows = ["image,x0,y0,x1,y1,label"]
+    for i in range(3):
+        Image.fromarray(draw_tile([("disk", 80, 120, 40)])).save(tmp_path / f"t{i}.png")
+        rows.append(f"t{i}.png,200,60,300,180,WBC")  # on the pink background, right of the cell
+    (tmp_path / "boxes.csv").write_text("\n".join(rows) + "\n")
+    args = ["calibrate", "--input", str(tmp_path), "--annotations", str(tmp_path / "boxes.csv"), "--label", "WBC"]
+    assert main([*args, "--out", str(tmp_path / "c.toml"), "--json", "--quiet"]) == 0
+    assert any("finds none of the 3 annotated boxes" in r.getMessage() for r in caplog.records)

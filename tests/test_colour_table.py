@@ -113,3 +113,17 @@ def test_the_per_pixel_masks_refuse_what_is_not_a_batch_of_pixels(pixels):
     for mask in (lambda p: colour_table_mask(p, hsv_range_table()), lambda p: hsv_mask(p, [FilterConfig().purple])):
         with pytest.raises(ValueError, match=r"uint8 tensor of shape \(B, N, 3\)"):
             mask(pixels)
+
+
+def test_a_colour_table_that_keeps_nothing_is_warned_about_with_its_own_fix(tmp_path, capsys):
+    """No region under a learned table: the warning says to calibrate again, not to tune HSV ranges it does not
+    read."""
+    from activessf_engine.cli import main
+    from activessf_engine.cli.demo import SAMPLE_DATA
+
+    toml = tmp_path / "empty.toml"
+    toml.write_text(dumps_toml({"filter": to_dict(FilterConfig(cell_colours=ColourTable.of_packed(bytes(1 << 12))))}))
+    assert main(["filter", "--config", str(toml), "--input", str(SAMPLE_DATA / "tiles" / "bccd"), "--limit", "2"]) == 0
+    printed = capsys.readouterr()
+    warning = next(line for line in (printed.out + printed.err).splitlines() if "no region passed" in line)
+    assert "calibrate again" in warning and "--purple" not in warning

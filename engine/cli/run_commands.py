@@ -25,7 +25,7 @@ from activessf_engine.cli.summary import (
     named_sources_lines,
     print_summary,
 )
-from activessf_engine.config import EngineConfig, replace_section
+from activessf_engine.config import EngineConfig, FilterConfig, replace_section
 from activessf_engine.device import DeviceChoice, resolve_device
 
 # The config sections each command reads: only their fields become its flags.
@@ -79,7 +79,7 @@ def add_parsers(sub: Any) -> None:
     add_common_flags(p, RUN_SECTIONS)
 
 
-def _filter_lines(s: dict[str, Any]) -> list[str]:
+def _filter_lines(s: dict[str, Any], config: FilterConfig) -> list[str]:
     lines = [
         *device_lines(s["device_choice"], s["device_choice"]["host_work"]),
         f"store            {s['store'] or 'none: a dry run (--limit) writes nothing'}",
@@ -99,8 +99,13 @@ def _filter_lines(s: dict[str, Any]) -> list[str]:
         )
     if not s["rois"] and s["sources_read"]:
         lines.append(
-            "WARNING          no region passed the filter: lower --min-fill or --min-box, or check the HSV ranges "
-            "against your stain (--purple, --deep-blue)"
+            "WARNING          no region passed the filter: lower --min-fill or --min-box, or "
+            + (
+                "calibrate again on tiles like these (the config's learned colour table, filter.cell_colours, "
+                "holds none of their cells' colours)"
+                if config.cell_colours.cells
+                else "check the HSV ranges against your stain (--purple, --deep-blue)"
+            )
         )
     lines += [
         f"regions          {s['regions_found']} found, {s['rejected_size']} rejected for box size (--min-box), "
@@ -159,15 +164,16 @@ def cmd_filter(args: argparse.Namespace) -> int:
     if args.limit:
         from activessf_engine.filter import dry_run_filter
 
-        dry = dry_run_filter(args.input, run_config(args), args.limit, device=run_device(args), progress=not args.quiet)
+        config = run_config(args)
+        dry = dry_run_filter(args.input, config, args.limit, device=run_device(args), progress=not args.quiet)
         summary = dry.to_json()
-        print_summary(args, summary, _filter_lines(summary))
+        print_summary(args, summary, _filter_lines(summary, config.filter))
         return EXIT_SKIPPED if summary["sources_skipped"] else EXIT_OK
     if args.out is None:
         raise ValueError("filter needs --out STORE (or --limit N for a dry run that writes nothing)")
-    choice = None if on_dask(args) else run_device(args)
-    summary = _filter(args, run_config(args), choice, args.out)
-    print_summary(args, summary, _filter_lines(summary))
+    choice, config = None if on_dask(args) else run_device(args), run_config(args)
+    summary = _filter(args, config, choice, args.out)
+    print_summary(args, summary, _filter_lines(summary, config.filter))
     return EXIT_SKIPPED if summary["sources_skipped"] else EXIT_OK
 
 
@@ -258,7 +264,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     selected = _select(args, config, choice, paths, overwrite=True)
     summary = {"device_choice": choice.describe(), "filter": filtered, "prototypes": protos, "select": selected}
     warnings = [*protos["warnings"], *selected["warnings"]]
-    ended = end_with_selection(args, summary, _filter_lines(filtered) + _select_lines(selected), warnings, selected)
+    lines = _filter_lines(filtered, config.filter) + _select_lines(selected)
+    ended = end_with_selection(args, summary, lines, warnings, selected)
     return ended or (EXIT_SKIPPED if filtered["sources_skipped"] or protos["labeled_skipped"] else EXIT_OK)
 
 

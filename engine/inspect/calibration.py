@@ -499,6 +499,14 @@ def calibrate(
     else:
         before, after = evaluate(held_out, config.filter, iou), evaluate(held_out, best, iou)
         scored = f"{len(held_out)} held-out tiles"
+    if after.truth and not after.found:
+        log.warning(
+            "the calibrated config finds none of the %d annotated boxes on the %s: check that each file of boxes "
+            "pairs with its tile, that the boxes are in the tile's pixels and on the cells --label names, or annotate "
+            "more tiles",
+            after.truth,
+            scored,
+        )
     changed = {k: v for k, v in to_dict(best).items() if to_dict(config.filter)[k] != v}
     comments = [
         f"activessf-engine calibrate: {len(grid.configs)} configurations tried on {len(fitted_on)} tiles "
