@@ -28,9 +28,10 @@ other tiles need. (Chosen on BCCD's val split, not the test split the figures ar
   well to held-out tiles: benchmarks/README.md, "Calibration");
 * the mask's closing radius (none, or CLOSE_FRACTIONS of the annotated boxes' shorter side: it joins a lobed
   nucleus's parts into one region, whose box then matches the cell's; fill_holes stays as given), min_fill in
-  MIN_FILLS, min_box as fractions of the annotated boxes' shorter side, max_box (no bound, or multiples of
-  their longer side): the upper bound drops clumps and smears; and
-  box_scale in BOX_SCALES: the mask holds mostly the nucleus, the annotated box the whole cell.
+  MIN_FILLS, min_box as fractions of the shorter side the smallest cells on other tiles are expected to have (a
+  lower prediction bound from the annotated boxes, `_smallest_side`), max_box (no bound, or multiples of their
+  longer side): the upper bound drops clumps and smears; and box_scale in BOX_SCALES: the mask holds mostly the
+  nucleus, the annotated box the whole cell.
 
 Masks are made once per (tile, normalization, level) and closed once per radius; the size and fill decisions
 are thresholds on per-region numbers, so all of them are judged on one loose `regions_of_masks` per closed mask.
@@ -50,6 +51,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import scipy.special
 import torch
 
 from activessf_engine.config import (
@@ -92,7 +94,7 @@ NORMALIZATIONS = (
     ("reinhard", "minmax"),
 )
 MIN_FILLS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
-MIN_BOX_FRACTIONS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)  # of the 10th percentile of the boxes' shorter side
+MIN_BOX_FRACTIONS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)  # of the smallest side expected on other tiles
 MAX_BOX_FACTORS = (1.5, 2.0, 3.0)  # of the 90th percentile of the boxes' longer side; no bound is tried too
 BOX_SCALES = (1.0, 1.25, 1.5, 1.75)  # kept boxes grown by these: a nucleus's box to its cell's
 CLOSE_FRACTIONS = (0.05, 0.1)  # closing radii, of the 10th percentile of the boxes' shorter side; 0 is tried too
@@ -247,19 +249,36 @@ def evaluate(samples: list[Annotated], config: FilterConfig, iou: float) -> Scor
 
 
 def _shorter_side(samples: list[Annotated]) -> float | None:
-    """The 10th percentile of the annotated boxes' shorter side (None without boxes): what min_box and the
-    closing radii are fractions of."""
+    """The 10th percentile of the annotated boxes' shorter side (None without boxes): what the closing radii are
+    fractions of."""
     boxes = np.concatenate([s.boxes for s in samples])
     if not len(boxes):
         return None
     return float(np.percentile(np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]), 10))
 
 
+def _smallest_side(samples: list[Annotated], confidence: float = 0.95) -> float | None:
+    """The shorter side that all but 1 - `confidence` of the cells on other tiles are expected to exceed (None
+    without boxes): a lower prediction bound from a log-normal fitted to the annotated boxes' shorter sides,
+    exp(mean - t * sd * sqrt(1 + 1/n)) with Student's t of n - 1 degrees of freedom; with one box, its side.
+    What min_box is a fraction of. A percentile of the few boxes on 5 tiles is about the smallest of them, and
+    1 cell in 6 on other tiles is smaller than the smallest of 5: a min_box near it dropped those cells
+    (benchmarks/README.md, "Calibration")."""
+    boxes = np.concatenate([s.boxes for s in samples])
+    if not len(boxes):
+        return None
+    sides = np.log(np.maximum(np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]), 1).astype(np.float64))
+    if len(sides) == 1:
+        return float(np.exp(sides[0]))
+    t = scipy.special.stdtrit(len(sides) - 1, confidence)  # Student t quantile; scipy.stats would add 0.7 s of import
+    return float(np.exp(sides.mean() - t * sides.std(ddof=1) * np.sqrt(1 + 1 / len(sides))))
+
+
 def _min_boxes(samples: list[Annotated], base: FilterConfig) -> list[int]:
-    shorter = _shorter_side(samples)
-    if shorter is None:
+    smallest = _smallest_side(samples)
+    if smallest is None:
         return [base.min_box]
-    return _nearest_first({max(4, round(f * shorter)) for f in MIN_BOX_FRACTIONS} | {base.min_box}, base.min_box)
+    return _nearest_first({max(4, round(f * smallest)) for f in MIN_BOX_FRACTIONS} | {base.min_box}, base.min_box)
 
 
 def _nearest_first(values: Iterable[float], start: float) -> list[float]:
