@@ -293,3 +293,22 @@ def test_a_calibration_that_finds_no_box_is_warned_about(tmp_path, caplog, monke
     args = ["calibrate", "--input", str(tmp_path), "--annotations", str(tmp_path / "boxes.csv"), "--label", "WBC"]
     assert main([*args, "--out", str(tmp_path / "c.toml"), "--json", "--quiet"]) == 0
     assert any("finds none of the 3 annotated boxes" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize(("floor", "warned"), [("0.8", True), ("0.75", False)])
+def test_a_precision_floor_that_allows_no_false_box_on_the_fit_tiles_is_warned_about(
+    tmp_path, caplog, monkeypatch, floor, warned
+):
+    """3 annotated cells: all found with one false box is precision 0.75, under a floor of 0.8 and not 0.75."""
+    from PIL import Image
+
+    monkeypatch.setattr(calibration, "NORMALIZATIONS", (("none", "minmax"),))
+    rows = ["image,x0,y0,x1,y1,label"]
+    for i in range(3):
+        Image.fromarray(draw_tile([("disk", 80, 120, 40)])).save(tmp_path / f"t{i}.png")
+        rows.append(f"t{i}.png,40,80,120,160,WBC")
+    (tmp_path / "boxes.csv").write_text("\n".join(rows) + "\n")
+    args = ["calibrate", "--input", str(tmp_path), "--annotations", str(tmp_path / "boxes.csv"), "--label", "WBC"]
+    objective = ["--objective", "recall-at-precision", floor]
+    assert main([*args, *objective, "--out", str(tmp_path / "c.toml"), "--json", "--quiet"]) == 0
+    assert any("allows no false box" in r.getMessage() for r in caplog.records) == warned
