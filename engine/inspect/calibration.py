@@ -98,6 +98,7 @@ MIN_BOX_FRACTIONS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)  # of the smallest side 
 MAX_BOX_FACTORS = (1.5, 2.0, 3.0)  # of the 90th percentile of the boxes' longer side; no bound is tried too
 BOX_SCALES = (1.0, 1.25, 1.5, 1.75)  # kept boxes grown by these: a nucleus's box to its cell's
 CLOSE_FRACTIONS = (0.05, 0.1)  # closing radii, of the 10th percentile of the boxes' shorter side; 0 is tried too
+SMALLEST_CELL_CONFIDENCE = 0.95  # of the lower prediction bound that min_box is a fraction of (`_smallest_side`)
 
 
 @dataclass
@@ -257,8 +258,8 @@ def _shorter_side(samples: list[Annotated]) -> float | None:
     return float(np.percentile(np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]), 10))
 
 
-def _smallest_side(samples: list[Annotated], confidence: float = 0.95) -> float | None:
-    """The shorter side that all but 1 - `confidence` of the cells on other tiles are expected to exceed (None
+def _smallest_side(samples: list[Annotated]) -> float | None:
+    """The shorter side that all but 1 - SMALLEST_CELL_CONFIDENCE (5%) of the cells on other tiles should exceed (None
     without boxes): a lower prediction bound from a log-normal fitted to the annotated boxes' shorter sides,
     exp(mean - t * sd * sqrt(1 + 1/n)) with Student's t of n - 1 degrees of freedom; with one box, its side.
     What min_box is a fraction of. A percentile of the few boxes on 5 tiles is about the smallest of them, and
@@ -270,7 +271,8 @@ def _smallest_side(samples: list[Annotated], confidence: float = 0.95) -> float 
     sides = np.log(np.maximum(np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]), 1).astype(np.float64))
     if len(sides) == 1:
         return float(np.exp(sides[0]))
-    t = scipy.special.stdtrit(len(sides) - 1, confidence)  # Student t quantile; scipy.stats would add 0.7 s of import
+    # Student's t quantile; scipy.stats would add 0.7 s of import
+    t = scipy.special.stdtrit(len(sides) - 1, SMALLEST_CELL_CONFIDENCE)
     return float(np.exp(sides.mean() - t * sides.std(ddof=1) * np.sqrt(1 + 1 / len(sides))))
 
 
