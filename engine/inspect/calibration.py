@@ -481,7 +481,7 @@ def _warn_of_a_floor_no_false_box_meets(fitted_on: list[Annotated], objective: O
     if objective.name == "recall-at-precision" and boxes and objective.min_precision > boxes / (boxes + 1):
         log.warning(
             "the %d fit tiles hold %d annotated boxes, so precision >= %g there allows no false box and ranks only "
-            "strict settings first: annotate more tiles (--fit), or use --objective f1",
+            "strict settings first: annotate more tiles and raise --fit, or use --objective f1",
             len(fitted_on),
             boxes,
             objective.min_precision,
