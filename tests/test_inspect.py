@@ -93,6 +93,9 @@ def test_resumed_run_says_how_many_rois_the_store_holds(bccd_run, tmp_path, caps
     assert "next: look at it: activessf-engine preview" in err
     runs = read_attrs(store)["runs"]  # both runs recorded, for the report's throughput
     assert [r["rois"] for r in runs] == [full["rois"], lost] and runs[-1]["store_rois"] == full["rois"]
+    assert main(["filter", "--input", str(BCCD), "--out", str(store), "--sources-per-part", "2", *FAST]) == 0
+    err = capsys.readouterr().err  # a finished store: no throughput of nothing, but why nothing was read
+    assert "parts already done: 3 of 3" in err and "nothing to do" in err and "throughput" not in err
 
 
 def test_preview_draws_a_row_per_source(bccd_run, tmp_path, capsys):

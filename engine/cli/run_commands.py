@@ -116,9 +116,14 @@ def _filter_lines(s: dict[str, Any], config: FilterConfig) -> list[str]:
         *named_sources_lines("stain as read", s["stain_left_as_read"]),
         *([] if s["dry_run"] else [f"store holds      {s['store_rois']} ROIs now"]),
         f"wall time        {s['wall_seconds']:.2f} s",
-        f"throughput       {s['images_per_second']:.1f} images/s, {s['megapixels_per_second']:.2f} megapixels/s",
-        "stages (s)       " + ", ".join(f"{k} {v:.2f}" for k, v in s["stage_seconds"].items()),
     ]
+    if s["sources_read"]:
+        lines += [
+            f"throughput       {s['images_per_second']:.1f} images/s, {s['megapixels_per_second']:.2f} megapixels/s",
+            "stages (s)       " + ", ".join(f"{k} {v:.2f}" for k, v in s["stage_seconds"].items()),
+        ]
+    elif s["parts_total"] and s["parts_already_done"] == s["parts_total"]:
+        lines.append("nothing to do    every part was done by an earlier run into this store")
     return lines
 
 
