@@ -110,6 +110,7 @@ class ColourTable:
     learned from a user's boxes by `calibrate` (inspect/calibration.py), not typed by hand."""
 
     BITS: ClassVar[int] = 5  # per channel: the table has 2^(3 BITS) cells, R major, then G, then B
+    CELLS: ClassVar[int] = 1 << (3 * BITS)
     # Said where one is given wrong (here, and by `_coerce` for a value that is not a table).
     HOW_WRITTEN: ClassVar[str] = "a colour table is written by `calibrate`: the base64 of the zlib-compressed bits"
 
@@ -121,18 +122,19 @@ class ColourTable:
 
     @classmethod
     def of_packed(cls, packed: bytes) -> ColourTable:
-        """The table of 2^(3 BITS) bits packed 8 to a byte, first cell in the high bit."""
+        """The table of CELLS bits packed 8 to a byte, first cell in the high bit."""
         return cls(base64.b64encode(zlib.compress(packed, 9)).decode("ascii"))
 
     def packed(self) -> bytes:
         """The table's bits, 8 to a byte (`numpy.unpackbits` order)."""
-        size = 1 << (3 * self.BITS)
         try:  # at most one byte past the table's size is inflated: a crafted string cannot fill the memory
-            packed = zlib.decompressobj().decompress(base64.b64decode(self.cells, validate=True), size // 8 + 1)
+            packed = zlib.decompressobj().decompress(base64.b64decode(self.cells, validate=True), self.CELLS // 8 + 1)
         except (binascii.Error, zlib.error, ValueError) as error:
             raise ValueError(f"filter.cell_colours.cells does not decode ({error}): {self.HOW_WRITTEN}") from None
-        if len(packed) * 8 != size:
-            raise ValueError(f"filter.cell_colours.cells holds {len(packed) * 8} bits, not {size}: {self.HOW_WRITTEN}")
+        if len(packed) * 8 != self.CELLS:
+            raise ValueError(
+                f"filter.cell_colours.cells holds {len(packed) * 8} bits, not {self.CELLS}: {self.HOW_WRITTEN}"
+            )
         return packed
 
 

@@ -249,13 +249,17 @@ def evaluate(samples: list[Annotated], config: FilterConfig, iou: float) -> Scor
     return score
 
 
+def _shorter_sides(samples: list[Annotated]) -> np.ndarray:
+    """The shorter side of every annotated box of `samples`."""
+    boxes = np.concatenate([s.boxes for s in samples])
+    return np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+
+
 def _shorter_side(samples: list[Annotated]) -> float | None:
     """The 10th percentile of the annotated boxes' shorter side (None without boxes): what the closing radii are
     fractions of."""
-    boxes = np.concatenate([s.boxes for s in samples])
-    if not len(boxes):
-        return None
-    return float(np.percentile(np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]), 10))
+    sides = _shorter_sides(samples)
+    return float(np.percentile(sides, 10)) if len(sides) else None
 
 
 def _smallest_side(samples: list[Annotated]) -> float | None:
@@ -265,10 +269,9 @@ def _smallest_side(samples: list[Annotated]) -> float | None:
     What min_box is a fraction of. A percentile of the few boxes on 5 tiles is about the smallest of them, and
     1 cell in 6 on other tiles is smaller than the smallest of 5: a min_box near it dropped those cells
     (benchmarks/README.md, "Calibration")."""
-    boxes = np.concatenate([s.boxes for s in samples])
-    if not len(boxes):
+    sides = np.log(np.maximum(_shorter_sides(samples), 1).astype(np.float64))
+    if not len(sides):
         return None
-    sides = np.log(np.maximum(np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]), 1).astype(np.float64))
     if len(sides) == 1:
         return float(np.exp(sides[0]))
     # Student's t quantile; scipy.stats would add 0.7 s of import

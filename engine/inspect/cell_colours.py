@@ -27,7 +27,7 @@ def colour_histograms(smooth: torch.Tensor, boxes: np.ndarray) -> np.ndarray:
     inside = np.zeros(index.shape, dtype=bool)
     for x0, y0, x1, y1 in boxes:
         inside[max(y0, 0) : max(y1, 0), max(x0, 0) : max(x1, 0)] = True  # a box past the edge: its part inside
-    cells = 1 << (3 * ColourTable.BITS)
+    cells = ColourTable.CELLS
     return np.stack([np.bincount(index[inside], minlength=cells), np.bincount(index[~inside], minlength=cells)])
 
 
@@ -45,5 +45,5 @@ def enrichment(histograms: np.ndarray) -> np.ndarray | None:
 
 def colour_table(enriched: np.ndarray | None, level: float) -> ColourTable:
     """The table of the cells at least 2^level times likelier inside the boxes than out (none set without any)."""
-    cells = np.zeros(1 << (3 * ColourTable.BITS), dtype=bool) if enriched is None else enriched >= level
+    cells = np.zeros(ColourTable.CELLS, dtype=bool) if enriched is None else enriched >= level
     return ColourTable.of_packed(np.packbits(cells).tobytes())
